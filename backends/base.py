@@ -111,9 +111,7 @@ class Engine(abc.ABC):
 
     # ------------------------------------------------------------------ dense layers
     @abc.abstractmethod
-    def gemm(
-        self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False
-    ) -> Array:
+    def gemm(self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
         """Matrix product ``op(A) @ op(B)`` where ``op`` transposes when asked.
 
         Args:
@@ -192,9 +190,7 @@ class Engine(abc.ABC):
 
     # ------------------------------------------------------------------ losses
     @abc.abstractmethod
-    def loss(
-        self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
-    ) -> Array:
+    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
         """Mean over the batch of the per-sample loss ``name``, as a 0-d float array.
 
         Args:
@@ -209,7 +205,10 @@ class Engine(abc.ABC):
     def backprop_loss(
         self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
     ) -> Array:
-        """Gradient of ``loss(name, Y_pred, Y_true)`` with respect to ``Y_pred``; float ``(N, O)``."""
+        """Gradient of ``loss(name, Y_pred, Y_true)`` with respect to ``Y_pred``: float ``(N, O)``.
+
+        Includes the ``1 / N`` of the batch mean and the effect of any clipping.
+        """
 
     @abc.abstractmethod
     def backprop_softmax_crossentropy(self, P: Array, Y_true: Array) -> Array:
@@ -256,7 +255,9 @@ class Engine(abc.ABC):
         momentum: float,
         nesterov: bool,
     ) -> None:
-        """SGD: ``v = momentum * v - lr * g``; ``w += v`` (Nesterov: ``w += momentum * v - lr * g``).
+        """SGD: ``v = momentum * v - lr * g``; ``w += v``.
+
+        Nesterov: ``w += momentum * v - lr * g`` with the updated ``v``.
 
         ``velocity`` is ``None`` when ``momentum == 0``: then ``w -= lr * g``.
         """
@@ -358,7 +359,8 @@ class Engine(abc.ABC):
         """Nadam with Keras's momentum schedule (``mu_*`` computed by the optimizer).
 
         ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
-        ``m_hat = mu_next * m / (1 - mu_product_next) + (1 - mu_t) * g / (1 - mu_product)``;
+        ``m_hat = mu_next * m / (1 - mu_product_next) + (1 - mu_t) * g / (1 - mu_product)``,
+        where ``mu_product`` is the product of the momenta up to and including this step;
         ``v_hat = v / (1 - beta_2**step)``; ``w -= lr * m_hat / (sqrt(v_hat) + epsilon)``.
         """
 

@@ -69,9 +69,7 @@ class ArrayAPIEngine(Engine):
         return self.to_numpy(stacked)
 
     # ------------------------------------------------------------------ dense layers
-    def gemm(
-        self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False
-    ) -> Array:
+    def gemm(self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
         return self.xp.matmul(A.mT if trans_a else A, B.mT if trans_b else B)
 
     def dense_forward(
@@ -121,9 +119,7 @@ class ArrayAPIEngine(Engine):
         return xp.where(positive, dY, alpha * dY)
 
     # ------------------------------------------------------------------ losses
-    def loss(
-        self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
-    ) -> Array:
+    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
         return xp_losses.loss(self.xp, name, Y_pred, Y_true, from_logits=from_logits)
 
     def backprop_loss(
@@ -213,9 +209,7 @@ class ArrayAPIEngine(Engine):
             self.xp, params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
         )
 
-    def adamax_update(
-        self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step
-    ):
+    def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
         xp_optimizers.adamax_update(
             self.xp,
             params,

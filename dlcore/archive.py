@@ -38,8 +38,7 @@ _READ_ERRORS = (ValueError, zipfile.BadZipFile, OSError, EOFError, KeyError, zli
 def _check_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     if not isinstance(arrays, dict):
         raise ValueError(
-            f"expected arrays to be a dict of name -> numpy array, received "
-            f"{type(arrays).__name__}"
+            f"expected arrays to be a dict of name -> numpy array, received {type(arrays).__name__}"
         )
     checked = {}
     for name, value in arrays.items():

@@ -9,7 +9,6 @@ floats such as ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35, ...}``.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import string
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore.backends.names import LOSSES
+from dlcore import losses
 
 Logs = Mapping[str, Any]
 
@@ -45,14 +44,13 @@ HOOK_NAMES: tuple[str, ...] = (
 MODES: tuple[str, ...] = ("auto", "min", "max")
 
 # Names whose direction "auto" mode can infer; Keras 3 reads it from the metric objects.
+# dlcore's metrics are accuracies or losses; a loss used as a metric (cosine_similarity
+# included, which is reported as the loss, i.e. negated) is minimized.
 _MAXIMIZED_METRICS = frozenset(
     {"acc", "auc", "precision", "recall", "f1_score", "fbeta_score", "r2_score"}
-    | {"cosine_similarity"}  # as a metric it is a similarity, as a loss Keras negates it
 )
 _MINIMIZED_METRICS = frozenset(
-    {"loss", "mse", "mae", "mape", "msle", "logcosh", "kld", "kullback_leibler_divergence"}
-    | {"root_mean_squared_error", "rmse"}
-    | (set(LOSSES) - {"cosine_similarity"})
+    {"loss", "rmse", "root_mean_squared_error"} | set(losses.NAMES) | set(losses.ALIASES)
 )
 
 
@@ -97,7 +95,7 @@ class Callback:
         """Called at the start of epoch ``epoch`` (0-based)."""
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
-        """Called at the end of epoch ``epoch`` with its loss and metrics, ``val_`` ones included."""
+        """Called at the end of epoch ``epoch`` with its loss and metrics, ``val_`` ones too."""
 
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         """Called before training batch ``batch`` (0-based within the epoch)."""
@@ -157,7 +155,7 @@ def _direction(monitor: str, mode: str, owner: str) -> str:
     """Returns "min" or "max": ``mode`` itself, or in "auto" mode the direction of ``monitor``."""
     if mode != "auto":
         return mode
-    name = monitor.removeprefix("val_")
+    name = monitor.removeprefix("val_").lower()
     if name.endswith("accuracy") or name in _MAXIMIZED_METRICS:
         return "max"
     if name in _MINIMIZED_METRICS:
@@ -260,16 +258,17 @@ class EarlyStopping(Callback):
                 f"received {monitor!r}"
             )
         _check_mode(mode, "EarlyStopping")
-        if not isinstance(patience, numbers.Integral) or patience < 0:
+        if not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(
-                f"EarlyStopping expected patience to be an integer >= 0, received patience={patience!r}"
+                "EarlyStopping expected patience to be an integer >= 0, "
+                f"received patience={patience!r}"
             )
-        if not isinstance(start_from_epoch, numbers.Integral) or start_from_epoch < 0:
+        if not isinstance(start_from_epoch, (int, np.integer)) or start_from_epoch < 0:
             raise ValueError(
                 "EarlyStopping expected start_from_epoch to be an integer >= 0, "
                 f"received start_from_epoch={start_from_epoch!r}"
             )
-        if not isinstance(min_delta, numbers.Real):
+        if not isinstance(min_delta, (int, float, np.integer, np.floating)):
             raise TypeError(
                 f"EarlyStopping expected min_delta to be a number, received min_delta={min_delta!r}"
             )
@@ -308,9 +307,6 @@ class EarlyStopping(Callback):
         current = self._monitor_value(logs)
         if current is None or epoch < self.start_from_epoch:
             return
-        if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = self._snapshot()
-            self.best_epoch = epoch
         self.wait += 1
         if self._improves(current, self.best):
             self.best = current
@@ -413,7 +409,11 @@ class ModelCheckpoint(Callback):
         self.mode = mode
         self.save_freq = save_freq
         # The direction matters only when comparing, so an unknown name is fine otherwise.
-        self._direction = _direction(monitor, mode, "ModelCheckpoint") if save_best_only else None
+        self._direction = (
+            _direction(monitor, mode, "ModelCheckpoint")
+            if save_best_only
+            else ("min" if mode == "auto" else mode)
+        )
         if initial_value_threshold is not None:
             self.best = float(initial_value_threshold)
         else:
@@ -571,7 +571,8 @@ class LambdaCallback(Callback):
             **kwargs,
         }
         for when in ("begin", "end"):
-            if hooks[f"on_train_batch_{when}"] is not None and hooks[f"on_batch_{when}"] is not None:
+            both = hooks[f"on_train_batch_{when}"], hooks[f"on_batch_{when}"]
+            if None not in both:
                 raise ValueError(
                     f"LambdaCallback received both on_train_batch_{when} and on_batch_{when}, "
                     "which name the same hook; pass only one of them"
@@ -770,8 +771,7 @@ def _check_callbacks(callbacks: Any) -> list[Callback]:
         )
     if not isinstance(callbacks, (list, tuple)):
         raise TypeError(
-            "callbacks expected a list of Callback instances, "
-            f"received {type(callbacks).__name__}"
+            f"callbacks expected a list of Callback instances, received {type(callbacks).__name__}"
         )
     for index, callback in enumerate(callbacks):
         if isinstance(callback, type) and issubclass(callback, Callback):

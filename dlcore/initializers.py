@@ -546,9 +546,7 @@ def _lookup(name: str) -> type[Initializer]:
 def serialize(initializer: Initializer) -> dict[str, Any]:
     """Return ``{"class_name": ..., "config": ...}`` for an initializer, as Keras does."""
     if not isinstance(initializer, Initializer):
-        raise ValueError(
-            f"expected a dlcore initializer, received {type(initializer).__name__}"
-        )
+        raise ValueError(f"expected a dlcore initializer, received {type(initializer).__name__}")
     return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
 
 

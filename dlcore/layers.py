@@ -150,7 +150,9 @@ class Layer:
 class Input:
     """Declares the input width of a ``Sequential`` model: ``Input(shape=(784,))``."""
 
-    def __init__(self, shape: Any = None, *, batch_size: int | None = None, name: str | None = None):
+    def __init__(
+        self, shape: Any = None, *, batch_size: int | None = None, name: str | None = None
+    ):
         self.features = _input_features(shape, None, "Input")
         if self.features is None:
             raise ValueError("Input expected shape=(features,), received shape=None")
@@ -224,7 +226,9 @@ class Dense(Layer):
         return self.gradients[1] if self.use_bias else None
 
     def forward(self, X: Array, *, training: bool) -> Array:
-        Z, Y = self.engine.dense_forward(X, self.trainable_weights[0], self._bias(), self.activation)
+        Z, Y = self.engine.dense_forward(
+            X, self.trainable_weights[0], self._bias(), self.activation
+        )
         if training:
             self._cache = (X, Z, Y)
         return Y

@@ -8,7 +8,7 @@ them into the averages Keras reports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,9 @@ def check_names(metrics: Any) -> list[str]:
     if isinstance(metrics, str):
         metrics = [metrics]
     if not isinstance(metrics, (list, tuple)):
-        raise TypeError(f"metrics must be a list of names such as ['accuracy'], received {metrics!r}")
+        raise TypeError(
+            f"metrics must be a list of names such as ['accuracy'], received {metrics!r}"
+        )
     names = []
     for metric in metrics:
         if not isinstance(metric, str):
@@ -97,7 +99,9 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
         if key in _ACCURACY_NAMES:
             kind = _ACCURACY_NAMES[key]
             if kind is None:
-                kind = _KERAS_ACCURACY_KIND.get(loss.name) or ("binary" if units == 1 else "categorical")
+                kind = _KERAS_ACCURACY_KIND.get(loss.name) or (
+                    "binary" if units == 1 else "categorical"
+                )
             if (kind == "sparse") != sparse_targets:
                 wanted = "integer labels" if kind == "sparse" else "one-hot or binary targets"
                 given = "integer labels" if sparse_targets else "one-hot or binary targets"
@@ -169,3 +173,32 @@ class EpochTotals:
             divisor = self._samples * metric.per_sample_divisor(self._units)
             logs[metric.key] = self._sums[1 + j] / divisor
         return {key: float(value) for key, value in logs.items()}
+
+
+class LazyLogs(Mapping):
+    """Batch logs that are read from the engine only when a callback looks at them.
+
+    The progress bar redraws a few times a second, so with ``verbose=1`` the
+    per-batch scalars cross to the host a few times a second, not every batch.
+    """
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+        self._values: dict[str, float] | None = None
+
+    def _logs(self) -> dict[str, float]:
+        if self._values is None:
+            self._values = self._read()
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._logs()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._logs())
+
+    def __len__(self) -> int:
+        return len(self._logs())
+
+    def __repr__(self) -> str:
+        return f"LazyLogs({self._values if self._values is not None else 'unread'})"

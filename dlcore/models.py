@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import archive, backends, callbacks as callbacks_module, config, data_checks
-from dlcore import losses, metrics as metrics_module, optimizers
+from dlcore import archive, backends, config, data_checks, losses, optimizers
+from dlcore import callbacks as callbacks_module
+from dlcore import metrics as metrics_module
 from dlcore.backends.base import Array, Engine
 from dlcore.layers import LAYER_CLASSES, Input, Layer, _unique_name
 
@@ -176,8 +177,11 @@ class Sequential:
         lines.append(_row(("Layer (type)", "Output Shape", "Param #"), widths))
         lines.append("=" * sum(widths))
         for i, layer in enumerate(self.layers):
-            cells = (f"{layer.name} ({type(layer).__name__})", f"(None, {layer.units})",
-                     f"{layer.count_params():,}")
+            cells = (
+                f"{layer.name} ({type(layer).__name__})",
+                f"(None, {layer.units})",
+                f"{layer.count_params():,}",
+            )
             lines.append(_row(cells, widths))
             lines.append(rule if i == len(self.layers) - 1 else "")
         lines[-1] = "=" * sum(widths)
@@ -194,7 +198,7 @@ class Sequential:
 
     # ------------------------------------------------------------------ weights
     def get_weights(self) -> list[np.ndarray]:
-        """Host copies of every parameter, Keras order: per layer kernel ``(in, out)``, then bias."""
+        """Host copies of every parameter in Keras's order: per layer kernel ``(in, out)``, bias."""
         self._ensure_built("get_weights()")
         return [self.engine.to_numpy(w) for layer in self.layers for w in layer.trainable_weights]
 
@@ -314,8 +318,10 @@ class Sequential:
         epochs = _check_count(epochs, "epochs")
         initial_epoch = _check_count(initial_epoch, "initial_epoch")
         verbose = _check_verbose(verbose)
-        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not (
-            0 <= validation_split < 1
+        if (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, numbers.Real)
+            or not (0 <= validation_split < 1)
         ):
             raise ValueError(
                 f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
@@ -348,8 +354,16 @@ class Sequential:
         self.build()
         metric_list = metrics_module.resolve(self.metric_names, self.loss, self.output_units)
         return self._fit_loop(
-            x, y_checked, x_val, y_val, batch_size, epochs, initial_epoch, shuffle,
-            metric_list, callback_list,
+            x,
+            y_checked,
+            x_val,
+            y_val,
+            batch_size,
+            epochs,
+            initial_epoch,
+            shuffle,
+            metric_list,
+            callback_list,
         )
 
     def _units_for(self, x: np.ndarray) -> int:
@@ -373,7 +387,16 @@ class Sequential:
         return "int64" if self.loss.name == "sparse_categorical_crossentropy" else self.dtype
 
     def _fit_loop(
-        self, x, y, x_val, y_val, batch_size, epochs, initial_epoch, shuffle, metric_list,
+        self,
+        x,
+        y,
+        x_val,
+        y_val,
+        batch_size,
+        epochs,
+        initial_epoch,
+        shuffle,
+        metric_list,
         callback_list,
     ) -> callbacks_module.History:
         engine = self.engine
@@ -408,7 +431,9 @@ class Sequential:
                     X_batch, Y_batch = engine.take_rows(X, rows), engine.take_rows(Y, rows)
                 loss_terms, metric_values = self._train_step(X_batch, Y_batch, metric_list)
                 totals.add(stop - start, loss_terms, metric_values)
-                batch_logs = totals.logs() if callback_list.wants_batch_logs else None
+                batch_logs = (
+                    metrics_module.LazyLogs(totals.logs) if callback_list.wants_batch_logs else None
+                )
                 callback_list.on_train_batch_end(step, batch_logs)
                 if self.stop_training:
                     break
@@ -443,7 +468,9 @@ class Sequential:
         output = X
         for layer in self.layers:
             output = layer.forward(output, training=True)
-        loss_terms = [self.engine.loss(self.loss.name, output, Y, from_logits=self.loss.from_logits)]
+        loss_terms = [
+            self.engine.loss(self.loss.name, output, Y, from_logits=self.loss.from_logits)
+        ]
         loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
         metric_values = [metric.batch_value(self.engine, output, Y) for metric in metric_list]
         gradient, fused = self._loss_gradient(output, Y)
@@ -477,7 +504,9 @@ class Sequential:
             stop = min(start + batch_size, n)
             output = self._forward(self.engine.slice_rows(X, start, stop))
             Y_batch = self.engine.slice_rows(Y, start, stop)
-            loss = self.engine.loss(self.loss.name, output, Y_batch, from_logits=self.loss.from_logits)
+            loss = self.engine.loss(
+                self.loss.name, output, Y_batch, from_logits=self.loss.from_logits
+            )
             values = [metric.batch_value(self.engine, output, Y_batch) for metric in metric_list]
             totals.add(stop - start, [loss, *penalties], values)
         return totals.logs()
@@ -703,7 +732,9 @@ def load_model(filepath: str | os.PathLike, compile: bool = True) -> Sequential:
                 model.optimizer.build(model.engine, expected, dtype)
                 model.optimizer.set_state(model.engine, state, dtype)
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a valid dlcore model file: missing or bad {error}") from None
+        raise ValueError(
+            f"{path} is not a valid dlcore model file: missing or bad {error}"
+        ) from None
     return model
 
 
@@ -730,7 +761,7 @@ def _check_count(value: Any, name: str) -> int:
 def _check_verbose(verbose: Any) -> int:
     if verbose == "auto":
         return 1
-    if verbose in (0, 1, 2) and not isinstance(verbose, bool):
+    if verbose in (0, 1, 2):  # Keras accepts verbose=False/True too
         return int(verbose)
     raise ValueError(f"verbose must be 'auto', 0, 1 or 2; received {verbose!r}")
 

@@ -179,6 +179,10 @@ class Optimizer:
             if engine is not self._engine:
                 self.to_engine(engine)
             return
+        self._allocate(engine, size, dtype)
+
+    def _allocate(self, engine: Engine, size: int, dtype: str) -> None:
+        """Create the slots with their initial values."""
         slots: dict[str, Array | None] = {}
         for name, initial in self._slot_init().items():
             if initial is None:
@@ -231,16 +235,17 @@ class Optimizer:
             state: ``{"iterations": ..., <slot>: (P,) array, <host scalar>: ...}``.
             dtype: the dtype of the slots on the engine.
 
+        A state saved before the first step (``iterations`` 0, no slots)
+        resets the optimizer to its initial state.
+
         Raises:
             ValueError: when a slot or scalar is missing, unexpected, or of the
                 wrong size (when built, ``P`` is the built size; otherwise the
-                first slot's size).
+                first slot's size). Nothing is changed then.
         """
         owner = type(self).__name__
         if not isinstance(state, Mapping):
-            raise ValueError(
-                f"{owner} expected a state dict, received {type(state).__name__}"
-            )
+            raise ValueError(f"{owner} expected a state dict, received {type(state).__name__}")
         used = [name for name, initial in self._slot_init().items() if initial is not None]
         expected = ["iterations", *self._host_state(), *used]
         unexpected = sorted(set(state) - set(expected))
@@ -249,8 +254,9 @@ class Optimizer:
                 f"{owner} state has unexpected entries {unexpected}; with this configuration "
                 f"it expected {expected} (was it saved with other options?)"
             )
+        fresh = not any(name in state for name in used)
         for name in expected:
-            if name not in state:
+            if name not in state and not (fresh and name in used):
                 raise ValueError(f"{owner} state expected an entry {name!r}, received none")
         iterations = np.asarray(state["iterations"])
         if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
@@ -266,6 +272,17 @@ class Optimizer:
                     f"{owner} state expected {name} to be a finite float, received {value!r}"
                 )
             host[name] = float(value)
+        if fresh and used:
+            if iterations != 0:
+                raise ValueError(
+                    f"{owner} state expected the entries {used} after {int(iterations)} "
+                    "steps, received none of them"
+                )
+            self._iterations = 0
+            self._set_host_state(host)
+            if self.built:
+                self._allocate(engine, self._size, dtype)
+            return
         size = self._size
         arrays = {}
         for name in used:
@@ -283,7 +300,8 @@ class Optimizer:
         if size is None:
             return  # no slot in use and not built: build() will allocate nothing
         self._slots = {
-            name: (engine.asarray(arrays[name], dtype=dtype) if name in arrays else None)
+            # a private copy: the updates run in place and must not write into the caller's arrays
+            name: (engine.asarray(arrays[name].copy(), dtype=dtype) if name in arrays else None)
             for name in self._slot_init()
         }
         self._engine, self._size, self._dtype = engine, size, dtype
@@ -653,9 +671,7 @@ _CLASSES: dict[str, type[Optimizer]] = {
 def _by_name(name: Any) -> type[Optimizer]:
     cls = _CLASSES.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(
-            f"unknown optimizer {name!r}; available: {', '.join(sorted(_CLASSES))}"
-        )
+        raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(sorted(_CLASSES))}")
     return cls
 
 

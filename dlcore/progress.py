@@ -15,8 +15,8 @@ needs the optional ``tqdm`` package). ``verbose=2`` prints only the final line::
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any
 
 from dlcore.callbacks import Callback, Logs
@@ -79,7 +79,7 @@ class ProgbarLogger(Callback):
         self._final = False
         self._logs = {}
         self._first_step_done = None
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = perf_counter()
         if self._live_bar is not None:
             self._bar = self._live_bar(self)
 
@@ -87,7 +87,7 @@ class ProgbarLogger(Callback):
         """Moves the live bar to ``batch + 1`` steps; tqdm decides whether to redraw."""
         self._seen = batch + 1
         if batch == 0:
-            self._first_step_done = time.perf_counter()
+            self._first_step_done = perf_counter()
         if logs is not None:
             self._logs = logs
         if self._bar is not None:
@@ -115,7 +115,7 @@ class ProgbarLogger(Callback):
 
     def _summary_line(self, logs: Logs) -> str:
         """The ``verbose=2`` line: ``38/38 - 1s - 3ms/step - loss: ...``."""
-        elapsed = time.perf_counter() - self._epoch_start
+        elapsed = perf_counter() - self._epoch_start
         parts = []
         if self.target:
             parts += [_count(self.target, self.target), f"{elapsed:.0f}s"]
@@ -127,11 +127,12 @@ class ProgbarLogger(Callback):
 
     def _bar_line(self) -> str:
         """The live bar's current text, ``12/38 [=======>......] - ETA: 2s - loss: ...``."""
-        now = time.perf_counter()
+        now = perf_counter()
         target = self.target if self.target is not None else max(self._seen, 1)
         current = target if self._final else self._seen
         line = f"{_count(current, target)} [{_bar(current, target)}]"
-        step_time = self._step_time(current, now)
+        # The count ends at the target as in Keras; the time per step uses the steps that ran.
+        step_time = self._step_time(self._seen or current, now)
         if self._final:
             line += f" - {now - self._epoch_start:.0f}s {_per_step(step_time)}"
         elif current:

@@ -164,9 +164,7 @@ def get(identifier: str | dict[str, Any] | Regularizer | None) -> Regularizer | 
             return _NAMES[identifier]()
         if identifier in _CLASSES:
             return _CLASSES[identifier]()
-        raise ValueError(
-            f"unknown regularizer {identifier!r}; available: {', '.join(_NAMES)}"
-        )
+        raise ValueError(f"unknown regularizer {identifier!r}; available: {', '.join(_NAMES)}")
     if isinstance(identifier, dict):
         name = identifier.get("class_name")
         if name in ("l1", "l2", "l1_l2"):

@@ -16,9 +16,8 @@ from typing import Any
 import array_api_strict
 import numpy as np
 import pytest
-
-from backends.names import ACTIVATIONS
-from backends import xp_activations as xa
+from dlcore.backends import xp_activations as xa
+from dlcore.backends.names import ACTIVATIONS
 
 DEVICE = array_api_strict.Device("device1")
 

@@ -273,4 +273,3 @@ def test_directory_paths_are_rejected(tmp_path):
         write_archive(tmp_path, {}, {})
     with pytest.raises(IsADirectoryError, match=r"it is a directory"):
         read_archive(tmp_path)
-

@@ -6,9 +6,9 @@ import inspect
 
 import numpy as np
 import pytest
+from dlcore.backends.base import Engine
 
 from dlcore import backends
-from dlcore.backends.base import Engine
 
 SHAPES = [(5, 23, 7), (1, 3, 1), (17, 33, 65)]  # odd sizes catch edge handling
 
@@ -112,11 +112,16 @@ def test_dense_forward_and_backward_match_finite_differences(engine, rng, activa
     )
     if use_bias:
         np.testing.assert_allclose(
-            engine.to_numpy(db), numerical_gradient(lambda v: objective(X, W, v), b.copy()), atol=1e-7
+            engine.to_numpy(db),
+            numerical_gradient(lambda v: objective(X, W, v), b.copy()),
+            atol=1e-7,
         )
-    assert engine.dense_backward(
-        to(upstream), to(X), to(W), Z, Y, activation, dW=dW, db=db, need_dX=False
-    ) is None
+    assert (
+        engine.dense_backward(
+            to(upstream), to(X), to(W), Z, Y, activation, dW=dW, db=db, need_dX=False
+        )
+        is None
+    )
 
 
 def test_prelu_forward_and_backward(engine, rng):
@@ -190,7 +195,9 @@ def test_dropout_masks_scale_kept_units_and_follow_the_seed(engine):
     assert set(np.unique(mask)) == {0.0, 1 / 0.75}
     assert abs((mask == 0).mean() - 0.25) < 0.02
     np.testing.assert_array_equal(Y, X * mask)
-    dX = engine.backprop_dropout(engine.asarray(2 * X, dtype="float64"), engine.asarray(mask, dtype="float64"))
+    dX = engine.backprop_dropout(
+        engine.asarray(2 * X, dtype="float64"), engine.asarray(mask, dtype="float64")
+    )
     np.testing.assert_array_equal(engine.to_numpy(dX), 2 * X * mask)
     engine.seed(7)
     _, again = engine.dropout(engine.asarray(X, dtype="float64"), rate=0.25)

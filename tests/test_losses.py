@@ -16,7 +16,6 @@ import array_api_compat.numpy
 import array_api_strict as xps
 import numpy as np
 import pytest
-
 from dlcore.backends import xp_losses
 from dlcore.backends.names import LOSSES
 
@@ -81,8 +80,9 @@ def ref_bce(P, Y):
 REFERENCE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mean_squared_error": lambda P, Y: np.mean((Y - P) ** 2, axis=1),
     "mean_absolute_error": lambda P, Y: np.mean(np.abs(Y - P), axis=1),
-    "mean_absolute_percentage_error": lambda P, Y: 100
-    * np.mean(np.abs(Y - P) / np.maximum(np.abs(Y), EPS), axis=1),
+    "mean_absolute_percentage_error": lambda P, Y: (
+        100 * np.mean(np.abs(Y - P) / np.maximum(np.abs(Y), EPS), axis=1)
+    ),
     "mean_squared_logarithmic_error": lambda P, Y: np.mean(
         (np.log(np.maximum(P, EPS) + 1) - np.log(np.maximum(Y, EPS) + 1)) ** 2, axis=1
     ),

@@ -34,8 +34,9 @@ def small_model(seed: int = 3, dtype: str = "float32") -> Sequential:
             Dense(3, activation="softmax"),
         ]
     )
-    model.compile(optimizer=Adam(learning_rate=0.01), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=Adam(learning_rate=0.01), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
@@ -85,8 +86,12 @@ def test_whole_model_gradient_matches_finite_differences(engine, loss, last_acti
     model = Sequential(
         [
             Input(shape=(4,)),
-            Dense(5, activation="elu", kernel_regularizer=l1_l2(l1=1e-3, l2=1e-2),
-                  bias_regularizer=l2(1e-2)),
+            Dense(
+                5,
+                activation="elu",
+                kernel_regularizer=l1_l2(l1=1e-3, l2=1e-2),
+                bias_regularizer=l2(1e-2),
+            ),
             PReLU(alpha_initializer="random_uniform"),
             Dropout(0.0),
             Dense(4, activation="swish"),
@@ -121,7 +126,9 @@ def test_fused_softmax_crossentropy_equals_logits_path(engine):
     for last, loss in [("softmax", "categorical_crossentropy"), ("linear", None)]:
         dlcore.set_floatx("float64")
         dlcore.set_random_seed(5)
-        model = Sequential([Dense(4, activation="relu", input_shape=(6,)), Dense(3, activation=last)])
+        model = Sequential(
+            [Dense(4, activation="relu", input_shape=(6,)), Dense(3, activation=last)]
+        )
         loss_object = loss or dlcore.losses.CategoricalCrossentropy(from_logits=True)
         model.compile(optimizer="sgd", loss=loss_object)
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
@@ -133,12 +140,14 @@ def test_fused_softmax_crossentropy_equals_logits_path(engine):
 def test_validation_split_takes_the_last_samples_before_shuffling(engine):
     x, labels = blobs(n=50)
     y = to_categorical(labels, 3)
-    split = small_model(dtype="float64").fit(
-        x, y, epochs=2, validation_split=0.2, verbose=0
-    ).history
-    explicit = small_model(dtype="float64").fit(
-        x[:40], y[:40], epochs=2, validation_data=(x[40:], y[40:]), verbose=0
-    ).history
+    split = (
+        small_model(dtype="float64").fit(x, y, epochs=2, validation_split=0.2, verbose=0).history
+    )
+    explicit = (
+        small_model(dtype="float64")
+        .fit(x[:40], y[:40], epochs=2, validation_data=(x[40:], y[40:]), verbose=0)
+        .history
+    )
     for key in split:
         np.testing.assert_allclose(split[key], explicit[key], rtol=1e-12, err_msg=key)
 
@@ -155,8 +164,9 @@ class BatchSizes(Callback):
 def test_last_partial_batch_is_used(engine):
     x, labels = blobs(n=10)
     recorder = BatchSizes()
-    small_model().fit(x, to_categorical(labels, 3), batch_size=4, epochs=1, verbose=0,
-                      callbacks=[recorder])
+    small_model().fit(
+        x, to_categorical(labels, 3), batch_size=4, epochs=1, verbose=0, callbacks=[recorder]
+    )
     assert recorder.steps == [0, 1, 2]
 
 

@@ -27,9 +27,7 @@ def test_to_categorical_shapes_and_values(shape, expected_shape):
 
 def test_to_categorical_scalar_and_list():
     np.testing.assert_array_equal(to_categorical(2, num_classes=4), [0, 0, 1, 0])
-    np.testing.assert_array_equal(
-        to_categorical([0, 2, 1]), [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
-    )
+    np.testing.assert_array_equal(to_categorical([0, 2, 1]), [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
 
 
 def test_to_categorical_num_classes_and_dtype():
@@ -86,8 +84,12 @@ def test_normalize_matches_reference(axis, order):
     x = np.random.default_rng(1).normal(size=(4, 3))
     x[1] = 0.0
     x[:, 2] = 0.0
-    np.testing.assert_allclose(normalize(x, axis=axis, order=order),
-                               _reference_normalize(x, axis, order), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(
+        normalize(x, axis=axis, order=order),
+        _reference_normalize(x, axis, order),
+        rtol=1e-13,
+        atol=0,
+    )
 
 
 def test_normalize_default_is_l2_over_last_axis():
@@ -98,8 +100,9 @@ def test_normalize_default_is_l2_over_last_axis():
 
 
 def test_normalize_axis_none_and_ints():
-    np.testing.assert_allclose(normalize(np.array([[3, 0], [0, 4]]), axis=None),
-                               [[0.6, 0.0], [0.0, 0.8]], rtol=1e-15)
+    np.testing.assert_allclose(
+        normalize(np.array([[3, 0], [0, 4]]), axis=None), [[0.6, 0.0], [0.0, 0.8]], rtol=1e-15
+    )
     assert normalize(np.array([1, 1])).dtype == np.float64
 
 

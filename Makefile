@@ -1,0 +1,45 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates the
+# virtual environment .venv (with python3) and installs dlcore with the extras it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ENGINE ?=
+
+.PHONY: demo test test-fast lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python -m dlcore demo
+
+# `make test ENGINE=numpy` runs the engine-parametrized tests on one engine only.
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(if $(ENGINE),--engine $(ENGINE))
+
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q -x -m "not slow" --engine numpy
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy dlcore backends
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,max
