@@ -70,7 +70,10 @@ class ArrayAPIEngine(Engine):
 
     # ------------------------------------------------------------------ dense layers
     def gemm(self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
-        return self.xp.matmul(A.mT if trans_a else A, B.mT if trans_b else B)
+        xp = self.xp
+        return xp.matmul(
+            xp.matrix_transpose(A) if trans_a else A, xp.matrix_transpose(B) if trans_b else B
+        )
 
     def dense_forward(
         self, X: Array, W: Array, b: Array | None, activation: str
@@ -97,10 +100,10 @@ class ArrayAPIEngine(Engine):
     ) -> Array | None:
         xp = self.xp
         dZ = dY if activation == "linear" else xp_activations.backward(xp, activation, dY, Z, Y)
-        dW[...] = xp.matmul(X.mT, dZ)
+        dW[...] = xp.matmul(xp.matrix_transpose(X), dZ)
         if db is not None:
             db[...] = xp.sum(dZ, axis=0)
-        return xp.matmul(dZ, W.mT) if need_dX else None
+        return xp.matmul(dZ, xp.matrix_transpose(W)) if need_dX else None
 
     # ------------------------------------------------------------------ activations
     def activation(self, name: str, Z: Array) -> Array:
