@@ -42,4 +42,5 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
 
 bench: $(VENV)/.test-installed
-	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,max
+	$(BIN)/python -m pytest bench --benchmark-enable --benchmark-only \
+		--benchmark-columns=min,median,max

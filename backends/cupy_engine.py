@@ -38,9 +38,12 @@ class CupyEngine(ArrayAPIEngine):
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as error:  # CuPy raises its own CUDARuntimeError without a driver
-            return False, f"CuPy is installed but found no usable CUDA GPU ({error})"
+            return False, (
+                f"CuPy is installed but found no usable CUDA GPU ({error}); "
+                "use the numpy engine on this machine"
+            )
         if count == 0:
-            return False, "CuPy is installed but this machine has no CUDA GPU"
+            return False, "CuPy is installed but this machine has no CUDA GPU; use the numpy engine"
         name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
         return True, name.decode() if isinstance(name, bytes) else str(name)
 

@@ -46,12 +46,27 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
     return array
 
 
-def check_features(x: Any, features: int | None, *, name: str = "x") -> np.ndarray:
+def check_range(array: np.ndarray, dtype: str, name: str) -> None:
+    """Raise when finite values of ``array`` would overflow to infinity in ``dtype``."""
+    largest = float(np.max(np.abs(array)))
+    limit = float(np.finfo(dtype).max)
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:g}, beyond the range of the model's {dtype} "
+            f"(largest {limit:g}); rescale them or use dlcore.set_floatx('float64') before "
+            "building the model"
+        )
+
+
+def check_features(
+    x: Any, features: int | None, *, dtype: str = "float64", name: str = "x"
+) -> np.ndarray:
     """Validate model inputs: a finite numeric ``(N, features)`` array.
 
     Args:
         x: the user's inputs.
         features: the model's input width, or ``None`` when the model is not built yet.
+        dtype: the model's float dtype; values beyond its range are rejected.
 
     Returns:
         ``x`` as a NumPy array of shape ``(N, F)``.
@@ -60,11 +75,12 @@ def check_features(x: Any, features: int | None, *, name: str = "x") -> np.ndarr
     if array.ndim == 1 and features == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2:
-        hint = (
-            f" (use {name}.reshape(len({name}), -1) to flatten each sample)"
-            if array.ndim > 2
-            else f" (use {name}.reshape(-1, 1) for one feature per sample)"
-        )
+        if array.ndim > 2:
+            hint = f" (use {name}.reshape(len({name}), -1) to flatten each sample)"
+        elif features is not None and len(array) == features:
+            hint = f" (use {name}.reshape(1, -1) for a single sample)"
+        else:
+            hint = f" (use {name}.reshape(-1, 1) for one feature per sample)"
         raise ValueError(
             f"expected {name} of shape (samples, features), received {name}.shape={array.shape}"
             + hint
@@ -74,6 +90,7 @@ def check_features(x: Any, features: int | None, *, name: str = "x") -> np.ndarr
             f"the model expects inputs with {features} features (input_shape=({features},)), "
             f"received {name}.shape={array.shape}"
         )
+    check_range(array, dtype, name)
     return array
 
 
@@ -86,7 +103,9 @@ def check_sample_counts(x: np.ndarray, y: np.ndarray, *, x_name: str = "x", y_na
         )
 
 
-def check_targets(y: Any, loss_name: str, units: int, *, name: str = "y") -> np.ndarray:
+def check_targets(
+    y: Any, loss_name: str, units: int, *, dtype: str = "float64", name: str = "y"
+) -> np.ndarray:
     """Validate targets for ``loss_name`` and an output layer of ``units`` units.
 
     Returns:
@@ -106,7 +125,7 @@ def check_targets(y: Any, loss_name: str, units: int, *, name: str = "y") -> np.
         if array.dtype.kind == "f" and not np.all(array == np.round(array)):
             raise ValueError(
                 f"sparse_categorical_crossentropy expects integer class labels, received "
-                f"non-integer values such as {array[array != np.round(array)][0]!r}"
+                f"non-integer values such as {array[array != np.round(array)][0].item()!r}"
             )
         labels = array.astype(np.int64)
         low, high = int(labels.min()), int(labels.max())
@@ -121,7 +140,7 @@ def check_targets(y: Any, loss_name: str, units: int, *, name: str = "y") -> np.
     if array.ndim == 1:
         if units == 1:
             array = array.reshape(-1, 1)
-        elif loss_name == "categorical_crossentropy" and array.dtype.kind in "biu":
+        elif loss_name == "categorical_crossentropy" and np.all(array == np.round(array)):
             raise ValueError(
                 f"categorical_crossentropy expects one-hot targets of shape (samples, {units}), "
                 f"received integer labels {name}.shape={array.shape}; convert them with "
@@ -136,13 +155,14 @@ def check_targets(y: Any, loss_name: str, units: int, *, name: str = "y") -> np.
     if loss_name == "binary_crossentropy" and (array.min() < 0 or array.max() > 1):
         raise ValueError(
             f"binary_crossentropy expects targets in [0, 1], received values from "
-            f"{array.min()!r} to {array.max()!r}"
+            f"{array.min().item()!r} to {array.max().item()!r}"
         )
     if loss_name == "categorical_crossentropy" and array.min() < 0:
         raise ValueError(
             f"categorical_crossentropy expects non-negative (one-hot) targets, received "
-            f"a minimum of {array.min()!r}"
+            f"a minimum of {array.min().item()!r}"
         )
+    check_range(array, dtype, name)
     return array.astype(np.float64, copy=False)
 
 

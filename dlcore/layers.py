@@ -312,6 +312,9 @@ class Dropout(Layer):
 
     Args:
         rate: float in ``[0, 1)``, the fraction of units dropped.
+        seed: accepted for Keras compatibility; masks are drawn from the
+            engine's generator, which ``dlcore.set_random_seed`` seeds, so runs
+            repeat exactly once the global seed is set.
     """
 
     def __init__(self, rate: float, **kwargs: Any) -> None:

@@ -262,11 +262,12 @@ class Sequential:
                 f"compile() got unsupported argument(s) {', '.join(kwargs)}; "
                 "dlcore supports optimizer, loss and metrics"
             )
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        self.metric_names = metrics_module.check_names(metrics)
-        if self.built and self.layers:
-            metrics_module.resolve(self.metric_names, self.loss, self.output_units)
+        new_optimizer = optimizers.get(optimizer)
+        new_loss = losses.get(loss)
+        new_metric_names = metrics_module.check_names(metrics)
+        if self.built:
+            metrics_module.resolve(new_metric_names, new_loss, self.output_units)
+        self.optimizer, self.loss, self.metric_names = new_optimizer, new_loss, new_metric_names
 
     @property
     def compiled(self) -> bool:
@@ -326,10 +327,12 @@ class Sequential:
             raise ValueError(
                 f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
             )
-        x = data_checks.check_features(x, self.input_features)
+        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         if y is None:
             raise ValueError("fit() needs targets y for the loss; received y=None")
-        y_checked = data_checks.check_targets(y, self.loss.name, self._units_for(x))
+        y_checked = data_checks.check_targets(
+            y, self.loss.name, self._units_for(x), dtype=self._data_dtype()
+        )
         data_checks.check_sample_counts(x, y_checked)
         x_val = y_val = None
         if validation_data is not None:
@@ -366,6 +369,10 @@ class Sequential:
             callback_list,
         )
 
+    def _data_dtype(self) -> str:
+        """The float dtype data will have on the engine: the model's, or floatx before build."""
+        return self.dtype or config.floatx()
+
     def _units_for(self, x: np.ndarray) -> int:
         if not self.built:
             self.build(input_shape=(None, x.shape[1]))
@@ -376,9 +383,15 @@ class Sequential:
             raise ValueError(
                 "validation_data must be a tuple (x_val, y_val); sample weights are not supported"
             )
-        x_val = data_checks.check_features(validation_data[0], self.input_features, name="x_val")
+        x_val = data_checks.check_features(
+            validation_data[0], self.input_features, dtype=self._data_dtype(), name="x_val"
+        )
         y_val = data_checks.check_targets(
-            validation_data[1], self.loss.name, self.output_units, name="y_val"
+            validation_data[1],
+            self.loss.name,
+            self.output_units,
+            dtype=self._data_dtype(),
+            name="y_val",
         )
         data_checks.check_sample_counts(x_val, y_val, x_name="x_val", y_name="y_val")
         return x_val, y_val
@@ -531,10 +544,12 @@ class Sequential:
         self._require_compiled("evaluate()")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
-        x = data_checks.check_features(x, self.input_features)
+        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         if y is None:
             raise ValueError("evaluate() needs targets y; received y=None")
-        y_checked = data_checks.check_targets(y, self.loss.name, self._units_for(x))
+        y_checked = data_checks.check_targets(
+            y, self.loss.name, self._units_for(x), dtype=self._data_dtype()
+        )
         data_checks.check_sample_counts(x, y_checked)
         metric_list = metrics_module.resolve(self.metric_names, self.loss, self.output_units)
         started = time.perf_counter()
@@ -558,7 +573,7 @@ class Sequential:
             raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
-        x = data_checks.check_features(x, self.input_features)
+        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         self._units_for(x)
         started = time.perf_counter()
         X = self.engine.asarray(x, dtype=self.dtype)
@@ -574,7 +589,7 @@ class Sequential:
 
     def __call__(self, x: Any) -> np.ndarray:
         """``predict(x)`` on the whole input at once."""
-        x = data_checks.check_features(x, self.input_features)
+        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         return self.predict(x, batch_size=len(x))
 
     # ------------------------------------------------------------------ saving
@@ -652,7 +667,13 @@ class Sequential:
                 f"the weights in {os.fspath(filepath)} have shapes {layer_shapes}, "
                 f"this model has {own}"
             )
-        self._set_flat(arrays["params"])
+        try:
+            params = _checked_params(arrays, int(self._params.shape[0]))
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"the weights file {os.fspath(filepath)} is damaged: {error}"
+            ) from None
+        self._set_flat(params)
 
     def _set_flat(self, flat: np.ndarray) -> None:
         self.engine.assign(self._params, self.engine.asarray(flat, dtype=self.dtype))
@@ -674,9 +695,7 @@ def _model_from_config(config_dict: dict[str, Any]) -> Sequential:
         cls = LAYER_CLASSES.get(entry.get("class_name"))
         if cls is None:
             raise ValueError(f"unknown layer type {entry.get('class_name')!r} in the model file")
-        layer_config = dict(entry["config"])
-        layer_config.pop("name", None)  # names are made unique in this process again
-        layers.append(cls.from_config(layer_config))
+        layers.append(cls.from_config(dict(entry["config"])))
     model = Sequential(layers, name=config_dict.get("name"))
     model.input_features = config_dict["input_features"]
     return model
@@ -709,13 +728,7 @@ def load_model(filepath: str | os.PathLike, compile: bool = True) -> Sequential:
             model.build()
         finally:
             config.set_floatx(previous)
-        expected = int(model._params.shape[0])
-        params = arrays["params"]
-        if params.shape != (expected,):
-            raise ValueError(
-                f"{path} holds {params.size} parameters but its architecture needs {expected}"
-            )
-        model._set_flat(params)
+        model._set_flat(_checked_params(arrays, int(model._params.shape[0])))
         compile_config = file_config.get("compile")
         if compile and compile_config:
             model.compile(
@@ -729,13 +742,27 @@ def load_model(filepath: str | os.PathLike, compile: bool = True) -> Sequential:
                     for key, value in arrays.items()
                     if key.startswith("optimizer/")
                 }
-                model.optimizer.build(model.engine, expected, dtype)
+                size = int(model._params.shape[0])
+                model.optimizer.build(model.engine, size, dtype)
                 model.optimizer.set_state(model.engine, state, dtype)
-    except (KeyError, TypeError) as error:
-        raise ValueError(
-            f"{path} is not a valid dlcore model file: missing or bad {error}"
-        ) from None
+    except KeyError as error:
+        raise ValueError(f"{path} is not a valid dlcore model file: missing {error}") from None
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path} is not a valid dlcore model file: {error}") from None
     return model
+
+
+def _checked_params(arrays: dict[str, np.ndarray], expected: int) -> np.ndarray:
+    """The flat ``params`` array of a file, checked against the size the architecture needs."""
+    params = arrays["params"]
+    if params.dtype.kind != "f":
+        raise ValueError(f"params must hold real floats, found dtype {params.dtype}")
+    if params.shape != (expected,):
+        raise ValueError(
+            f"params has shape {params.shape}; the architecture needs ({expected},): "
+            f"the file holds {params.size} parameters but its architecture needs {expected}"
+        )
+    return params
 
 
 # ---------------------------------------------------------------------- helpers

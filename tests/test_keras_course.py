@@ -17,7 +17,7 @@ def titanic_like():
     """Survival from 10 numeric predictors, shaped like the course's Titanic frame."""
     rng = np.random.default_rng(0)
     predictors = rng.standard_normal((300, 10))
-    survived = (predictors[:, 0] + 0.5 * predictors[:, 3] + 0.3 * rng.standard_normal(300) > 0)
+    survived = predictors[:, 0] + 0.5 * predictors[:, 3] + 0.3 * rng.standard_normal(300) > 0
     return predictors, survived.astype(int)
 
 
