@@ -215,3 +215,24 @@ def test_unknown_name_raises_key_error(ns: Namespace) -> None:
         xa.forward(ns.xp, "mish", Zx)
     with pytest.raises(KeyError, match="mish"):
         xa.backward(ns.xp, "mish", Zx, Zx, Zx)
+
+
+# ---------------------------------------------------------------------- through every engine
+# The same references, reached through the engine interface, so that every engine
+# (``pytest --engine NAME``) is held to them, whatever implements its activations.
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_engine_activation_matches_reference(engine, name: str) -> None:
+    rng = np.random.default_rng(11)
+    Z = _points_away_from_kinks(rng)
+    dY = rng.normal(size=Z.shape)
+    f = REFERENCE[name]
+    Zx = engine.asarray(Z, dtype="float64")
+    Yx = engine.activation(name, Zx)
+    np.testing.assert_allclose(engine.to_numpy(Yx), f(Z), rtol=1e-12, atol=1e-14)
+    expected = np.empty_like(Z)
+    for index in np.ndindex(Z.shape):
+        step = np.zeros_like(Z)
+        step[index] = 1e-6
+        expected[index] = np.sum(dY * (f(Z + step) - f(Z - step))) / 2e-6
+    dZ = engine.backprop_activation(name, engine.asarray(dY, dtype="float64"), Zx, Yx)
+    np.testing.assert_allclose(engine.to_numpy(dZ), expected, rtol=1e-6, atol=1e-8)

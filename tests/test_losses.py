@@ -456,3 +456,44 @@ def test_unknown_name_raises_key_error_listing_names(function):
         function(np, "huber", P, P)
     with pytest.raises(KeyError, match="unknown loss 'huber'"):
         function(np, "huber", P, P, from_logits=True)
+
+
+# ---------------------------------------------------------------------- through every engine
+# The same cases through the engine interface, so every engine (``pytest --engine NAME``)
+# is held to the references whatever implements its losses.
+def _engine_inputs(engine, P, Y):
+    labels = Y.ndim == 1
+    return (
+        engine.asarray(P, dtype="float64"),
+        engine.asarray(Y, dtype="int64" if labels else "float64"),
+    )
+
+
+@pytest.mark.parametrize("name, from_logits, build, h", CASE_PARAMS)
+def test_engine_loss_and_gradient_match_reference(engine, name, from_logits, build, h):
+    P, Y = make_inputs(build)
+    P_engine, Y_engine = _engine_inputs(engine, P, Y)
+    value = engine.to_numpy(engine.loss(name, P_engine, Y_engine, from_logits=from_logits))
+    np.testing.assert_allclose(value, reference_loss(name, P, Y, from_logits), rtol=1e-12)
+    grad = engine.backprop_loss(name, P_engine, Y_engine, from_logits=from_logits)
+    expected = finite_difference(name, P, Y, from_logits, h)
+    np.testing.assert_allclose(engine.to_numpy(grad), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("labels_as_int", [False, True])
+def test_engine_fused_gradients_equal_the_logits_gradients(engine, labels_as_int):
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(N, O))
+    labels = rng.integers(0, O, N)
+    Y = labels if labels_as_int else one_hot(labels)
+    Z_engine, Y_engine = _engine_inputs(engine, Z, Y)
+    P = engine.activation("softmax", Z_engine)
+    fused = engine.to_numpy(engine.backprop_softmax_crossentropy(P, Y_engine))
+    name = SPARSE if labels_as_int else "categorical_crossentropy"
+    chain = engine.to_numpy(engine.backprop_loss(name, Z_engine, Y_engine, from_logits=True))
+    np.testing.assert_allclose(fused, chain, rtol=1e-12, atol=1e-15)
+    targets = engine.asarray((rng.random((N, O)) > 0.5).astype(float), dtype="float64")
+    S = engine.activation("sigmoid", Z_engine)
+    fused = engine.to_numpy(engine.backprop_sigmoid_crossentropy(S, targets))
+    chain = engine.backprop_loss("binary_crossentropy", Z_engine, targets, from_logits=True)
+    np.testing.assert_allclose(fused, engine.to_numpy(chain), rtol=1e-12, atol=1e-15)

@@ -256,3 +256,48 @@ def test_training_learns_a_separable_problem(engine):
     model = small_model()
     history = model.fit(x, to_categorical(labels, 3), epochs=30, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] > 0.9
+
+
+class CountingReads:
+    """Wraps an engine's scalars_to_numpy to count the device-to-host reads of fit."""
+
+    def __init__(self, engine, monkeypatch):
+        self.calls = 0
+        original = engine.scalars_to_numpy
+
+        def counted(values):
+            self.calls += 1
+            return original(values)
+
+        monkeypatch.setattr(engine, "scalars_to_numpy", counted)
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_fit_reads_scalars_once_per_epoch_when_nothing_needs_batch_logs(
+    engine, monkeypatch, verbose, capsys
+):
+    x, labels = blobs(n=64)
+    model = small_model()
+    reads = CountingReads(engine, monkeypatch)
+    model.fit(
+        x, to_categorical(labels, 3), batch_size=8, epochs=3, verbose=verbose, validation_split=0.25
+    )
+    assert reads.calls == 3 * 2  # per epoch: the training totals, then the validation totals
+
+
+def test_batch_callbacks_get_running_averages_read_on_demand(engine, monkeypatch):
+    x, labels = blobs(n=40)
+    y = to_categorical(labels, 3)
+    seen = []
+
+    class Recorder(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(dict(logs))
+
+    model = small_model(dtype="float64")
+    history = model.fit(
+        x, y, batch_size=10, epochs=1, verbose=0, shuffle=False, callbacks=[Recorder()]
+    )
+    assert len(seen) == 4
+    assert seen[-1]["loss"] == pytest.approx(history.history["loss"][0], rel=1e-12)
+    assert seen[-1]["accuracy"] == pytest.approx(history.history["accuracy"][0], rel=1e-12)
