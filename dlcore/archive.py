@@ -119,7 +119,7 @@ def write_archive(
         config_json = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"the model config is not JSON-serialisable: {e}") from None
-    members = {
+    members: dict[str, np.ndarray] = {
         MARKER_KEY: np.frombuffer(FORMAT_MARKER, dtype=np.uint8),
         VERSION_KEY: np.asarray(FORMAT_VERSION, dtype=np.int64),
         CONFIG_KEY: np.frombuffer(config_json.encode("utf-8"), dtype=np.uint8),

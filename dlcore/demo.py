@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -92,7 +93,8 @@ def run(
         )
         seconds = time.perf_counter() - started
         split_at = int(len(x) * 0.7)
-        _, val_accuracy = model.evaluate(x[split_at:], y[split_at:], verbose=0)
+        # the model has one metric, so evaluate returns [loss, accuracy]
+        _, val_accuracy = cast("list[float]", model.evaluate(x[split_at:], y[split_at:], verbose=0))
         say(
             f"validation accuracy on the last 30% of the digits: {val_accuracy:.4f} "
             f"after {len(history.epoch)} epochs in {seconds:.1f} s"

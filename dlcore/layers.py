@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from dlcore import activations, initializers, regularizers
 from dlcore.backends.base import Array, Engine
 
 _name_counters: dict[str, itertools.count] = {}
+_Cache = TypeVar("_Cache")
 
 
 def _unique_name(prefix: str) -> str:
@@ -103,6 +104,16 @@ class Layer:
         self.trainable_weights = weights
         self.gradients = gradients
 
+    def _bound_engine(self) -> Engine:
+        """The engine given by ``bind``; the layer must belong to a built model."""
+        if self.engine is None:
+            # AttributeError, as the attribute access on None raised before this check
+            raise AttributeError(
+                f"layer {self.name!r} has no engine yet: it gets one when the Sequential "
+                "model holding it is built"
+            )
+        return self.engine
+
     @property
     def output_activation(self) -> str:
         """The activation applied last by this layer (``"linear"`` when none)."""
@@ -159,6 +170,16 @@ class Input:
         self.name = name or _unique_name("input_layer")
 
 
+def _forward_cache(layer: Layer, cache: _Cache | None) -> _Cache:
+    """What ``forward(training=True)`` kept for ``backward``."""
+    if cache is None:
+        # TypeError, as unpacking the missing cache raised before this check
+        raise TypeError(
+            f"layer {layer.name!r}: backward() needs a forward(..., training=True) call first"
+        )
+    return cache
+
+
 class Dense(Layer):
     """A fully connected layer: ``activation(x @ kernel + bias)``.
 
@@ -175,6 +196,8 @@ class Dense(Layer):
         >>> Dense(50, activation="relu", input_shape=(784,))
     """
 
+    units: int  # fixed by the constructor, unlike the base class's
+
     def __init__(
         self,
         units: int,
@@ -187,7 +210,8 @@ class Dense(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
+        # int is listed for mypy, which does not know that int is a numbers.Integral
+        if isinstance(units, bool) or not isinstance(units, (int, numbers.Integral)) or units < 1:
             raise ValueError(f"Dense expected a positive integer units, received units={units!r}")
         self.units = int(units)
         self.activation = activations.get(activation)
@@ -226,7 +250,7 @@ class Dense(Layer):
         return self.gradients[1] if self.use_bias else None
 
     def forward(self, X: Array, *, training: bool) -> Array:
-        Z, Y = self.engine.dense_forward(
+        Z, Y = self._bound_engine().dense_forward(
             X, self.trainable_weights[0], self._bias(), self.activation
         )
         if training:
@@ -234,8 +258,8 @@ class Dense(Layer):
         return Y
 
     def _backward(self, dY: Array, activation: str, need_dX: bool) -> Array | None:
-        X, Z, Y = self._cache
-        engine = self.engine
+        X, Z, Y = _forward_cache(self, self._cache)
+        engine = self._bound_engine()
         kernel, dkernel = self.trainable_weights[0], self.gradients[0]
         dX = engine.dense_backward(
             dY, X, kernel, Z, Y, activation, dW=dkernel, db=self._bias_gradient(), need_dX=need_dX
@@ -258,10 +282,12 @@ class Dense(Layer):
         out = []
         if self.kernel_regularizer is not None:
             reg = self.kernel_regularizer
-            out.append(self.engine.penalty(self.trainable_weights[0], l1=reg.l1, l2=reg.l2))
+            out.append(
+                self._bound_engine().penalty(self.trainable_weights[0], l1=reg.l1, l2=reg.l2)
+            )
         if self.bias_regularizer is not None and self.use_bias:
             reg = self.bias_regularizer
-            out.append(self.engine.penalty(self._bias(), l1=reg.l1, l2=reg.l2))
+            out.append(self._bound_engine().penalty(self._bias(), l1=reg.l1, l2=reg.l2))
         return out
 
     def get_config(self) -> dict[str, Any]:
@@ -291,14 +317,14 @@ class Activation(Layer):
         return self.activation
 
     def forward(self, X: Array, *, training: bool) -> Array:
-        Y = self.engine.activation(self.activation, X)
+        Y = self._bound_engine().activation(self.activation, X)
         if training:
             self._cache = (X, Y)
         return Y
 
     def backward(self, dY: Array, *, need_dX: bool) -> Array | None:
-        X, Y = self._cache
-        return self.engine.backprop_activation(self.activation, dY, X, Y)
+        X, Y = _forward_cache(self, self._cache)
+        return self._bound_engine().backprop_activation(self.activation, dY, X, Y)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -320,7 +346,12 @@ class Dropout(Layer):
     def __init__(self, rate: float, **kwargs: Any) -> None:
         kwargs.pop("seed", None)  # masks come from dlcore.set_random_seed's stream
         super().__init__(**kwargs)
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        # float is listed for mypy, which does not know that float is a numbers.Real
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (float, numbers.Real))
+            or not 0 <= rate < 1
+        ):
             raise ValueError(f"Dropout expected a rate in [0, 1), received rate={rate!r}")
         self.rate = float(rate)
         self._mask: Array | None = None
@@ -329,13 +360,13 @@ class Dropout(Layer):
         if not training or self.rate == 0:
             self._mask = None
             return X
-        Y, self._mask = self.engine.dropout(X, rate=self.rate)
+        Y, self._mask = self._bound_engine().dropout(X, rate=self.rate)
         return Y
 
     def backward(self, dY: Array, *, need_dX: bool) -> Array | None:
         if self._mask is None:
             return dY
-        return self.engine.backprop_dropout(dY, self._mask)
+        return self._bound_engine().backprop_dropout(dY, self._mask)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -364,26 +395,34 @@ class PReLU(Layer):
         return [] if self.input_features is None else [(self.input_features,)]
 
     def initial_values(self, rng: np.random.Generator, dtype: str) -> list[np.ndarray]:
-        return [self.alpha_initializer((self.input_features,), dtype=dtype, rng=rng)]
+        features = self.input_features
+        if features is None:
+            # ValueError, as the initializer raised for the shape (None,) before this check
+            raise ValueError(
+                f"layer {self.name!r} is not built yet: the shape of alpha, (features,), "
+                "is unknown until the model holding it is built"
+            )
+        return [self.alpha_initializer((features,), dtype=dtype, rng=rng)]
 
     def forward(self, X: Array, *, training: bool) -> Array:
         if training:
             self._cache = X
-        return self.engine.prelu(X, self.trainable_weights[0])
+        return self._bound_engine().prelu(X, self.trainable_weights[0])
 
     def backward(self, dY: Array, *, need_dX: bool) -> Array | None:
         alpha, dalpha = self.trainable_weights[0], self.gradients[0]
-        dX = self.engine.backprop_prelu(dY, self._cache, alpha, dalpha=dalpha)
+        engine = self._bound_engine()
+        dX = engine.backprop_prelu(dY, self._cache, alpha, dalpha=dalpha)
         if self.alpha_regularizer is not None:
             reg = self.alpha_regularizer
-            self.engine.backprop_penalty(alpha, dalpha, l1=reg.l1, l2=reg.l2)
+            engine.backprop_penalty(alpha, dalpha, l1=reg.l1, l2=reg.l2)
         return dX
 
     def penalties(self) -> list[Array]:
         if self.alpha_regularizer is None:
             return []
         reg = self.alpha_regularizer
-        return [self.engine.penalty(self.trainable_weights[0], l1=reg.l1, l2=reg.l2)]
+        return [self._bound_engine().penalty(self.trainable_weights[0], l1=reg.l1, l2=reg.l2)]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -62,6 +62,7 @@ class Loss:
         pred = np.asarray(y_pred, dtype=np.float64)
         if pred.ndim == 1:
             pred = pred[:, None]
+        true: np.ndarray
         if self.name == "sparse_categorical_crossentropy":
             true = np.asarray(y_true).reshape(-1).astype(np.int64)
         else:

@@ -50,7 +50,11 @@ class Metric:
         """The engine's 0-d result for one batch: a count or a batch-mean loss."""
         if self.accuracy_kind is not None:
             return engine.count_correct(self.accuracy_kind, Y_pred, Y_true)
-        return engine.loss(self.loss.name, Y_pred, Y_true, from_logits=self.loss.from_logits)
+        loss = self.loss
+        if loss is None:
+            # AttributeError, as the attribute access on None raised before this check
+            raise AttributeError(f"metric {self.key!r} has neither an accuracy kind nor a loss")
+        return engine.loss(loss.name, Y_pred, Y_true, from_logits=loss.from_logits)
 
     def per_sample_divisor(self, units: int) -> int:
         """Counts of binary accuracy are per output element, others per sample."""

@@ -156,11 +156,37 @@ class Sequential:
             except ValueError as error:
                 raise ValueError(f"{what}: {error}") from None
 
+    # What build() and compile() set. The public methods build the model or check that it
+    # is compiled before they use these, so the raises are reached only by misuse of the
+    # private helpers; AttributeError, as the attribute access on None raised before.
+    def _built_engine(self) -> Engine:
+        if self.engine is None:
+            raise AttributeError("the model is not built yet: it has no engine")
+        return self.engine
+
+    def _built_dtype(self) -> str:
+        if self.dtype is None:
+            raise AttributeError("the model is not built yet: it has no dtype")
+        return self.dtype
+
+    def _compiled_loss(self) -> losses.Loss:
+        if self.loss is None:
+            raise AttributeError("the model is not compiled yet: it has no loss")
+        return self.loss
+
+    def _compiled_optimizer(self) -> optimizers.Optimizer:
+        if self.optimizer is None:
+            raise AttributeError("the model is not compiled yet: it has no optimizer")
+        return self.optimizer
+
     @property
     def output_units(self) -> int:
         """Number of output features (the last layer's width); the model must be built."""
         self._ensure_built("output_units")
-        return self.layers[-1].units
+        units = self.layers[-1].units
+        if units is None:  # every layer has its width once built
+            raise RuntimeError(f"layer {self.layers[-1].name!r} has no output width")
+        return units
 
     def count_params(self) -> int:
         """Number of trainable scalars in the model."""
@@ -200,7 +226,8 @@ class Sequential:
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every parameter in Keras's order: per layer kernel ``(in, out)``, bias."""
         self._ensure_built("get_weights()")
-        return [self.engine.to_numpy(w) for layer in self.layers for w in layer.trainable_weights]
+        engine = self._built_engine()
+        return [engine.to_numpy(w) for layer in self.layers for w in layer.trainable_weights]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Replace every parameter; ``weights`` as returned by ``get_weights``.
@@ -225,8 +252,9 @@ class Sequential:
                     f"received {tuple(array.shape)}"
                 )
             arrays.append(array)
+        engine = self._built_engine()
         for target, array in zip(targets, arrays):
-            self.engine.assign(target, self.engine.asarray(array, dtype=self.dtype))
+            engine.assign(target, engine.asarray(array, dtype=self.dtype))
 
     def to(self, engine_name: str) -> Sequential:
         """Move the weights and the optimizer state to another engine; returns ``self``."""
@@ -235,7 +263,7 @@ class Sequential:
             raise ValueError("to(): the model is not built yet; build it or fit it first")
         if not engine.supports_dtype(self.dtype):
             raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
-        flat = self.engine.to_numpy(self._params)
+        flat = self._built_engine().to_numpy(self._params)
         self._place(engine, flat)
         if self.optimizer is not None and self.optimizer.built:
             self.optimizer.to_engine(engine)
@@ -315,13 +343,15 @@ class Sequential:
                 f"fit() got unsupported argument(s) {', '.join(kwargs)}; supported: {_FIT_OPTIONS}"
             )
         self._require_compiled("fit()")
+        loss = self._compiled_loss()
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         epochs = _check_count(epochs, "epochs")
         initial_epoch = _check_count(initial_epoch, "initial_epoch")
         verbose = _check_verbose(verbose)
         if (
             isinstance(validation_split, bool)
-            or not isinstance(validation_split, numbers.Real)
+            # float is listed for mypy, which does not know that float is a numbers.Real
+            or not isinstance(validation_split, (float, numbers.Real))
             or not (0 <= validation_split < 1)
         ):
             raise ValueError(
@@ -331,7 +361,7 @@ class Sequential:
         if y is None:
             raise ValueError("fit() needs targets y for the loss; received y=None")
         y_checked = data_checks.check_targets(
-            y, self.loss.name, self._units_for(x), dtype=self._data_dtype()
+            y, loss.name, self._units_for(x), dtype=self._data_dtype()
         )
         data_checks.check_sample_counts(x, y_checked)
         x_val = y_val = None
@@ -355,7 +385,7 @@ class Sequential:
             steps=math.ceil(len(x) / batch_size),
         )
         self.build()
-        metric_list = metrics_module.resolve(self.metric_names, self.loss, self.output_units)
+        metric_list = metrics_module.resolve(self.metric_names, loss, self.output_units)
         return self._fit_loop(
             x,
             y_checked,
@@ -388,7 +418,7 @@ class Sequential:
         )
         y_val = data_checks.check_targets(
             validation_data[1],
-            self.loss.name,
+            self._compiled_loss().name,
             self.output_units,
             dtype=self._data_dtype(),
             name="y_val",
@@ -397,7 +427,9 @@ class Sequential:
         return x_val, y_val
 
     def _target_dtype(self) -> str:
-        return "int64" if self.loss.name == "sparse_categorical_crossentropy" else self.dtype
+        if self._compiled_loss().name == "sparse_categorical_crossentropy":
+            return "int64"
+        return self._built_dtype()
 
     def _fit_loop(
         self,
@@ -412,15 +444,17 @@ class Sequential:
         metric_list,
         callback_list,
     ) -> callbacks_module.History:
-        engine = self.engine
-        X = engine.asarray(x, dtype=self.dtype)
+        engine = self._built_engine()
+        dtype = self._built_dtype()
+        optimizer = self._compiled_optimizer()
+        X = engine.asarray(x, dtype=dtype)
         Y = engine.asarray(y, dtype=self._target_dtype())
         X_val = Y_val = None
         if x_val is not None:
-            X_val = engine.asarray(x_val, dtype=self.dtype)
+            X_val = engine.asarray(x_val, dtype=dtype)
             Y_val = engine.asarray(y_val, dtype=self._target_dtype())
-        if not self.optimizer.built:
-            self.optimizer.build(engine, int(self._params.shape[0]), self.dtype)
+        if not optimizer.built:
+            optimizer.build(engine, int(self._params.shape[0]), dtype)
         rng = config.rng()
         engine.seed(int(rng.integers(2**63 - 1)))
         n = len(x)
@@ -463,7 +497,7 @@ class Sequential:
     def _loss_gradient(self, output: Array, Y: Array) -> tuple[Array, bool]:
         """Gradient of the loss for backprop, and whether it is already taken through
         the last layer's activation (the fused softmax/sigmoid cross-entropy path)."""
-        engine, loss = self.engine, self.loss
+        engine, loss = self._built_engine(), self._compiled_loss()
         last_activation = self.layers[-1].output_activation
         if not loss.from_logits:
             if last_activation == "softmax" and loss.name in (
@@ -478,14 +512,13 @@ class Sequential:
     def _train_step(
         self, X: Array, Y: Array, metric_list: Sequence[metrics_module.Metric]
     ) -> tuple[list[Array], list[Array]]:
+        engine, loss = self._built_engine(), self._compiled_loss()
         output = X
         for layer in self.layers:
             output = layer.forward(output, training=True)
-        loss_terms = [
-            self.engine.loss(self.loss.name, output, Y, from_logits=self.loss.from_logits)
-        ]
+        loss_terms = [engine.loss(loss.name, output, Y, from_logits=loss.from_logits)]
         loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
-        metric_values = [metric.batch_value(self.engine, output, Y) for metric in metric_list]
+        metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
         gradient, fused = self._loss_gradient(output, Y)
         first_trainable = next(
             (i for i, layer in enumerate(self.layers) if layer.parameter_shapes()), len(self.layers)
@@ -498,7 +531,7 @@ class Sequential:
             else:
                 gradient = layer.backward(gradient, need_dX=need_dX)
         if first_trainable < len(self.layers):
-            self.optimizer.apply(self.engine, self._params, self._grads)
+            self._compiled_optimizer().apply(engine, self._params, self._grads)
         return loss_terms, metric_values
 
     # ------------------------------------------------------------------ inference
@@ -510,17 +543,18 @@ class Sequential:
     def _evaluate_engine_arrays(
         self, X: Array, Y: Array, batch_size: int, metric_list: Sequence[metrics_module.Metric]
     ) -> dict[str, float]:
-        totals = metrics_module.EpochTotals(self.engine, metric_list, self.output_units)
+        engine, compiled_loss = self._built_engine(), self._compiled_loss()
+        totals = metrics_module.EpochTotals(engine, metric_list, self.output_units)
         penalties = [penalty for layer in self.layers for penalty in layer.penalties()]
         n = int(X.shape[0])
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            output = self._forward(self.engine.slice_rows(X, start, stop))
-            Y_batch = self.engine.slice_rows(Y, start, stop)
-            loss = self.engine.loss(
-                self.loss.name, output, Y_batch, from_logits=self.loss.from_logits
+            output = self._forward(engine.slice_rows(X, start, stop))
+            Y_batch = engine.slice_rows(Y, start, stop)
+            loss = engine.loss(
+                compiled_loss.name, output, Y_batch, from_logits=compiled_loss.from_logits
             )
-            values = [metric.batch_value(self.engine, output, Y_batch) for metric in metric_list]
+            values = [metric.batch_value(engine, output, Y_batch) for metric in metric_list]
             totals.add(stop - start, [loss, *penalties], values)
         return totals.logs()
 
@@ -542,19 +576,21 @@ class Sequential:
         if kwargs:
             raise TypeError(f"evaluate() got unsupported argument(s) {', '.join(kwargs)}")
         self._require_compiled("evaluate()")
+        loss = self._compiled_loss()
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
         x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         if y is None:
             raise ValueError("evaluate() needs targets y; received y=None")
         y_checked = data_checks.check_targets(
-            y, self.loss.name, self._units_for(x), dtype=self._data_dtype()
+            y, loss.name, self._units_for(x), dtype=self._data_dtype()
         )
         data_checks.check_sample_counts(x, y_checked)
-        metric_list = metrics_module.resolve(self.metric_names, self.loss, self.output_units)
+        metric_list = metrics_module.resolve(self.metric_names, loss, self.output_units)
         started = time.perf_counter()
-        X = self.engine.asarray(x, dtype=self.dtype)
-        Y = self.engine.asarray(y_checked, dtype=self._target_dtype())
+        engine = self._built_engine()
+        X = engine.asarray(x, dtype=self.dtype)
+        Y = engine.asarray(y_checked, dtype=self._target_dtype())
         logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_list)
         if verbose:
             _print_summary_line(math.ceil(len(x) / batch_size), time.perf_counter() - started, logs)
@@ -576,10 +612,11 @@ class Sequential:
         x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         self._units_for(x)
         started = time.perf_counter()
-        X = self.engine.asarray(x, dtype=self.dtype)
+        engine = self._built_engine()
+        X = engine.asarray(x, dtype=self.dtype)
         outputs = [
-            self.engine.to_numpy(
-                self._forward(self.engine.slice_rows(X, start, min(start + batch_size, len(x))))
+            engine.to_numpy(
+                self._forward(engine.slice_rows(X, start, min(start + batch_size, len(x))))
             )
             for start in range(0, len(x), batch_size)
         ]
@@ -622,19 +659,20 @@ class Sequential:
             "model": self.get_config(),
             "compile": None,
         }
-        arrays = {"params": self.engine.to_numpy(self._params)}
+        arrays = {"params": self._built_engine().to_numpy(self._params)}
         if self.compiled:
+            optimizer = self._compiled_optimizer()
             model_config["compile"] = {
-                "loss": self.loss.get_config(),
+                "loss": self._compiled_loss().get_config(),
                 "metrics": self.metric_names,
                 "optimizer": {
-                    "class_name": type(self.optimizer).__name__,
-                    "config": self.optimizer.get_config(),
+                    "class_name": type(optimizer).__name__,
+                    "config": optimizer.get_config(),
                 },
-                "optimizer_built": self.optimizer.built,
+                "optimizer_built": optimizer.built,
             }
-            if self.optimizer.built:
-                for key, value in self.optimizer.get_state().items():
+            if optimizer.built:
+                for key, value in optimizer.get_state().items():
                     arrays[f"optimizer/{key}"] = value
         archive.write_archive(path, model_config, arrays)
 
@@ -648,7 +686,7 @@ class Sequential:
         archive.write_archive(
             path,
             {"format": "dlcore.weights", "shapes": shapes},
-            {"params": self.engine.to_numpy(self._params)},
+            {"params": self._built_engine().to_numpy(self._params)},
         )
 
     def load_weights(self, filepath: str | os.PathLike) -> None:
@@ -676,12 +714,15 @@ class Sequential:
         self._set_flat(params)
 
     def _set_flat(self, flat: np.ndarray) -> None:
-        self.engine.assign(self._params, self.engine.asarray(flat, dtype=self.dtype))
+        engine = self._built_engine()
+        engine.assign(self._params, engine.asarray(flat, dtype=self.dtype))
 
 
 def _shapes_of(model_config: dict[str, Any]) -> list[tuple[int, ...]]:
     model = _model_from_config(model_config["model"])
-    width = model.input_features
+    # read from the file unchecked: a damaged file may hold None (or worse) here, and the
+    # caller's comparison of the shapes then reports the mismatch
+    width: Any = model.input_features
     shapes = []
     for layer in model.layers:
         width = layer.build(width)
@@ -743,8 +784,9 @@ def load_model(filepath: str | os.PathLike, compile: bool = True) -> Sequential:
                     if key.startswith("optimizer/")
                 }
                 size = int(model._params.shape[0])
-                model.optimizer.build(model.engine, size, dtype)
-                model.optimizer.set_state(model.engine, state, dtype)
+                optimizer, engine = model._compiled_optimizer(), model._built_engine()
+                optimizer.build(engine, size, dtype)
+                optimizer.set_state(engine, state, dtype)
     except KeyError as error:
         raise ValueError(f"{path} is not a valid dlcore model file: missing {error}") from None
     except (TypeError, ValueError, AttributeError) as error:

@@ -144,6 +144,13 @@ class Optimizer:
         return f"{type(self).__name__}({arguments})"
 
     # ------------------------------------------------------------------ state
+    def _slot_engine(self) -> Engine:
+        """The engine holding the slots; set whenever a slot exists."""
+        if self._engine is None:
+            # AttributeError, as the attribute access on None raised before this check
+            raise AttributeError(f"{type(self).__name__} has no state slots on an engine yet")
+        return self._engine
+
     def _slot_init(self) -> dict[str, float | None]:
         """Each slot's name and initial value, or ``None`` for a slot not in use."""
         raise NotImplementedError
@@ -224,7 +231,7 @@ class Optimizer:
             state[name] = np.asarray(value, dtype=np.float64)
         for name, slot in self._slots.items():
             if slot is not None:
-                state[name] = self._engine.to_numpy(slot)
+                state[name] = self._slot_engine().to_numpy(slot)
         return state
 
     def set_state(self, engine: Engine, state: Mapping[str, Any], dtype: str) -> None:
@@ -280,7 +287,7 @@ class Optimizer:
                 )
             self._iterations = 0
             self._set_host_state(host)
-            if self.built:
+            if self._size is not None:  # built
                 self._allocate(engine, self._size, dtype)
             return
         size = self._size
@@ -312,7 +319,7 @@ class Optimizer:
             self._slots = {
                 name: None
                 if slot is None
-                else engine.asarray(self._engine.to_numpy(slot), dtype=self._dtype)
+                else engine.asarray(self._slot_engine().to_numpy(slot), dtype=self._dtype)
                 for name, slot in self._slots.items()
             }
         self._engine = engine
@@ -695,7 +702,8 @@ def get(identifier: Any) -> Optimizer:
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
-        return _by_name(identifier)()
+        # every registered subclass has defaults for all its arguments; the base has none
+        return _by_name(identifier)()  # type: ignore[call-arg]
     if isinstance(identifier, Mapping):
         name = identifier.get("class_name", identifier.get("name"))
         if name is None:

@@ -111,6 +111,6 @@ def normalize(x: Any, axis: int | None = -1, order: Any = 2) -> np.ndarray:
         norm = np.linalg.norm(arr.reshape(-1), ord=order)
     else:
         norm = np.linalg.norm(arr, ord=order, axis=axis, keepdims=True)
-    norm = np.where(norm == 0, 1, norm)
-    result = arr / norm
+    divisor = np.where(norm == 0, 1, norm)
+    result = arr / divisor
     return result.astype(arr.dtype) if arr.dtype.kind == "f" else result
