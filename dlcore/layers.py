@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from dlcore import activations, initializers, regularizers
+from dlcore import activations, data_checks, initializers, regularizers
 from dlcore.backends.base import Array, Engine
 
 _name_counters: dict[str, itertools.count] = {}
@@ -82,6 +83,7 @@ class Layer:
         self.engine: Engine | None = None
         self.trainable_weights: list[Array] = []
         self.gradients: list[Array] = []
+        self.dtype = "float32"  # the model's dtype, set by bind
 
     # -------------------------------------------------------------- structure
     def build(self, input_features: int) -> int:
@@ -98,11 +100,30 @@ class Layer:
         """Host initial values of the parameters, one per ``parameter_shapes`` entry."""
         return []
 
-    def bind(self, engine: Engine, weights: list[Array], gradients: list[Array]) -> None:
-        """Attach the layer to its views into the model's flat buffers."""
+    def bind(
+        self, engine: Engine, weights: list[Array], gradients: list[Array], dtype: str
+    ) -> None:
+        """Attach the layer to its views into the model's flat buffers (of ``dtype``)."""
         self.engine = engine
         self.trainable_weights = weights
         self.gradients = gradients
+        self.dtype = dtype
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of this layer's parameters (Dense: kernel ``(in, out)``, then bias)."""
+        engine = self._bound_engine()
+        return [engine.to_numpy(weight) for weight in self.trainable_weights]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace this layer's parameters; every shape is checked before any is written."""
+        assign_weights(
+            self._bound_engine(),
+            self.trainable_weights,
+            self.parameter_shapes(),
+            weights,
+            self.dtype,
+            f"{self.name}.set_weights",
+        )
 
     def _bound_engine(self) -> Engine:
         """The engine given by ``bind``; the layer must belong to a built model."""
@@ -431,6 +452,38 @@ class PReLU(Layer):
             alpha_regularizer=_serialize(self.alpha_regularizer),
         )
         return config
+
+
+def assign_weights(
+    engine: Engine,
+    targets: Sequence[Array],
+    shapes: Sequence[tuple[int, ...]],
+    weights: Sequence[Any],
+    dtype: str,
+    caller: str,
+) -> None:
+    """Copy host ``weights`` into the engine arrays ``targets`` of ``shapes`` and ``dtype``.
+
+    Every array is checked (count, numbers, finite, shape) before any is written,
+    so a bad call leaves the parameters as they were.
+    """
+    weights = list(weights)
+    if len(weights) != len(targets):
+        raise ValueError(
+            f"{caller} expected a list of {len(targets)} arrays (shapes {list(shapes)}), "
+            f"received {len(weights)}"
+        )
+    arrays = []
+    for i, (value, shape) in enumerate(zip(weights, shapes)):
+        array = data_checks.as_numeric(value, f"weights[{i}]")
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(
+                f"{caller}: weights[{i}] must have shape {tuple(shape)}, "
+                f"received {tuple(array.shape)}"
+            )
+        arrays.append(array)
+    for target, array in zip(targets, arrays):
+        engine.assign(target, engine.asarray(array, dtype=dtype))
 
 
 def _serialize(obj: Any) -> Any:

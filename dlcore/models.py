@@ -23,7 +23,7 @@ from dlcore import archive, backends, config, data_checks, losses, optimizers
 from dlcore import callbacks as callbacks_module
 from dlcore import metrics as metrics_module
 from dlcore.backends.base import Array, Engine
-from dlcore.layers import LAYER_CLASSES, Input, Layer, _unique_name
+from dlcore.layers import LAYER_CLASSES, Input, Layer, _unique_name, assign_weights
 
 MODEL_FORMAT = "dlcore.Sequential"
 _FIT_OPTIONS = (
@@ -146,7 +146,12 @@ class Sequential:
         start = 0
         for layer in self.layers:
             count = len(layer.parameter_shapes())
-            layer.bind(engine, weights[start : start + count], gradients[start : start + count])
+            layer.bind(
+                engine,
+                weights[start : start + count],
+                gradients[start : start + count],
+                self._built_dtype(),
+            )
             start += count
 
     def _ensure_built(self, what: str) -> None:
@@ -178,6 +183,20 @@ class Sequential:
         if self.optimizer is None:
             raise AttributeError("the model is not compiled yet: it has no optimizer")
         return self.optimizer
+
+    @property
+    def input_shape(self) -> tuple[None, int]:
+        """``(None, features)``, as Keras reports it; the model must know its input width."""
+        if self.input_features is None:
+            raise ValueError(
+                "the model has no input shape yet: give the first layer input_shape=(features,)"
+            )
+        return (None, self.input_features)
+
+    @property
+    def output_shape(self) -> tuple[None, int]:
+        """``(None, units)`` of the last layer, as Keras reports it."""
+        return (None, self.output_units)
 
     @property
     def output_units(self) -> int:
@@ -235,26 +254,14 @@ class Sequential:
         Shapes are checked for all arrays before any is written.
         """
         self._ensure_built("set_weights()")
-        targets = [w for layer in self.layers for w in layer.trainable_weights]
-        shapes = [shape for layer in self.layers for shape in layer.parameter_shapes()]
-        weights = list(weights)
-        if len(weights) != len(targets):
-            raise ValueError(
-                f"set_weights expected a list of {len(targets)} arrays (shapes {shapes}), "
-                f"received {len(weights)}"
-            )
-        arrays = []
-        for i, (value, shape) in enumerate(zip(weights, shapes)):
-            array = data_checks.as_numeric(value, f"weights[{i}]")
-            if tuple(array.shape) != tuple(shape):
-                raise ValueError(
-                    f"set_weights: weights[{i}] must have shape {tuple(shape)}, "
-                    f"received {tuple(array.shape)}"
-                )
-            arrays.append(array)
-        engine = self._built_engine()
-        for target, array in zip(targets, arrays):
-            engine.assign(target, engine.asarray(array, dtype=self.dtype))
+        assign_weights(
+            self._built_engine(),
+            [w for layer in self.layers for w in layer.trainable_weights],
+            [shape for layer in self.layers for shape in layer.parameter_shapes()],
+            weights,
+            self._built_dtype(),
+            "set_weights",
+        )
 
     def to(self, engine_name: str) -> Sequential:
         """Move the weights and the optimizer state to another engine; returns ``self``."""

@@ -301,3 +301,33 @@ def test_batch_callbacks_get_running_averages_read_on_demand(engine, monkeypatch
     assert len(seen) == 4
     assert seen[-1]["loss"] == pytest.approx(history.history["loss"][0], rel=1e-12)
     assert seen[-1]["accuracy"] == pytest.approx(history.history["accuracy"][0], rel=1e-12)
+
+
+def test_layer_get_and_set_weights_and_model_shapes(engine):
+    model = small_model()
+    assert model.input_shape == (None, 6) and model.output_shape == (None, 3)
+    first = model.layers[0]
+    kernel, bias = first.get_weights()
+    assert kernel.shape == (6, 8) and bias.shape == (8,)
+    first.set_weights([np.ones((6, 8)), np.zeros(8)])
+    np.testing.assert_array_equal(model.get_weights()[0], np.ones((6, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"set_weights: weights\[0\] must have shape \(6, 8\)"):
+        first.set_weights([np.ones((8, 6)), np.zeros(8)])
+    np.testing.assert_array_equal(first.get_weights()[0], np.ones((6, 8)))
+
+
+def test_readme_example_runs(engine, tmp_path, monkeypatch):
+    """The usage example in README.md runs as written, on the digits data."""
+    import pathlib
+    import re
+
+    from sklearn.datasets import load_digits
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    digits = load_digits()
+    monkeypatch.chdir(tmp_path)
+    namespace = {"x": digits.data / 16.0, "labels": digits.target}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["probabilities"].shape == (1797, 10)
+    assert (tmp_path / "digits.h5").exists()
