@@ -222,14 +222,15 @@ class Sequential:
         lines.append(_row(("Layer (type)", "Output Shape", "Param #"), widths))
         lines.append("=" * sum(widths))
         for i, layer in enumerate(self.layers):
+            if i:
+                lines.append("")
             cells = (
                 f"{layer.name} ({type(layer).__name__})",
                 f"(None, {layer.units})",
                 f"{layer.count_params():,}",
             )
             lines.append(_row(cells, widths))
-            lines.append(rule if i == len(self.layers) - 1 else "")
-        lines[-1] = "=" * sum(widths)
+        lines.append("=" * sum(widths))
         total = self.count_params()
         size = _human_bytes(total * np.dtype(self.dtype).itemsize)
         lines += [
