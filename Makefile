@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ENGINE ?=
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench parity clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +33,19 @@ test: $(VENV)/.test-installed
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -x -m "not slow" --engine numpy
 
+# Compare dlcore's numbers with Keras 3 (JAX backend), in a separate environment.
+parity: pyproject.toml
+	test -x .venv-parity/bin/python || $(PYTHON) -m venv .venv-parity
+	.venv-parity/bin/python -m pip install --quiet -e ".[parity]"
+	KERAS_BACKEND=jax .venv-parity/bin/python -m pytest tests/test_keras_parity.py
+
 lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy dlcore backends
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
+	rm -rf $(VENV) .venv-parity build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m pytest bench --benchmark-enable --benchmark-only \

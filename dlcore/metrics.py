@@ -24,11 +24,6 @@ _ACCURACY_NAMES = {
     "categorical_accuracy": "categorical",
     "sparse_categorical_accuracy": "sparse",
 }
-_KERAS_ACCURACY_KIND = {
-    "binary_crossentropy": "binary",
-    "categorical_crossentropy": "categorical",
-    "sparse_categorical_crossentropy": "sparse",
-}
 
 
 @dataclass(frozen=True)
@@ -92,9 +87,11 @@ def check_names(metrics: Any) -> list[str]:
 def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]:
     """Turn metric names into ``Metric`` objects for a loss and an output width.
 
-    ``"accuracy"`` becomes binary, categorical or sparse accuracy from the loss
-    when it is a cross-entropy, otherwise binary for one output unit and
-    categorical for more, as Keras decides.
+    ``"accuracy"`` (or ``"acc"``) is resolved as Keras 3 does, from the shapes
+    the loss implies: binary accuracy for one output unit, sparse accuracy for
+    integer labels (``sparse_categorical_crossentropy``), categorical accuracy
+    otherwise, including several sigmoid outputs trained with binary
+    cross-entropy.
     """
     sparse_targets = loss.name == "sparse_categorical_crossentropy"
     resolved = []
@@ -103,9 +100,10 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
         if key in _ACCURACY_NAMES:
             kind = _ACCURACY_NAMES[key]
             if kind is None:
-                kind = _KERAS_ACCURACY_KIND.get(loss.name) or (
-                    "binary" if units == 1 else "categorical"
-                )
+                if units == 1:
+                    kind = "binary"
+                else:
+                    kind = "sparse" if sparse_targets else "categorical"
             if (kind == "sparse") != sparse_targets:
                 wanted = "integer labels" if kind == "sparse" else "one-hot or binary targets"
                 given = "integer labels" if sparse_targets else "one-hot or binary targets"
