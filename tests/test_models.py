@@ -331,3 +331,23 @@ def test_readme_example_runs(engine, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["probabilities"].shape == (1797, 10)
     assert (tmp_path / "digits.h5").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_evaluate_predict_leave_the_users_arrays_untouched(engine, dtype):
+    x, labels = blobs(n=48)
+    x = x.astype(dtype)
+    y = to_categorical(labels, 3).astype(dtype)
+    x_copy, y_copy = x.copy(), y.copy()
+    model = small_model(dtype=dtype)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y))
+    model.evaluate(x, y, verbose=0)
+    model.predict(x)
+    weights = model.get_weights()
+    weights_copy = [w.copy() for w in weights]
+    model.set_weights(weights)
+    model.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(x, x_copy)
+    np.testing.assert_array_equal(y, y_copy)
+    for w, w0 in zip(weights, weights_copy):
+        np.testing.assert_array_equal(w, w0)
