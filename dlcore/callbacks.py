@@ -602,6 +602,8 @@ class CallbackList(Callback):
         verbose: 0 (silent), 1 (live progress bar), 2 (one line per epoch) or "auto" (1).
         epochs: Number of epochs of the ``fit`` call.
         steps: Number of batches per epoch, or ``None`` if unknown.
+        add_history: ``False`` for ``evaluate`` and ``predict``: no History is
+            added and ``model.history`` is left alone.
 
     Attributes:
         callbacks: All callbacks, in the order they are called.
@@ -619,6 +621,7 @@ class CallbackList(Callback):
         verbose: int | str = 1,
         epochs: int = 1,
         steps: int | None = None,
+        add_history: bool = True,
     ) -> None:
         from dlcore.progress import ProgbarLogger  # progress imports this module
 
@@ -630,7 +633,12 @@ class CallbackList(Callback):
             raise ValueError(f"verbose must be 0, 1, 2 or 'auto', received verbose={verbose!r}")
         history = next((cb for cb in user if isinstance(cb, History)), None)
         self.history: History = history if history is not None else History()
-        self.callbacks: list[Callback] = [self.history] + [cb for cb in user if cb is not history]
+        self._add_history = add_history
+        if add_history:
+            self.callbacks: list[Callback] = [self.history]
+            self.callbacks += [cb for cb in user if cb is not history]
+        else:
+            self.callbacks = list(user)
         if verbose and not any(isinstance(cb, ProgbarLogger) for cb in user):
             self.callbacks.append(ProgbarLogger())
         self._batch_begin_targets: list[Callback] = []
@@ -671,7 +679,8 @@ class CallbackList(Callback):
     def set_model(self, model: Any) -> None:
         """Attaches ``model`` to every callback and sets ``model.history``."""
         super().set_model(model)
-        model.history = self.history
+        if self._add_history:
+            model.history = self.history
         for callback in self.callbacks:
             callback.set_model(model)
 
@@ -717,7 +726,7 @@ class CallbackList(Callback):
     def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
         for callback in self.callbacks:
-            callback.on_batch_end(batch, logs=logs or {})
+            callback.on_batch_end(batch, logs={} if logs is None else logs)
 
     def on_test_begin(self, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
@@ -732,12 +741,12 @@ class CallbackList(Callback):
     def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
         for callback in self.callbacks:
-            callback.on_test_batch_begin(batch, logs=logs or {})
+            callback.on_test_batch_begin(batch, logs={} if logs is None else logs)
 
     def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
         for callback in self.callbacks:
-            callback.on_test_batch_end(batch, logs=logs or {})
+            callback.on_test_batch_end(batch, logs={} if logs is None else logs)
 
     def on_predict_begin(self, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
@@ -757,7 +766,7 @@ class CallbackList(Callback):
     def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         """Forwards to every callback."""
         for callback in self.callbacks:
-            callback.on_predict_batch_end(batch, logs=logs or {})
+            callback.on_predict_batch_end(batch, logs={} if logs is None else logs)
 
 
 def _check_callbacks(callbacks: Any) -> list[Callback]:

@@ -494,7 +494,9 @@ class Sequential:
                     break
             epoch_logs = totals.logs()
             if X_val is not None:
-                val_logs = self._evaluate_engine_arrays(X_val, Y_val, batch_size, metric_list)
+                val_logs = self._evaluate_engine_arrays(
+                    X_val, Y_val, batch_size, metric_list, callback_list
+                )
                 epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
             callback_list.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
@@ -549,13 +551,21 @@ class Sequential:
         return X
 
     def _evaluate_engine_arrays(
-        self, X: Array, Y: Array, batch_size: int, metric_list: Sequence[metrics_module.Metric]
+        self,
+        X: Array,
+        Y: Array,
+        batch_size: int,
+        metric_list: Sequence[metrics_module.Metric],
+        hooks: callbacks_module.CallbackList,
     ) -> dict[str, float]:
+        """Loss and metrics over engine arrays in batches, with the ``on_test_*`` hooks."""
         engine, compiled_loss = self._built_engine(), self._compiled_loss()
         totals = metrics_module.EpochTotals(engine, metric_list, self.output_units)
         penalties = [penalty for layer in self.layers for penalty in layer.penalties()]
         n = int(X.shape[0])
-        for start in range(0, n, batch_size):
+        hooks.on_test_begin()
+        for step, start in enumerate(range(0, n, batch_size)):
+            hooks.on_test_batch_begin(step)
             stop = min(start + batch_size, n)
             output = self._forward(engine.slice_rows(X, start, stop))
             Y_batch = engine.slice_rows(Y, start, stop)
@@ -564,7 +574,10 @@ class Sequential:
             )
             values = [metric.batch_value(engine, output, Y_batch) for metric in metric_list]
             totals.add(stop - start, [loss, *penalties], values)
-        return totals.logs()
+            hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
+        logs = totals.logs()
+        hooks.on_test_end(logs)
+        return logs
 
     def evaluate(
         self,
@@ -573,9 +586,11 @@ class Sequential:
         batch_size: int | None = None,
         verbose: int | str = "auto",
         return_dict: bool = False,
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
         **kwargs: Any,
     ) -> float | list[float] | dict[str, float]:
-        """Loss (and metrics) on ``x``, ``y`` in batches.
+        """Loss (and metrics) on ``x``, ``y`` in batches; ``callbacks`` get the
+        ``on_test_*`` hooks.
 
         Returns:
             The loss as a float when the model has no metrics, else
@@ -595,13 +610,17 @@ class Sequential:
         )
         data_checks.check_sample_counts(x, y_checked)
         metric_list = metrics_module.resolve(self.metric_names, loss, self.output_units)
+        steps = math.ceil(len(x) / batch_size)
+        hooks = callbacks_module.CallbackList(
+            callbacks, model=self, verbose=0, steps=steps, add_history=False
+        )
         started = time.perf_counter()
         engine = self._built_engine()
         X = engine.asarray(x, dtype=self.dtype)
         Y = engine.asarray(y_checked, dtype=self._target_dtype())
-        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_list)
+        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_list, hooks)
         if verbose:
-            _print_summary_line(math.ceil(len(x) / batch_size), time.perf_counter() - started, logs)
+            _print_summary_line(steps, time.perf_counter() - started, logs)
         if return_dict:
             return logs
         if not metric_list:
@@ -609,25 +628,37 @@ class Sequential:
         return [logs["loss"]] + [logs[metric.key] for metric in metric_list]
 
     def predict(
-        self, x: Any, batch_size: int | None = None, verbose: int | str = 0, **kwargs: Any
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: int | str = 0,
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
+        **kwargs: Any,
     ) -> np.ndarray:
         """Outputs of the model for ``x`` ``(N, features)``: a NumPy array ``(N, units)``
-        in the model's float dtype, computed in batches of ``batch_size`` (32)."""
+        in the model's float dtype, computed in batches of ``batch_size`` (32).
+
+        ``callbacks`` get the ``on_predict_*`` hooks, each batch's outputs in
+        ``logs["outputs"]``.
+        """
         if kwargs:
             raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
         x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
         self._units_for(x)
+        hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
         started = time.perf_counter()
         engine = self._built_engine()
         X = engine.asarray(x, dtype=self.dtype)
-        outputs = [
-            engine.to_numpy(
-                self._forward(engine.slice_rows(X, start, min(start + batch_size, len(x))))
-            )
-            for start in range(0, len(x), batch_size)
-        ]
+        outputs = []
+        hooks.on_predict_begin()
+        for step, start in enumerate(range(0, len(x), batch_size)):
+            hooks.on_predict_batch_begin(step)
+            stop = min(start + batch_size, len(x))
+            outputs.append(engine.to_numpy(self._forward(engine.slice_rows(X, start, stop))))
+            hooks.on_predict_batch_end(step, {"outputs": outputs[-1]})
+        hooks.on_predict_end()
         if verbose:
             _print_summary_line(len(outputs), time.perf_counter() - started, {})
         return np.concatenate(outputs, axis=0)

@@ -351,3 +351,80 @@ def test_fit_evaluate_predict_leave_the_users_arrays_untouched(engine, dtype):
     np.testing.assert_array_equal(y, y_copy)
     for w, w0 in zip(weights, weights_copy):
         np.testing.assert_array_equal(w, w0)
+
+
+class HookRecorder(Callback):
+    """Records every hook call with its batch index and the logs it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if name.startswith("on_") and callable(attribute):
+
+            def record(*args, **kwargs):
+                if name in ("on_batch_begin", "on_batch_end"):  # Keras aliases of train hooks
+                    return attribute(*args, **kwargs)
+                self.calls.append((name, args[:1] if args and isinstance(args[0], int) else ()))
+                logs = kwargs.get("logs", args[-1] if args else None)
+                if name.endswith("_end") and logs is not None:
+                    self.calls[-1] += (dict(logs),)
+                return attribute(*args, **kwargs)
+
+            return record
+        return attribute
+
+
+def test_fit_evaluate_predict_drive_the_keras_hooks_in_order(engine):
+    x, labels = blobs(n=20)
+    y = to_categorical(labels, 3)
+    model = small_model(dtype="float64")
+    recorder = HookRecorder()
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        validation_data=(x[:10], y[:10]),
+        callbacks=[recorder],
+    )
+    names = [call[0] for call in recorder.calls]
+    train = ["on_train_batch_begin", "on_train_batch_end"] * 3
+    test = ["on_test_batch_begin", "on_test_batch_end"] * 2
+    assert names == [
+        "on_train_begin",
+        "on_epoch_begin",
+        *train,
+        "on_test_begin",
+        *test,
+        "on_test_end",
+        "on_epoch_end",
+        "on_train_end",
+    ]
+    test_end_logs = recorder.calls[names.index("on_test_end")][-1]
+    assert test_end_logs["loss"] == pytest.approx(history.history["val_loss"][0], rel=1e-12)
+
+    recorder.calls.clear()
+    result = model.evaluate(x, y, batch_size=8, verbose=0, callbacks=[recorder])
+    names = [call[0] for call in recorder.calls]
+    assert names == [
+        "on_test_begin",
+        *(["on_test_batch_begin", "on_test_batch_end"] * 3),
+        "on_test_end",
+    ]
+    assert recorder.calls[-1][-1]["loss"] == pytest.approx(result[0], rel=1e-12)
+    assert model.history is history  # evaluate leaves the training history alone
+
+    recorder.calls.clear()
+    predictions = model.predict(x, batch_size=8, callbacks=[recorder])
+    names = [call[0] for call in recorder.calls]
+    assert names == [
+        "on_predict_begin",
+        *(["on_predict_batch_begin", "on_predict_batch_end"] * 3),
+        "on_predict_end",
+    ]
+    outputs = [call[-1]["outputs"] for call in recorder.calls if call[0] == "on_predict_batch_end"]
+    np.testing.assert_array_equal(np.concatenate(outputs), predictions)
