@@ -61,6 +61,7 @@ class Sequential:
         self.history: callbacks_module.History | None = None
         self._params: Array = None
         self._grads: Array = None
+        self._first_trainable = 0
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
                 raise TypeError(f"Sequential expected a list of layers, received {layers!r}")
@@ -133,6 +134,10 @@ class Sequential:
         )
         self.dtype = dtype
         self._place(engine, flat)
+        # backprop stops at the first layer with parameters: nothing before it needs a gradient
+        self._first_trainable = next(
+            (i for i, layer in enumerate(self.layers) if layer.parameter_shapes()), len(self.layers)
+        )
         self.built = True
 
     def _place(self, engine: Engine, flat_host: np.ndarray) -> None:
@@ -530,9 +535,7 @@ class Sequential:
         loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
         metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
         gradient, fused = self._loss_gradient(output, Y)
-        first_trainable = next(
-            (i for i, layer in enumerate(self.layers) if layer.parameter_shapes()), len(self.layers)
-        )
+        first_trainable = self._first_trainable
         for i in range(len(self.layers) - 1, first_trainable - 1, -1):
             layer = self.layers[i]
             need_dX = i > first_trainable
