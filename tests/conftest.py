@@ -5,16 +5,45 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import ctypes.util
+import os
+import sys
 
-import dlcore
-from dlcore import backends, config
+# Without a CUDA driver, the numba engine and the kernel tests run in Numba's CUDA
+# simulator. It must be chosen before numba is first imported. The simulator runs
+# each CUDA thread as an OS thread; a short GIL switch interval makes the threads
+# of a block meet at cuda.syncthreads() about ten times sooner.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and ctypes.util.find_library("cuda") is None:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    sys.setswitchinterval(1e-4)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import dlcore  # noqa: E402
+from dlcore import backends, config  # noqa: E402
 
 DEFAULT_ENGINES = ("numpy", "array_api_strict")
+SIMULATED_ENGINES = ("numba",) if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ()
+
+
+# Model-level tests train for many steps. In Numba's CUDA simulator a training step of
+# the smallest model takes seconds, and these modules would take about half an hour
+# on two cores; by default they run there only with --full-simulation. The kernel
+# tests, the operation-level conformance modules and tests/test_numba_engine.py (whole
+# fits against numpy) always run on the simulated engine.
+MODEL_LEVEL_MODULES = ("test_models", "test_saving", "test_keras_course", "test_demo_and_cli")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-simulation",
+        action="store_true",
+        default=False,
+        help="also run the model-level tests (" + ", ".join(MODEL_LEVEL_MODULES) + ") on "
+        "engines that run in Numba's CUDA simulator (about 30 minutes on 2 cores)",
+    )
     parser.addoption(
         "--engine",
         action="append",
@@ -37,10 +66,27 @@ def selected_engines(config_: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine_name" in metafunc.fixturenames:
         names = selected_engines(metafunc.config)
-        marks = {"cupy": [pytest.mark.gpu]}
+        marks: dict[str, list] = {"cupy": [pytest.mark.gpu], "numba": [pytest.mark.gpu]}
+        if "numba" in SIMULATED_ENGINES:
+            marks["numba"] = [pytest.mark.cudasim]
+            model_level = metafunc.module.__name__.rsplit(".", 1)[-1] in MODEL_LEVEL_MODULES
+            if model_level and not metafunc.config.getoption("--full-simulation"):
+                marks["numba"].append(
+                    pytest.mark.skip(
+                        reason="model-level test on the CUDA simulator: run with --full-simulation"
+                    )
+                )
         metafunc.parametrize(
             "engine_name", [pytest.param(n, marks=marks.get(n, []), id=n) for n in names]
         )
+
+
+@pytest.fixture
+def simulated(engine_name: str) -> bool:
+    """Whether the engine under test runs in Numba's CUDA simulator, one OS thread per
+    CUDA thread: a training step there takes seconds, so tests that train for many
+    steps or differentiate numerically take fewer steps or coordinates."""
+    return engine_name in SIMULATED_ENGINES
 
 
 @pytest.fixture
@@ -68,3 +114,11 @@ def to_host(engine):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Kernel tests (tests/kernels/) carry the ``cudasim`` marker: ``-m cudasim`` selects
+    every test that runs CUDA kernels."""
+    for item in items:
+        if "kernels" in item.path.parts[-2:-1]:
+            item.add_marker(pytest.mark.cudasim)

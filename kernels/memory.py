@@ -1,0 +1,120 @@
+"""Memory kernels: fill, copy and row gathers that stay on the stream.
+
+These kernels do no arithmetic and close over no constants, so each is one
+dispatcher that Numba specialises per argument dtype; ``ptx_variants`` lists
+the dtypes the engine launches them with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, numba_type
+
+# Every dtype the engine fills or copies: float buffers, int64 labels and indices.
+_DTYPES = (*FLOAT_DTYPES, np.dtype(np.int64))
+
+
+@cuda.jit
+def fill_kernel(A, value):
+    """A[i] = value over a flat array."""
+    for i in range(cuda.grid(1), A.size, cuda.gridsize(1)):
+        A[i] = value
+
+
+@cuda.jit
+def copy_kernel(src, dst):
+    """dst[i] = src[i] over flat arrays of one size and dtype."""
+    for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+        dst[i] = src[i]
+
+
+@cuda.jit
+def take_rows_kernel(A, indices, out):
+    """out[k] = A[indices[k // F], k % F] for the flat (M * F,) out of an (N, F) A."""
+    n_cols = A.shape[1]
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    if start >= out.size:
+        return  # also when n_cols == 0, before dividing by it
+    # Walk (row, col) along with the flat index instead of dividing every step:
+    # a step of ``stride`` elements is row_step rows and col_step columns.
+    row = start // n_cols
+    col = start - row * n_cols
+    row_step = stride // n_cols
+    col_step = stride - row_step * n_cols
+    for k in range(start, out.size, stride):
+        out[k] = A[indices[row], col]
+        col += col_step
+        row += row_step
+        if col >= n_cols:
+            col -= n_cols
+            row += 1
+
+
+@cuda.jit
+def take_kernel(A, indices, out):
+    """out[k] = A[indices[k]] for 1-D A and out."""
+    for k in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[k] = A[indices[k]]
+
+
+def _flat(A: Any) -> Any:
+    return A.reshape(A.size)
+
+
+def fill(A: Any, value: float) -> None:
+    """Set every element of ``A`` to ``value``.
+
+    Args:
+        A: C-contiguous device array of any shape and dtype.
+        value: converted to ``A``'s dtype (as NumPy converts it) before launch.
+    """
+    fill_kernel[grid_for(A.size)](_flat(A), A.dtype.type(value))
+
+
+def copy(src: Any, dst: Any) -> None:
+    """Copy ``src`` into ``dst`` with a kernel, so the copy is ordered on the stream.
+
+    Args:
+        src: C-contiguous device array of any shape and dtype.
+        dst: device array of the shape and dtype of ``src``.
+    """
+    copy_kernel[grid_for(src.size)](_flat(src), _flat(dst))
+
+
+def take_rows(A: Any, indices: Any, out: Any) -> None:
+    """Gather rows: ``out[k] = A[indices[k]]``.
+
+    Consecutive threads copy consecutive elements of ``out``, so both the
+    reads within a row of ``A`` and the writes are coalesced.
+
+    Args:
+        A: C-contiguous device array ``(N,)`` or ``(N, ...)`` (a row is
+            everything after the first axis), float32, float64 or int64.
+        indices: int64 device array ``(M,)``, each in ``[0, N)``.
+        out: device array ``(M,)`` or ``(M, ...)``, the dtype and row shape of ``A``.
+    """
+    grid = grid_for(out.size)
+    if A.ndim == 1:
+        take_kernel[grid](A, indices, out)
+        return
+    row_size = math.prod(A.shape[1:])
+    take_rows_kernel[grid](A.reshape(A.shape[0], row_size), indices, _flat(out))
+
+
+def ptx_variants() -> Iterator[PtxVariant]:
+    """Fill, copy and both gathers, for float32, float64 and int64, as launched."""
+    index = array(np.int64, 1)
+    for dtype in _DTYPES:
+        flat, rows = array(dtype, 1), array(dtype, 2)
+        short = dtype.name.replace("float", "f").replace("int", "i")
+        yield f"fill[{short}]", fill_kernel, (flat, numba_type(dtype))
+        yield f"copy[{short}]", copy_kernel, (flat, flat)
+        yield f"take_rows[{short}]", take_rows_kernel, (rows, index, flat)
+        yield f"take[{short}]", take_kernel, (flat, index, flat)

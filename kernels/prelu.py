@@ -1,0 +1,99 @@
+"""Parametric ReLU, ``where(X > 0, X, alpha * X)`` with one ``alpha`` per column, and its gradient.
+
+The forward pass is elementwise over the flat array. The backward pass writes
+``dX`` and sums ``alpha``'s gradient over the rows in the same kernel, in the
+coalesced, deterministic column layout of ``dense_backward.py`` (a block is 32
+columns by 8 rows of threads; a second pass adds the block rows' partials).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from numba import cuda
+
+from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, scalar
+from .dense_backward import ROW_THREADS, STRIP, launch_with_column_sums, strip_fold
+
+
+@functools.cache
+def _forward_kernel(dtype: Any) -> Any:
+    zero = scalar(dtype)(0.0)
+
+    @cuda.jit
+    def prelu_forward_kernel(X, alpha, Y):
+        """Y = where(X > 0, X, alpha * X) over (N, O), alpha (O,), flat and coalesced."""
+        N, O = X.shape
+        start = cuda.grid(1)
+        for k in range(start, N * O, cuda.gridsize(1)):
+            i = k // O
+            j = k - i * O
+            x = X[i, j]
+            Y[i, j] = x if x > zero else alpha[j] * x
+
+    return prelu_forward_kernel
+
+
+@functools.cache
+def _backward_kernel(dtype: Any) -> Any:
+    zero = scalar(dtype)(0.0)
+    fold = strip_fold(dtype)
+
+    @cuda.jit
+    def prelu_backward_kernel(dY, X, alpha, dX, partial):
+        """dX = where(X > 0, dY, alpha * dY); partial[y, j] = sum of where(X > 0, 0, dY * X)."""
+        N, O = X.shape
+        j = cuda.blockIdx.x * STRIP + cuda.threadIdx.x
+        acc = zero
+        if j < O:
+            a = alpha[j]
+            step = cuda.gridDim.y * ROW_THREADS
+            for i in range(cuda.blockIdx.y * ROW_THREADS + cuda.threadIdx.y, N, step):
+                x, dy = X[i, j], dY[i, j]
+                if x > zero:
+                    dX[i, j] = dy
+                else:
+                    dX[i, j] = a * dy
+                    acc += dy * x
+        fold(acc, partial, j)
+
+    return prelu_backward_kernel
+
+
+def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
+    """Write ``Y = where(X > 0, X, alpha * X)``, ``alpha`` broadcast along the rows.
+
+    Args:
+        X: float32 or float64 device array ``(N, O)``, C-contiguous.
+        alpha: device array ``(O,)`` of the dtype of ``X``.
+        Y: device array of the shape and dtype of ``X`` (may be ``X`` itself).
+    """
+    _forward_kernel(X.dtype)[grid_for(X.size)](X, alpha, Y)
+
+
+def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any) -> None:
+    """Write ``dX = where(X > 0, dY, alpha * dY)`` and ``dalpha = sum(where(X > 0, 0, dY * X))``.
+
+    Args:
+        dY: float32 or float64 device array ``(N, O)``, the gradient of the output.
+        X: the forward pass's input, shape and dtype of ``dY``.
+        alpha: device array ``(O,)`` of that dtype.
+        dX: device array of the shape and dtype of ``X`` (may be ``dY`` itself).
+        dalpha: device array ``(O,)`` of that dtype; receives the column sums over the rows.
+    """
+    launch_with_column_sums(_backward_kernel(X.dtype), (dY, X, alpha, dX), X.shape, dalpha)
+
+
+def ptx_variants() -> Iterator[PtxVariant]:
+    """Every kernel this module launches (the column sums' second pass is dense_backward's)."""
+    for dtype in FLOAT_DTYPES:
+        vector, rows = array(dtype, 1), array(dtype, 2)
+        short = dtype.name.replace("float", "f")
+        yield f"prelu_forward[{short}]", _forward_kernel(dtype), (rows, vector, rows)
+        yield (
+            f"prelu_backward[{short}]",
+            _backward_kernel(dtype),
+            (rows, rows, vector, rows, rows),
+        )
