@@ -15,6 +15,7 @@ from .base import Engine
 _ENGINES: dict[str, str] = {
     "numpy": "numpy_engine:NumpyEngine",
     "cupy": "cupy_engine:CupyEngine",
+    "numba": "numba_engine:NumbaEngine",
     "array_api_strict": "array_api_strict_engine:ArrayAPIStrictEngine",
 }
 

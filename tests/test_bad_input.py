@@ -486,7 +486,9 @@ def test_unknown_regularizer_lists_valid_ones():
 
 def test_unknown_engine_lists_valid_ones():
     before = config._state["engine"]
-    pattern = re.escape("unknown engine 'tensorflow'; available: numpy, cupy, array_api_strict")
+    pattern = re.escape(
+        "unknown engine 'tensorflow'; available: numpy, cupy, numba, array_api_strict"
+    )
     with pytest.raises(ValueError, match=pattern):
         dlcore.set_backend("tensorflow")
     with pytest.raises(ValueError, match=pattern):
@@ -504,7 +506,7 @@ def test_unknown_engine_in_the_environment(monkeypatch):
         ValueError,
         match=re.escape(
             "DLCORE_BACKEND='tensorflow': unknown engine 'tensorflow'; available: "
-            "numpy, cupy, array_api_strict"
+            "numpy, cupy, numba, array_api_strict"
         ),
     ):
         dlcore.get_backend()

@@ -1,0 +1,490 @@
+"""The Numba engine: every operation is a hand-written CUDA kernel from ``dlcore.kernels``.
+
+Arrays are Numba device arrays and stay on the GPU for the whole of ``fit``:
+the training set is copied once when it fits in free device memory (else its
+batches are copied as they are needed), and per batch only scalars come back.
+Scalar results (losses, penalties, accuracy counts) are written into slots of
+a device buffer, so reading all of an epoch's scalars is one transfer.
+
+Without a GPU the engine runs in Numba's CUDA simulator when
+``NUMBA_ENABLE_CUDASIM=1`` is set before Numba is imported: slowly, one
+operating-system thread per CUDA thread, which is how the kernels are tested
+on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import Array, Engine
+
+_INSTALL = 'install it with: pip install "dlcore[numba]"'
+_SIMULATOR_HINT = (
+    "to run the numba kernels without a GPU, in Numba's CUDA simulator (slow, for "
+    "testing), set NUMBA_ENABLE_CUDASIM=1 in the environment before starting Python"
+)
+
+# Scalars (losses, counts) are written into slots of one float64 device buffer;
+# 65536 slots (512 KiB) hold a long epoch's worth before a new buffer is started.
+SCALAR_SLOTS = 65536
+
+# The training set is copied to the device whole when it takes at most this
+# fraction of the free device memory; the rest is left for weights and workspaces.
+DEVICE_DATA_FRACTION = 0.5
+
+# Arrays smaller than this always go to the device without asking the driver.
+SMALL_ARRAY_BYTES = 1 << 20
+
+
+def _simulated() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+class DeviceScalar:
+    """A 0-d engine array: one float64 slot of a device scalar buffer.
+
+    ``dtype`` is the dtype the value is reported in by ``to_numpy``.
+    """
+
+    __slots__ = ("buffer", "slot", "dtype")
+    shape: tuple[int, ...] = ()
+    ndim = 0
+
+    def __init__(self, buffer: Any, slot: int, dtype: np.dtype) -> None:
+        self.buffer = buffer
+        self.slot = slot
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"DeviceScalar(slot={self.slot}, dtype={self.dtype})"
+
+
+class HostRows:
+    """A data set left in host memory because it does not fit on the device.
+
+    ``slice_rows`` and ``take_rows`` copy the requested batch to the device.
+    """
+
+    def __init__(self, host: np.ndarray) -> None:
+        self.host = host
+        self.shape = host.shape
+        self.dtype = host.dtype
+        self.ndim = host.ndim
+
+
+class NumbaEngine(Engine):
+    """Runs every operation as a Numba CUDA kernel on the current CUDA device."""
+
+    name = "numba"
+
+    def __init__(self) -> None:
+        from dlcore.kernels import (
+            activations,
+            dense_backward,
+            dropout,
+            gemm,
+            losses,
+            memory,
+            optimizers,
+            prelu,
+            reductions,
+            softmax,
+        )
+        from numba import cuda
+
+        self._cuda = cuda
+        self._k_activations = activations
+        self._k_dense_backward = dense_backward
+        self._k_dropout = dropout
+        self._k_gemm = gemm
+        self._k_losses = losses
+        self._k_memory = memory
+        self._k_optimizers = optimizers
+        self._k_prelu = prelu
+        self._k_reductions = reductions
+        self._k_softmax = softmax
+        self._scalar_buffer = cuda.device_array(SCALAR_SLOTS, dtype=np.float64)
+        self._next_slot = 0
+        self._seed: int | None = None
+        self._generator: Any = None
+        self._device = _device_name(cuda)
+        # None: arrays larger than DEVICE_DATA_FRACTION of the free device memory stay
+        # on the host; a number of bytes sets that limit instead.
+        self.device_data_limit: int | None = None
+
+    # ------------------------------------------------------------------ availability
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("numba") is None:
+            return False, f"Numba is not installed; {_INSTALL}"
+        try:
+            from numba import cuda
+        except Exception as error:  # a broken CUDA toolkit must not break the registry
+            return False, f"numba.cuda cannot be imported ({error}); {_INSTALL}"
+        if _simulated():
+            return True, "CUDA simulator on the CPU (NUMBA_ENABLE_CUDASIM=1)"
+        try:
+            present = cuda.is_available()
+        except Exception:
+            present = False
+        if not present:
+            return False, f"no CUDA GPU or driver was found; {_SIMULATOR_HINT}"
+        return True, _device_name(cuda)
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def supports_dtype(self, dtype: str) -> bool:
+        return dtype in ("float32", "float64")
+
+    def asarray(self, data: np.ndarray, *, dtype: str) -> Array:
+        host = np.ascontiguousarray(data, dtype=dtype)
+        if not self._fits_on_device(host.nbytes):
+            return HostRows(host)
+        return self._cuda.to_device(host)
+
+    def to_numpy(self, A: Array) -> np.ndarray:
+        if isinstance(A, DeviceScalar):
+            value = A.buffer[A.slot : A.slot + 1].copy_to_host()
+            return np.asarray(value[0], dtype=A.dtype)
+        if isinstance(A, HostRows):
+            return A.host.copy()
+        return A.copy_to_host()
+
+    def zeros(self, shape: tuple[int, ...], *, dtype: str) -> Array:
+        A = self._empty(shape, dtype)
+        self._k_memory.fill(A, 0.0)
+        return A
+
+    def synchronize(self) -> None:
+        self._cuda.synchronize()
+
+    def split_views(self, flat: Array, shapes: Sequence[tuple[int, ...]]) -> list[Array]:
+        views = []
+        start = 0
+        for shape in shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            views.append(flat[start : start + size].reshape(tuple(shape)))
+            start += size
+        return views
+
+    def assign(self, dst: Array, src: Array) -> None:
+        self._k_memory.copy(src, dst)
+
+    def slice_rows(self, A: Array, start: int, stop: int) -> Array:
+        if isinstance(A, HostRows):
+            return self._cuda.to_device(A.host[start:stop])
+        return A[start:stop]
+
+    def take_rows(self, A: Array, indices: Array) -> Array:
+        if isinstance(A, HostRows):
+            return self._cuda.to_device(A.host[self._host_indices(indices)])
+        out = self._empty((indices.shape[0], *A.shape[1:]), A.dtype)
+        self._k_memory.take_rows(A, indices, out)
+        return out
+
+    def seed(self, seed: int) -> None:
+        # The generator's states are created at the first dropout, not for every fit.
+        self._seed = seed
+        self._generator = None
+
+    def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
+        result = np.empty(len(values))
+        by_buffer: dict[int, list[int]] = {}
+        for i, value in enumerate(values):
+            by_buffer.setdefault(id(value.buffer), []).append(i)
+        for positions in by_buffer.values():
+            buffer = values[positions[0]].buffer
+            slots = [values[i].slot for i in positions]
+            low = min(slots)
+            host = buffer[low : max(slots) + 1].copy_to_host()
+            result[positions] = host[np.asarray(slots) - low]
+        return result
+
+    # ------------------------------------------------------------------ dense layers
+    def gemm(self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
+        M = A.shape[1] if trans_a else A.shape[0]
+        N = B.shape[0] if trans_b else B.shape[1]
+        C = self._empty((M, N), A.dtype)
+        self._k_gemm.gemm(A, B, C, trans_a=trans_a, trans_b=trans_b)
+        return C
+
+    def dense_forward(
+        self, X: Array, W: Array, b: Array | None, activation: str
+    ) -> tuple[Array, Array]:
+        shape = (X.shape[0], W.shape[1])
+        Z = self._empty(shape, X.dtype)
+        if activation == "linear":
+            self._k_gemm.dense_forward(X, W, b, "linear", Z, Z)
+            return Z, Z
+        Y = self._empty(shape, X.dtype)
+        if activation == "softmax":
+            self._k_gemm.dense_forward(X, W, b, "linear", Z, Z)
+            self._k_softmax.softmax(Z, Y)
+        else:
+            self._k_gemm.dense_forward(X, W, b, activation, Z, Y)
+        return Z, Y
+
+    def dense_backward(
+        self,
+        dY: Array,
+        X: Array,
+        W: Array,
+        Z: Array,
+        Y: Array,
+        activation: str,
+        *,
+        dW: Array,
+        db: Array | None,
+        need_dX: bool = True,
+    ) -> Array | None:
+        if activation == "linear":
+            dZ = dY
+            if db is not None:
+                self._k_dense_backward.column_sums(dY, db)
+        else:
+            dZ = self._empty(dY.shape, dY.dtype)
+            if activation == "softmax":
+                self._k_dense_backward.softmax_gradient_and_bias(dY, Y, dZ, db)
+            else:
+                self._k_dense_backward.activation_gradient_and_bias(activation, dY, Z, dZ, db)
+        self._k_gemm.gemm(X, dZ, dW, trans_a=True)
+        if not need_dX:
+            return None
+        dX = self._empty(X.shape, X.dtype)
+        self._k_gemm.gemm(dZ, W, dX, trans_b=True)
+        return dX
+
+    # ------------------------------------------------------------------ activations
+    def activation(self, name: str, Z: Array) -> Array:
+        if name == "linear":
+            return Z
+        Y = self._empty(Z.shape, Z.dtype)
+        if name == "softmax":
+            self._k_softmax.softmax(Z, Y)
+        else:
+            self._k_activations.forward(name, Z, Y)
+        return Y
+
+    def backprop_activation(self, name: str, dY: Array, Z: Array, Y: Array) -> Array:
+        if name == "linear":
+            return dY
+        dZ = self._empty(dY.shape, dY.dtype)
+        if name == "softmax":
+            self._k_softmax.softmax_backward(dY, Y, dZ)
+        else:
+            self._k_activations.backward(name, dY, Z, dZ)
+        return dZ
+
+    def prelu(self, X: Array, alpha: Array) -> Array:
+        Y = self._empty(X.shape, X.dtype)
+        self._k_prelu.prelu_forward(X, alpha, Y)
+        return Y
+
+    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array) -> Array:
+        dX = self._empty(X.shape, X.dtype)
+        self._k_prelu.prelu_backward(dY, X, alpha, dX, dalpha)
+        return dX
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
+        scalar, out = self._new_scalar(Y_pred.dtype)
+        self._k_losses.loss(name, Y_pred, Y_true, out, from_logits=from_logits)
+        return scalar
+
+    def backprop_loss(
+        self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
+    ) -> Array:
+        dP = self._empty(Y_pred.shape, Y_pred.dtype)
+        self._k_losses.loss_gradient(name, Y_pred, Y_true, dP, from_logits=from_logits)
+        return dP
+
+    def backprop_softmax_crossentropy(self, P: Array, Y_true: Array) -> Array:
+        dZ = self._empty(P.shape, P.dtype)
+        self._k_softmax.softmax_crossentropy_gradient(P, Y_true, dZ)
+        return dZ
+
+    def backprop_sigmoid_crossentropy(self, P: Array, Y_true: Array) -> Array:
+        dZ = self._empty(P.shape, P.dtype)
+        self._k_softmax.sigmoid_crossentropy_gradient(P, Y_true, dZ)
+        return dZ
+
+    # ------------------------------------------------------------------ regularization
+    def penalty(self, W: Array, *, l1: float, l2: float) -> Array:
+        scalar, out = self._new_scalar(W.dtype)
+        self._k_reductions.penalty(W, out, l1=l1, l2=l2)
+        return scalar
+
+    def backprop_penalty(self, W: Array, dW: Array, *, l1: float, l2: float) -> None:
+        self._k_reductions.backprop_penalty(W, dW, l1=l1, l2=l2)
+
+    # ------------------------------------------------------------------ optimizers
+    def sgd_update(self, params, grads, velocity, *, learning_rate, momentum, nesterov):
+        self._k_optimizers.sgd_update(
+            params,
+            grads,
+            velocity,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+        )
+
+    def adam_update(
+        self, params, grads, m, v, v_max, *, learning_rate, beta_1, beta_2, epsilon, step
+    ):
+        self._k_optimizers.adam_update(
+            params,
+            grads,
+            m,
+            v,
+            v_max,
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            step=step,
+        )
+
+    def rmsprop_update(
+        self,
+        params,
+        grads,
+        velocity,
+        average_grad,
+        momentum_buffer,
+        *,
+        learning_rate,
+        rho,
+        momentum,
+        epsilon,
+    ):
+        self._k_optimizers.rmsprop_update(
+            params,
+            grads,
+            velocity,
+            average_grad,
+            momentum_buffer,
+            learning_rate=learning_rate,
+            rho=rho,
+            momentum=momentum,
+            epsilon=epsilon,
+        )
+
+    def adagrad_update(self, params, grads, accumulator, *, learning_rate, epsilon):
+        self._k_optimizers.adagrad_update(
+            params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
+        )
+
+    def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
+        self._k_optimizers.adamax_update(
+            params,
+            grads,
+            m,
+            u,
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            step=step,
+        )
+
+    def nadam_update(
+        self,
+        params,
+        grads,
+        m,
+        v,
+        *,
+        learning_rate,
+        beta_1,
+        beta_2,
+        epsilon,
+        step,
+        mu_t,
+        mu_next,
+        mu_product,
+        mu_product_next,
+    ):
+        self._k_optimizers.nadam_update(
+            params,
+            grads,
+            m,
+            v,
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            step=step,
+            mu_t=mu_t,
+            mu_next=mu_next,
+            mu_product=mu_product,
+            mu_product_next=mu_product_next,
+        )
+
+    # ------------------------------------------------------------------ dropout, metrics
+    def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
+        if self._generator is None:
+            seed = self._seed
+            if seed is None:  # no seed given: as unpredictable as NumPy's default generator
+                seed = int(np.random.default_rng().integers(2**63 - 1))
+            self._generator = self._k_dropout.DropoutGenerator(seed % 2**63)
+        Y = self._empty(X.shape, X.dtype)
+        mask = self._empty(X.shape, X.dtype)
+        self._k_dropout.dropout(self._generator, X, Y, mask, rate=rate)
+        return Y, mask
+
+    def backprop_dropout(self, dY: Array, mask: Array) -> Array:
+        dX = self._empty(dY.shape, dY.dtype)
+        self._k_dropout.backprop_dropout(dY, mask, dX)
+        return dX
+
+    def count_correct(self, kind: str, Y_pred: Array, Y_true: Array) -> Array:
+        scalar, out = self._new_scalar(Y_pred.dtype)
+        self._k_reductions.count_correct(kind, Y_pred, Y_true, out)
+        return scalar
+
+    # ------------------------------------------------------------------ helpers
+    def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        return self._cuda.device_array(tuple(int(n) for n in shape), dtype=np.dtype(dtype))
+
+    def _new_scalar(self, dtype: Any) -> tuple[DeviceScalar, Array]:
+        """A fresh scalar slot, and the float64 ``(1,)`` device view a kernel writes it through."""
+        if self._next_slot >= len(self._scalar_buffer):
+            # Scalars still unread keep the old buffer alive; nothing is overwritten.
+            self._scalar_buffer = self._cuda.device_array(SCALAR_SLOTS, dtype=np.float64)
+            self._next_slot = 0
+        slot = self._next_slot
+        self._next_slot += 1
+        buffer = self._scalar_buffer
+        return DeviceScalar(buffer, slot, np.dtype(dtype)), buffer[slot : slot + 1]
+
+    def _fits_on_device(self, nbytes: int) -> bool:
+        if self.device_data_limit is not None:
+            return nbytes <= self.device_data_limit
+        if nbytes < SMALL_ARRAY_BYTES:
+            return True
+        if _simulated():  # the simulator's device memory is the host's
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        else:
+            free, _total = self._cuda.current_context().get_memory_info()
+        return nbytes <= DEVICE_DATA_FRACTION * free
+
+    def _host_indices(self, indices: Array) -> np.ndarray:
+        return indices.host if isinstance(indices, HostRows) else indices.copy_to_host()
+
+
+def _device_name(cuda: Any) -> str:
+    """A description of the current CUDA device, or of the simulator."""
+    if _simulated():
+        return "CUDA simulator on the CPU (NUMBA_ENABLE_CUDASIM=1)"
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    major, minor = device.compute_capability
+    return f"{name} (compute capability {major}.{minor})"

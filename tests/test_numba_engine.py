@@ -1,0 +1,198 @@
+"""The numba engine as a user meets it: selecting it, and a whole ``fit`` against numpy.
+
+Where there is no GPU these run in Numba's CUDA simulator (tests/conftest.py turns
+it on), so the models are tiny and train on a few small batches.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dlcore
+from dlcore import backends
+from dlcore.layers import Dense, Dropout, PReLU
+from dlcore.models import Sequential
+from dlcore.optimizers import SGD, Adam, RMSprop
+from dlcore.regularizers import l1_l2
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.cudasim
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _gpu_present() -> bool:
+    """Whether a real CUDA GPU is usable, asked in a process without the simulator."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    return done.stdout.strip() == "True"
+
+
+@pytest.fixture(scope="module")
+def gpu_present() -> bool:
+    return _gpu_present()
+
+
+def test_selecting_numba_without_a_gpu_names_the_simulator(gpu_present):
+    if gpu_present:
+        pytest.skip("a CUDA GPU is present")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import dlcore; dlcore.set_backend('numba')"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "RuntimeError: engine 'numba' cannot run here: no CUDA GPU" in done.stderr
+    assert "set NUMBA_ENABLE_CUDASIM=1" in done.stderr
+    listing = subprocess.run(
+        [sys.executable, "-m", "dlcore", "engines"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listing.returncode == 0
+    numba_line = next(line for line in listing.stdout.splitlines() if "numba" in line)
+    assert "NUMBA_ENABLE_CUDASIM=1" in numba_line
+
+
+def test_available_reports_numba_with_its_device():
+    info = {i.name: i for i in backends.available()}["numba"]
+    assert info.available
+    if SIMULATED:
+        assert info.detail == "CUDA simulator on the CPU (NUMBA_ENABLE_CUDASIM=1)"
+    else:
+        assert "compute capability" in info.detail
+
+
+def _data(n: int = 40, features: int = 6, classes: int = 3):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, features))
+    labels = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 0.8)
+    return x, np.eye(classes)[labels]
+
+
+def _train(engine_name: str, dtype: str, build, optimizer, loss: str, epochs: int = 2):
+    """History, predictions and weights of one small fit on ``engine_name``."""
+    x, y = _data()
+    dlcore.set_floatx(dtype)
+    dlcore.set_random_seed(3)
+    with dlcore.use_backend(engine_name):
+        model = build()
+        model.compile(optimizer=optimizer(), loss=loss, metrics=["accuracy"])
+        history = model.fit(
+            x, y, batch_size=16, epochs=epochs, validation_split=0.25, shuffle=True, verbose=0
+        )
+        return history.history, model.predict(x, verbose=0), model.get_weights()
+
+
+def _mlp():
+    return Sequential(
+        [
+            Dense(7, activation="relu", input_shape=(6,), kernel_regularizer=l1_l2(1e-3, 1e-3)),
+            Dense(5, activation="tanh"),
+            Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def _prelu_mlp():
+    return Sequential([Dense(9, input_shape=(6,)), PReLU(), Dense(3, activation="sigmoid")])
+
+
+CASES = {
+    "adam-softmax-cce": (
+        _mlp,
+        lambda: Adam(learning_rate=0.01, amsgrad=True),
+        "categorical_crossentropy",
+    ),
+    "sgd-nesterov-prelu-bce": (
+        _prelu_mlp,
+        lambda: SGD(learning_rate=0.1, momentum=0.9, nesterov=True),
+        "binary_crossentropy",
+    ),
+    "rmsprop-centered-mse": (
+        _mlp,
+        lambda: RMSprop(learning_rate=0.01, centered=True, momentum=0.5),
+        "mean_squared_error",
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-4)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fit_on_numba_matches_numpy(case, dtype, rtol):
+    build, optimizer, loss = CASES[case]
+    expected = _train("numpy", dtype, build, optimizer, loss)
+    got = _train("numba", dtype, build, optimizer, loss)
+    assert set(got[0]) == set(expected[0]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for key, values in expected[0].items():
+        np.testing.assert_allclose(got[0][key], values, rtol=rtol, atol=rtol * 1e-3, err_msg=key)
+    np.testing.assert_allclose(got[1], expected[1], rtol=rtol, atol=rtol * 1e-3)
+    for w_got, w_expected in zip(got[2], expected[2]):
+        np.testing.assert_allclose(w_got, w_expected, rtol=rtol, atol=rtol * 1e-3)
+
+
+def test_data_too_large_for_the_device_is_copied_batch_by_batch():
+    from dlcore.backends import numba_engine
+
+    expected = _train("numpy", "float64", *CASES["adam-softmax-cce"])
+    engine = backends.get("numba")
+    x, _ = _data()
+    engine.device_data_limit = x.nbytes // 2  # the weights fit, the training set does not
+    try:
+        assert isinstance(engine.asarray(x, dtype="float64"), numba_engine.HostRows)
+        got = _train("numba", "float64", *CASES["adam-softmax-cce"])
+    finally:
+        engine.device_data_limit = None
+    np.testing.assert_allclose(got[0]["loss"], expected[0]["loss"], rtol=1e-10)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-10)
+
+
+def test_scalars_are_read_back_in_one_transfer_per_buffer(monkeypatch):
+    from dlcore.backends import numba_engine
+
+    monkeypatch.setattr(numba_engine, "SCALAR_SLOTS", 3)
+    engine = numba_engine.NumbaEngine()
+    W = np.arange(-3.0, 3.0).reshape(2, 3)
+    device_W = engine.asarray(W, dtype="float64")
+    scalars = [engine.penalty(device_W, l1=float(k), l2=0.0) for k in range(7)]
+    assert len({id(s.buffer) for s in scalars}) == 3  # 7 scalars in buffers of 3 slots
+    np.testing.assert_allclose(engine.scalars_to_numpy(scalars), np.arange(7) * np.abs(W).sum())
+    assert engine.to_numpy(scalars[5]).shape == ()
+
+
+def test_dropout_trains_and_masks_repeat_with_the_seed():
+    x, y = _data()
+    dlcore.set_random_seed(5)
+
+    def run():
+        dlcore.set_random_seed(5)
+        with dlcore.use_backend("numba"):
+            model = Sequential(
+                [
+                    Dense(8, activation="relu", input_shape=(6,)),
+                    Dropout(0.5),
+                    Dense(3, activation="softmax"),
+                ]
+            )
+            model.compile(optimizer="adam", loss="categorical_crossentropy")
+            return model.fit(x, y, batch_size=20, epochs=2, verbose=0).history["loss"]
+
+    first, second = run(), run()
+    assert np.all(np.isfinite(first))
+    assert first == second
