@@ -1,4 +1,4 @@
-"""Command line: ``python -m dlcore demo|engines``."""
+"""Command line: ``python -m dlcore demo|engines|doctor``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from dlcore import doctor
+
+    return 0 if doctor.run(args.engine) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dlcore`` and the ``dlcore`` script."""
     parser = argparse.ArgumentParser(prog="python -m dlcore", description=__doc__)
@@ -45,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     demo.add_argument("--save", metavar="PATH", help="keep the trained model at PATH")
     demo.set_defaults(run=_demo)
+    doctor = commands.add_parser(
+        "doctor", help="check every engine against numpy here, and time gemm on a GPU"
+    )
+    doctor.add_argument(
+        "--engine",
+        action="append",
+        choices=backends.engine_names(),
+        help="check this engine only (repeatable; default: all); numpy is always the reference",
+    )
+    doctor.set_defaults(run=_doctor)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,185 @@
+"""Every Numba kernel compiles for the real chips (sm_80, sm_90) without spills.
+
+The report runs in a subprocess: this test process runs Numba's CUDA simulator
+(tests/conftest.py), and ``compile_ptx`` needs the real CUDA target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from dlcore.kernels import ptx_report
+
+KERNELS = pathlib.Path(ptx_report.__file__).parent
+
+# Float32 kernels allowed to contain float64 instructions, with the reason:
+# {"losses: mse_loss[f32]": "accumulates the scalar loss in float64 by design"}
+# Deliberate float64 in float32 kernels: label prefix -> (the float64 opcodes allowed there,
+# or None for any, and why). Anything else is double precision that crept in.
+_STORE = {"cvt.f64.f32", "st.global.f64"}
+_FLAG = {"ld.global.f64", "setp.neu.f64"}
+F64_ALLOWED: dict[str, tuple[set[str] | None, str]] = {
+    "losses: loss[": (
+        _STORE | _FLAG,
+        "per-sample losses are stored in float64 for a float64 batch mean; the hinges "
+        "read the batch's float64 count of labels other than 0 and 1",
+    ),
+    "losses: loss_gradient[hinge,": (_FLAG, "reads the float64 count of non-0/1 labels"),
+    "losses: loss_gradient[squared_hinge,": (_FLAG, "reads the float64 count of non-0/1 labels"),
+    "reductions: reduce[": (None, "scalar results are accumulated in float64 by design"),
+    "reductions: argmax_match[": ({"selp.f64", "st.global.f64"}, "writes float64 hit counts"),
+}
+
+
+def _f64_allowed(row: dict) -> bool:
+    key = f"{row['module']}: {row['label']}"
+    for prefix, (opcodes, _reason) in F64_ALLOWED.items():
+        if key.startswith(prefix):
+            return opcodes is None or set(row["f64_opcodes"]) <= opcodes
+    return False
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    """The JSON report on every module of KERNEL_MODULES, made once for this file."""
+    pytest.importorskip("numba")
+    path = tmp_path_factory.mktemp("ptx") / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dlcore.kernels.ptx_report", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    if not path.exists():
+        pytest.fail(f"the PTX report did not run (exit {done.returncode}):\n{done.stderr}")
+    return json.loads(path.read_text())
+
+
+def where(row: dict) -> str:
+    return f"{row['module']}: {row['label']} on {row['arch']}"
+
+
+def test_every_module_with_kernels_is_in_the_report():
+    with_variants = {
+        path.stem for path in KERNELS.glob("*.py") if "def ptx_variants(" in path.read_text()
+    }
+    assert with_variants <= set(ptx_report.KERNEL_MODULES), (
+        "add these modules to KERNEL_MODULES in kernels/ptx_report.py: "
+        f"{sorted(with_variants - set(ptx_report.KERNEL_MODULES))}"
+    )
+
+
+@pytest.mark.slow
+def test_every_variant_compiles_and_assembles_for_sm80_and_sm90(report):
+    rows = report["rows"]
+    assert report["modules"] == list(ptx_report.KERNEL_MODULES)
+    failed = [f"{where(r)}: {r['error']}" for r in rows if r["error"]]
+    assert not failed, "\n".join(failed)
+    builds = Counter((r["module"], r["label"], r["arch"]) for r in rows)
+    variants = {(module, label) for module, label, _ in builds}
+    wrong = [
+        f"{module}: {label} on {arch}: built {builds[module, label, arch]} times"
+        for module, label in sorted(variants)
+        for arch in report["archs"]
+        if builds[module, label, arch] != 1
+    ]
+    assert report["archs"] == ["sm_80", "sm_90"]
+    assert not wrong, "labels must be unique within a module:\n" + "\n".join(wrong)
+    for module in ptx_report.KERNEL_MODULES:
+        assert any(m == module for m, _ in variants), f"{module}.ptx_variants() yields nothing"
+
+
+@pytest.mark.slow
+def test_no_kernel_spills_to_local_memory_or_uses_a_stack_frame(report):
+    offenders = [
+        f"{where(r)}: {r['stack_bytes']} B stack, spills {r['spill_store_bytes']} B stored "
+        f"/ {r['spill_load_bytes']} B loaded"
+        for r in report["rows"]
+        if r["stack_bytes"] or r["spill_store_bytes"] or r["spill_load_bytes"]
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.slow
+def test_float32_kernels_compute_in_float32(report):
+    offenders = [
+        f"{where(r)}: {r['f64_ops']} f64 instructions ({', '.join(r['f64_opcodes'])})"
+        for r in report["rows"]
+        if r["dtype"] == "float32" and r["f64_ops"] and not _f64_allowed(r)
+    ]
+    assert not offenders, (
+        "float32 kernels with float64 instructions (a Python float literal? type constants "
+        "with scalar(dtype); list deliberate ones in F64_ALLOWED with the reason):\n"
+        + "\n".join(offenders)
+    )
+
+
+PTXAS_OUTPUT = """\
+ptxas warning : For profile sm_80 adjusting per thread register count of 16 to lower bound of 24
+ptxas info    : 16 bytes gmem, 16 bytes cmem[4]
+ptxas info    : Function properties for helper
+    16 bytes stack frame, 4 bytes spill stores, 8 bytes spill loads
+ptxas info    : Compiling entry function 'the_kernel' for 'sm_80'
+ptxas info    : Function properties for the_kernel
+    8 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 24 registers, used 1 barriers, 8 bytes cumulative stack size, \
+4096 bytes smem, 520 bytes cmem[0], 376 bytes cmem[2]
+ptxas info    : Compile time = 26.538 ms
+"""
+
+
+def test_ptxas_report_is_read_for_the_entry_function_and_its_callees():
+    found = ptx_report.parse_ptxas(PTXAS_OUTPUT)
+    assert found["entry"] == "the_kernel"
+    assert (found["registers"], found["barriers"], found["smem_bytes"]) == (24, 1, 4096)
+    assert found["cmem_bytes"] == 896
+    assert found["stack_bytes"] == 16
+    assert (found["spill_store_bytes"], found["spill_load_bytes"]) == (12, 20)
+    assert len(found["warnings"]) == 1
+
+
+def test_ptxas_report_without_smem_or_cmem():
+    text = (
+        "ptxas info    : Compiling entry function 'k' for 'sm_90'\n"
+        "ptxas info    : Function properties for k\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 30 registers, used 0 barriers\n"
+    )
+    found = ptx_report.parse_ptxas(text)
+    assert (found["registers"], found["smem_bytes"], found["cmem_bytes"]) == (30, 0, None)
+    with pytest.raises(ValueError, match="expected one entry function"):
+        ptx_report.parse_ptxas(text + text)
+
+
+def test_f64_instructions_ignore_declarations_and_float_registers_named_f64():
+    ptx = """\
+\t.reg .f64 \t%fd<3>;
+\t.param .f64 p;
+\tex2.approx.ftz.f32 \t%f64, %f63;
+\tcvt.f64.f32 \t%fd1, %f1;
+\t@%p1 fma.rn.f64 \t%fd2, %fd1, 0d3FB999999999999A, 0d3FF4CCCCCCCCCCCD;
+$L__BB0_2:
+\tcvt.rn.f32.f64 \t%f2, %fd2;
+// add.f64 in a comment
+"""
+    assert ptx_report.f64_instructions(ptx) == ["cvt.f64.f32", "fma.rn.f64", "cvt.rn.f32.f64"]
+
+
+def test_the_report_refuses_to_run_in_the_simulator():
+    done = subprocess.run(
+        [sys.executable, "-m", "dlcore.kernels.ptx_report", "--module", "activations"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "NUMBA_ENABLE_CUDASIM=1 is set" in done.stderr
