@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ENGINE ?=
 
-.PHONY: demo test test-fast lint bench parity clean
+.PHONY: demo test test-fast test-cudasim ptx-report lint bench parity clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ demo: $(VENV)/.demo-installed
 # `make test ENGINE=numpy` runs the engine-parametrized tests on one engine only.
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(if $(ENGINE),--engine $(ENGINE))
+
+# Every test that runs CUDA kernels, the model-level ones included: in Numba's CUDA
+# simulator where there is no GPU (about half an hour on 2 cores).
+test-cudasim: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m cudasim --full-simulation
+
+# Registers, shared memory and spills of every kernel for sm_80 and sm_90 (kernels/README.md).
+ptx-report: $(VENV)/.test-installed
+	env -u NUMBA_ENABLE_CUDASIM $(BIN)/python -m dlcore.kernels.ptx_report --markdown
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -x -m "not slow" --engine numpy
