@@ -31,7 +31,8 @@ test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(if $(ENGINE),--engine $(ENGINE))
 
 # Every test that runs CUDA kernels, the model-level ones included: in Numba's CUDA
-# simulator where there is no GPU (about half an hour on 2 cores).
+# simulator where there is no GPU (hours on 2 cores; test_models and test_saving
+# alone take about 20 minutes).
 test-cudasim: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m cudasim --full-simulation
 

@@ -29,7 +29,7 @@ SIMULATED_ENGINES = ("numba",) if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" 
 
 
 # Model-level tests train for many steps. In Numba's CUDA simulator a training step of
-# the smallest model takes seconds, and these modules would take about half an hour
+# the smallest model takes seconds, and these modules would take hours
 # on two cores; by default they run there only with --full-simulation. The kernel
 # tests, the operation-level conformance modules and tests/test_numba_engine.py (whole
 # fits against numpy) always run on the simulated engine.
@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="also run the model-level tests (" + ", ".join(MODEL_LEVEL_MODULES) + ") on "
-        "engines that run in Numba's CUDA simulator (about 30 minutes on 2 cores)",
+        "engines that run in Numba's CUDA simulator (hours on 2 cores)",
     )
     parser.addoption(
         "--engine",
