@@ -114,6 +114,7 @@ def _lock_simulator_shared_arrays() -> None:
         return allocation
 
     array.locked = True  # type: ignore[attr-defined]
+    array.unlocked = dynamic  # type: ignore[attr-defined]
     shared.array = array
 
 
