@@ -560,12 +560,20 @@ def _row_kernels(dtype: Any, name: str, logits: bool) -> tuple[Any, Any]:
 def _nonbinary_labels(name: str, Y_true: Any) -> Any:
     """Float64 ``(1,)`` on the device: for the hinges, the number of labels other than 0 and 1.
 
-    The other elementwise losses never read it.
+    The other elementwise losses never read it: they get one cached array, so a
+    training step allocates nothing for it.
     """
+    if name not in _HINGES:
+        return _unread_flag()
     count = cuda.device_array(1, np.float64)
-    if name in _HINGES:
-        reductions.count_nonbinary(Y_true, count)
+    reductions.count_nonbinary(Y_true, count)
     return count
+
+
+@functools.cache
+def _unread_flag() -> Any:
+    """The ``nonbinary`` argument of the losses whose kernels are compiled not to read it."""
+    return cuda.device_array(1, np.float64)
 
 
 def loss(name: str, Y_pred: Any, Y_true: Any, out: Any, *, from_logits: bool = False) -> None:
