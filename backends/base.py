@@ -30,6 +30,61 @@ import numpy as np
 Array = Any
 
 
+def dtype_name(dtype: Any) -> str:
+    """The canonical name (``"float32"``, ``"float64"``, ``"int64"``, ``"bool"``) of any
+    engine's dtype."""
+    text = str(dtype)
+    for name in ("float32", "float64", "int64", "bool"):
+        if text.endswith(name):
+            return name
+    raise TypeError(f"unsupported dtype {dtype!r}")
+
+
+class Workspace:
+    """Engine arrays that a layer or a model reuses from one training step to the next.
+
+    An engine method given a workspace takes its outputs and temporaries from it by
+    name instead of allocating them, so repeating a call with the same shapes
+    allocates nothing. Each distinct ``(name, shape, dtype)`` is allocated once: a
+    fit whose last batch is smaller holds two sets. What a method returns from a
+    workspace is overwritten by the next call that uses the same workspace, so a
+    caller keeps one workspace per place in the computation (one per layer).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._arrays: dict[tuple[str, tuple[int, ...], str], Array] = {}
+        # the same arrays under the keys callers use (dtype objects or names), so that a
+        # repeated request costs one dictionary lookup
+        self._by_request: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        """The engine array ``name`` of ``shape`` and ``dtype`` (an engine dtype or its
+        name; ``"bool"`` is allowed here), allocated on first request."""
+        request = (name, shape, dtype)
+        found = self._by_request.get(request)
+        if found is None:
+            key = (name, tuple(int(n) for n in shape), dtype_name(dtype))
+            found = self._arrays.get(key)
+            if found is None:
+                found = self._arrays[key] = self.engine.zeros(key[1], dtype=key[2])
+            self._by_request[request] = found
+        return found
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the workspace's arrays."""
+        return sum(
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            for _, shape, dtype in self._arrays
+        )
+
+    def clear(self) -> None:
+        """Drop every array (they are allocated again on the next request)."""
+        self._arrays.clear()
+        self._by_request.clear()
+
+
 class Engine(abc.ABC):
     """Abstract engine. Subclasses set ``name`` and implement every method."""
 
@@ -98,8 +153,11 @@ class Engine(abc.ABC):
         """Rows ``start:stop`` of an ``(N, ...)`` array, as a view where the engine can."""
 
     @abc.abstractmethod
-    def take_rows(self, A: Array, indices: Array) -> Array:
-        """Rows ``A[indices]`` of an ``(N, ...)`` array; ``indices`` is int64 ``(M,)``."""
+    def take_rows(self, A: Array, indices: Array, *, out: Array | None = None) -> Array:
+        """Rows ``A[indices]`` of an ``(N, ...)`` array; ``indices`` is int64 ``(M,)``.
+
+        ``out``, of shape ``(M, ...)`` and ``A``'s dtype, receives the rows when given.
+        """
 
     @abc.abstractmethod
     def seed(self, seed: int) -> None:
@@ -124,7 +182,13 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def dense_forward(
-        self, X: Array, W: Array, b: Array | None, activation: str
+        self,
+        X: Array,
+        W: Array,
+        b: Array | None,
+        activation: str,
+        *,
+        workspace: Workspace | None = None,
     ) -> tuple[Array, Array]:
         """Fused dense layer: ``Z = X @ W + b`` and ``Y = activation(Z)``.
 
@@ -134,10 +198,13 @@ class Engine(abc.ABC):
             b: float ``(O,)``, or ``None`` for a layer without bias.
             activation: a name from ``dlcore.activations.NAMES``.
 
+            workspace: where to take ``Z`` and ``Y`` from instead of allocating them.
+
         Returns:
             ``(Z, Y)``, both float ``(N, O)``. ``Z`` is what ``dense_backward``
             needs to differentiate the activation; engines may return ``Y`` itself
-            as ``Z`` for ``"linear"``.
+            as ``Z`` for ``"linear"``, and for activations whose derivative they
+            compute from ``Y`` alone (relu, whose ``Z > 0`` is ``Y > 0``; tanh; softmax).
         """
 
     @abc.abstractmethod
@@ -153,6 +220,7 @@ class Engine(abc.ABC):
         dW: Array,
         db: Array | None,
         need_dX: bool = True,
+        workspace: Workspace | None = None,
     ) -> Array | None:
         """Fused backward pass of ``dense_forward``.
 
@@ -166,6 +234,8 @@ class Engine(abc.ABC):
             dW: float ``(I, O)``, written in place.
             db: float ``(O,)`` written in place, or ``None`` without bias.
             need_dX: ``False`` for the first layer, whose ``dX`` nobody uses.
+            workspace: where to take ``dZ`` and ``dX`` from instead of allocating them;
+                with a workspace the engine may also overwrite ``dY``.
 
         Returns:
             ``dX``, float ``(N, I)``, or ``None`` when ``need_dX`` is false.
@@ -190,7 +260,15 @@ class Engine(abc.ABC):
 
     # ------------------------------------------------------------------ losses
     @abc.abstractmethod
-    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
+    def loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
         """Mean over the batch of the per-sample loss ``name``, as a 0-d float array.
 
         Args:
@@ -199,6 +277,7 @@ class Engine(abc.ABC):
             Y_true: float ``(N, O)``; for ``sparse_categorical_crossentropy``
                 int64 labels ``(N,)``.
             from_logits: for the cross-entropies, ``Y_pred`` holds logits.
+            workspace: where to take temporaries from instead of allocating them.
         """
 
     @abc.abstractmethod
@@ -211,12 +290,15 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def backprop_softmax_crossentropy(self, P: Array, Y_true: Array) -> Array:
+    def backprop_softmax_crossentropy(
+        self, P: Array, Y_true: Array, *, workspace: Workspace | None = None
+    ) -> Array:
         """Fused gradient ``(P - Y) / N`` of softmax followed by categorical cross-entropy.
 
         Args:
             P: float ``(N, O)``, softmax probabilities.
             Y_true: float one-hot ``(N, O)``, or int64 labels ``(N,)``.
+            workspace: where to take the result from instead of allocating it.
 
         Returns:
             float ``(N, O)``: the gradient with respect to the softmax's input.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import xp_activations, xp_losses, xp_optimizers
-from .base import Array, Engine
+from .base import Array, Engine, Workspace, dtype_name
 
 
 class ArrayAPIEngine(Engine):
@@ -55,8 +55,12 @@ class ArrayAPIEngine(Engine):
     def slice_rows(self, A: Array, start: int, stop: int) -> Array:
         return A[start:stop, ...]
 
-    def take_rows(self, A: Array, indices: Array) -> Array:
-        return self.xp.take(A, indices, axis=0)
+    def take_rows(self, A: Array, indices: Array, *, out: Array | None = None) -> Array:
+        rows = self.xp.take(A, indices, axis=0)
+        if out is None:
+            return rows
+        out[...] = rows
+        return out
 
     def seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
@@ -75,8 +79,16 @@ class ArrayAPIEngine(Engine):
             xp.matrix_transpose(A) if trans_a else A, xp.matrix_transpose(B) if trans_b else B
         )
 
+    # The array API has no out= arguments: this engine allocates whether or not it is
+    # given a workspace, and the NumPy engine overrides the operations of a training step.
     def dense_forward(
-        self, X: Array, W: Array, b: Array | None, activation: str
+        self,
+        X: Array,
+        W: Array,
+        b: Array | None,
+        activation: str,
+        *,
+        workspace: Workspace | None = None,
     ) -> tuple[Array, Array]:
         Z = self.xp.matmul(X, W)
         if b is not None:
@@ -97,6 +109,7 @@ class ArrayAPIEngine(Engine):
         dW: Array,
         db: Array | None,
         need_dX: bool = True,
+        workspace: Workspace | None = None,
     ) -> Array | None:
         xp = self.xp
         dZ = dY if activation == "linear" else xp_activations.backward(xp, activation, dY, Z, Y)
@@ -122,7 +135,15 @@ class ArrayAPIEngine(Engine):
         return xp.where(positive, dY, alpha * dY)
 
     # ------------------------------------------------------------------ losses
-    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
+    def loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
         return xp_losses.loss(self.xp, name, Y_pred, Y_true, from_logits=from_logits)
 
     def backprop_loss(
@@ -130,7 +151,9 @@ class ArrayAPIEngine(Engine):
     ) -> Array:
         return xp_losses.backprop_loss(self.xp, name, Y_pred, Y_true, from_logits=from_logits)
 
-    def backprop_softmax_crossentropy(self, P: Array, Y_true: Array) -> Array:
+    def backprop_softmax_crossentropy(
+        self, P: Array, Y_true: Array, *, workspace: Workspace | None = None
+    ) -> Array:
         return xp_losses.softmax_crossentropy_gradient(self.xp, P, Y_true)
 
     def backprop_sigmoid_crossentropy(self, P: Array, Y_true: Array) -> Array:
@@ -263,7 +286,7 @@ class ArrayAPIEngine(Engine):
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
         keep = self._rng.random(tuple(X.shape)) >= rate
-        mask = self.asarray(keep / (1.0 - rate), dtype=_dtype_name(X.dtype))
+        mask = self.asarray(keep / (1.0 - rate), dtype=dtype_name(X.dtype))
         return X * mask, mask
 
     def backprop_dropout(self, dY: Array, mask: Array) -> Array:
@@ -278,11 +301,3 @@ class ArrayAPIEngine(Engine):
         else:
             hits = xp.argmax(Y_pred, axis=-1) == Y_true
         return xp.sum(xp.astype(hits, Y_pred.dtype))
-
-
-def _dtype_name(dtype: Any) -> str:
-    """The canonical name ("float32", ...) of an array API dtype object."""
-    for name in ("float32", "float64"):
-        if str(dtype).endswith(name):
-            return name
-    raise TypeError(f"unsupported dtype {dtype!r}")

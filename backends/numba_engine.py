@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Array, Engine
+from .base import Array, Engine, Workspace
 
 _INSTALL = 'install it with: pip install "dlcore[numba]"'
 _SIMULATOR_HINT = (
@@ -183,10 +183,15 @@ class NumbaEngine(Engine):
             return self._cuda.to_device(A.host[start:stop])
         return A[start:stop]
 
-    def take_rows(self, A: Array, indices: Array) -> Array:
+    def take_rows(self, A: Array, indices: Array, *, out: Array | None = None) -> Array:
         if isinstance(A, HostRows):
-            return self._cuda.to_device(A.host[self._host_indices(indices)])
-        out = self._empty((indices.shape[0], *A.shape[1:]), A.dtype)
+            rows = A.host[self._host_indices(indices)]
+            if out is None:
+                return self._cuda.to_device(rows)
+            out.copy_to_device(rows)
+            return out
+        if out is None:
+            out = self._empty((indices.shape[0], *A.shape[1:]), A.dtype)
         self._k_memory.take_rows(A, indices, out)
         return out
 
@@ -217,14 +222,20 @@ class NumbaEngine(Engine):
         return C
 
     def dense_forward(
-        self, X: Array, W: Array, b: Array | None, activation: str
+        self,
+        X: Array,
+        W: Array,
+        b: Array | None,
+        activation: str,
+        *,
+        workspace: Workspace | None = None,
     ) -> tuple[Array, Array]:
         shape = (X.shape[0], W.shape[1])
-        Z = self._empty(shape, X.dtype)
+        Z = self._output(workspace, "Z", shape, X.dtype)
         if activation == "linear":
             self._k_gemm.dense_forward(X, W, b, "linear", Z, Z)
             return Z, Z
-        Y = self._empty(shape, X.dtype)
+        Y = self._output(workspace, "Y", shape, X.dtype)
         if activation == "softmax":
             self._k_gemm.dense_forward(X, W, b, "linear", Z, Z)
             self._k_softmax.softmax(Z, Y)
@@ -244,13 +255,14 @@ class NumbaEngine(Engine):
         dW: Array,
         db: Array | None,
         need_dX: bool = True,
+        workspace: Workspace | None = None,
     ) -> Array | None:
         if activation == "linear":
             dZ = dY
             if db is not None:
                 self._k_dense_backward.column_sums(dY, db)
         else:
-            dZ = self._empty(dY.shape, dY.dtype)
+            dZ = self._output(workspace, "dZ", dY.shape, dY.dtype)
             if activation == "softmax":
                 self._k_dense_backward.softmax_gradient_and_bias(dY, Y, dZ, db)
             else:
@@ -258,7 +270,7 @@ class NumbaEngine(Engine):
         self._k_gemm.gemm(X, dZ, dW, trans_a=True)
         if not need_dX:
             return None
-        dX = self._empty(X.shape, X.dtype)
+        dX = self._output(workspace, "dX", X.shape, X.dtype)
         self._k_gemm.gemm(dZ, W, dX, trans_b=True)
         return dX
 
@@ -294,7 +306,15 @@ class NumbaEngine(Engine):
         return dX
 
     # ------------------------------------------------------------------ losses
-    def loss(self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False) -> Array:
+    def loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
         scalar, out = self._new_scalar(Y_pred.dtype)
         self._k_losses.loss(name, Y_pred, Y_true, out, from_logits=from_logits)
         return scalar
@@ -306,8 +326,10 @@ class NumbaEngine(Engine):
         self._k_losses.loss_gradient(name, Y_pred, Y_true, dP, from_logits=from_logits)
         return dP
 
-    def backprop_softmax_crossentropy(self, P: Array, Y_true: Array) -> Array:
-        dZ = self._empty(P.shape, P.dtype)
+    def backprop_softmax_crossentropy(
+        self, P: Array, Y_true: Array, *, workspace: Workspace | None = None
+    ) -> Array:
+        dZ = self._output(workspace, "dP", P.shape, P.dtype)
         self._k_softmax.softmax_crossentropy_gradient(P, Y_true, dZ)
         return dZ
 
@@ -451,6 +473,13 @@ class NumbaEngine(Engine):
         return scalar
 
     # ------------------------------------------------------------------ helpers
+    def _output(
+        self, workspace: Workspace | None, name: str, shape: tuple[int, ...], dtype: Any
+    ) -> Array:
+        if workspace is None:
+            return self._empty(shape, dtype)
+        return workspace.array(name, shape, dtype)
+
     def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         return self._cuda.device_array(tuple(int(n) for n in shape), dtype=np.dtype(dtype))
 

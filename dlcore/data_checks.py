@@ -36,7 +36,9 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
         )
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}); pass at least one sample")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    # A sum is finite only if every term is; only when it is not does the exact test
+    # (a boolean array as large as the data) run, to say where and to rule out overflow.
+    if array.dtype.kind == "f" and not np.isfinite(np.sum(array)) and not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         count = int(np.count_nonzero(~np.isfinite(array)))
         raise ValueError(
@@ -48,8 +50,10 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
 
 def check_range(array: np.ndarray, dtype: str, name: str) -> None:
     """Raise when finite values of ``array`` would overflow to infinity in ``dtype``."""
-    largest = float(np.max(np.abs(array)))
     limit = float(np.finfo(dtype).max)
+    if array.dtype.kind != "f" or array.dtype.itemsize <= np.dtype(dtype).itemsize:
+        return  # integers and floats no wider than dtype always fit
+    largest = max(abs(float(np.max(array))), abs(float(np.min(array))))
     if largest > limit:
         raise ValueError(
             f"{name} holds values up to {largest:g}, beyond the range of the model's {dtype} "

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from dlcore import activations, data_checks, initializers, regularizers
-from dlcore.backends.base import Array, Engine
+from dlcore.backends.base import Array, Engine, Workspace
 
 _name_counters: dict[str, itertools.count] = {}
 _Cache = TypeVar("_Cache")
@@ -105,6 +105,8 @@ class Layer:
     ) -> None:
         """Attach the layer to its views into the model's flat buffers (of ``dtype``)."""
         self.engine = engine
+        # the arrays of training steps, reused from one step to the next
+        self.workspace = Workspace(engine)
         self.trainable_weights = weights
         self.gradients = gradients
         self.dtype = dtype
@@ -272,7 +274,11 @@ class Dense(Layer):
 
     def forward(self, X: Array, *, training: bool) -> Array:
         Z, Y = self._bound_engine().dense_forward(
-            X, self.trainable_weights[0], self._bias(), self.activation
+            X,
+            self.trainable_weights[0],
+            self._bias(),
+            self.activation,
+            workspace=self.workspace if training else None,
         )
         if training:
             self._cache = (X, Z, Y)
@@ -283,7 +289,16 @@ class Dense(Layer):
         engine = self._bound_engine()
         kernel, dkernel = self.trainable_weights[0], self.gradients[0]
         dX = engine.dense_backward(
-            dY, X, kernel, Z, Y, activation, dW=dkernel, db=self._bias_gradient(), need_dX=need_dX
+            dY,
+            X,
+            kernel,
+            Z,
+            Y,
+            activation,
+            dW=dkernel,
+            db=self._bias_gradient(),
+            need_dX=need_dX,
+            workspace=self.workspace,
         )
         if self.kernel_regularizer is not None:
             reg = self.kernel_regularizer

@@ -22,7 +22,7 @@ import numpy as np
 from dlcore import archive, backends, config, data_checks, losses, optimizers
 from dlcore import callbacks as callbacks_module
 from dlcore import metrics as metrics_module
-from dlcore.backends.base import Array, Engine
+from dlcore.backends.base import Array, Engine, Workspace
 from dlcore.layers import LAYER_CLASSES, Input, Layer, _unique_name, assign_weights
 
 MODEL_FORMAT = "dlcore.Sequential"
@@ -61,6 +61,7 @@ class Sequential:
         self.history: callbacks_module.History | None = None
         self._params: Array = None
         self._grads: Array = None
+        self._workspace: Workspace | None = None
         self._first_trainable = 0
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
@@ -143,6 +144,7 @@ class Sequential:
     def _place(self, engine: Engine, flat_host: np.ndarray) -> None:
         """Put the flat parameters on ``engine`` and hand every layer its views."""
         self.engine = engine
+        self._workspace = Workspace(engine)  # the batch and the loss gradient of training steps
         self._params = engine.asarray(flat_host, dtype=self.dtype)
         self._grads = engine.zeros((flat_host.size,), dtype=self.dtype)
         shapes = [shape for layer in self.layers for shape in layer.parameter_shapes()]
@@ -488,7 +490,12 @@ class Sequential:
                     Y_batch = engine.slice_rows(Y, start, stop)
                 else:
                     rows = engine.slice_rows(order, start, stop)
-                    X_batch, Y_batch = engine.take_rows(X, rows), engine.take_rows(Y, rows)
+                    X_batch = engine.take_rows(
+                        X, rows, out=self._batch_buffer("x", X, stop - start)
+                    )
+                    Y_batch = engine.take_rows(
+                        Y, rows, out=self._batch_buffer("y", Y, stop - start)
+                    )
                 loss_terms, metric_values = self._train_step(X_batch, Y_batch, metric_list)
                 totals.add(stop - start, loss_terms, metric_values)
                 batch_logs = (
@@ -509,6 +516,15 @@ class Sequential:
         callback_list.on_train_end(epoch_logs)
         return callback_list.history
 
+    def _batch_buffer(self, name: str, data: Array, rows: int) -> Array:
+        """The workspace array that receives ``rows`` shuffled rows of ``data``."""
+        return self._training_workspace().array(name, (rows, *data.shape[1:]), data.dtype)
+
+    def _training_workspace(self) -> Workspace:
+        if self._workspace is None:
+            raise AttributeError("the model is not built yet: it has no workspace")
+        return self._workspace
+
     def _loss_gradient(self, output: Array, Y: Array) -> tuple[Array, bool]:
         """Gradient of the loss for backprop, and whether it is already taken through
         the last layer's activation (the fused softmax/sigmoid cross-entropy path)."""
@@ -519,7 +535,10 @@ class Sequential:
                 "categorical_crossentropy",
                 "sparse_categorical_crossentropy",
             ):
-                return engine.backprop_softmax_crossentropy(output, Y), True
+                gradient = engine.backprop_softmax_crossentropy(
+                    output, Y, workspace=self._training_workspace()
+                )
+                return gradient, True
             if last_activation == "sigmoid" and loss.name == "binary_crossentropy":
                 return engine.backprop_sigmoid_crossentropy(output, Y), True
         return engine.backprop_loss(loss.name, output, Y, from_logits=loss.from_logits), False
@@ -531,7 +550,15 @@ class Sequential:
         output = X
         for layer in self.layers:
             output = layer.forward(output, training=True)
-        loss_terms = [engine.loss(loss.name, output, Y, from_logits=loss.from_logits)]
+        loss_terms = [
+            engine.loss(
+                loss.name,
+                output,
+                Y,
+                from_logits=loss.from_logits,
+                workspace=self._training_workspace(),
+            )
+        ]
         loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
         metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
         gradient, fused = self._loss_gradient(output, Y)

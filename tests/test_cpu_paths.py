@@ -1,0 +1,237 @@
+"""The NumPy engine's fast paths: workspaces, the Numba CPU JIT optimizers, cache-sized
+chunks, and a training step that allocates no array and stays within its memory budget."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from dlcore.backends import cpu_chunks, cpu_jit
+from dlcore.backends.base import Workspace
+from test_optimizers import CASE_IDS, CASES, _problem
+
+import dlcore
+from dlcore import backends
+from dlcore.layers import Dense
+from dlcore.models import Sequential
+from dlcore.optimizers import Adam
+
+# NumPy reports every array buffer it allocates to tracemalloc in this domain.
+NUMPY_DOMAIN = np.lib.tracemalloc_domain
+
+
+@pytest.fixture
+def without_jit(monkeypatch):
+    """The NumPy engine as it runs where Numba is not installed."""
+    monkeypatch.setattr(cpu_jit, "available", lambda: False)
+
+
+def _steps(optimizer, w0, grads, dtype):
+    engine = backends.get("numpy")
+    params = engine.asarray(w0.copy(), dtype=dtype)
+    optimizer.build(engine, w0.size, dtype)
+    for g in grads:
+        optimizer.apply(engine, params, engine.asarray(g, dtype=dtype))
+    return params
+
+
+def _long_problem(size: int):
+    """The optimizer tests' problem tiled to ``size`` elements (several chunks and threads)."""
+    w0, grads = _problem()
+    reps = -(-size // w0.size)
+    return np.tile(w0, reps)[:size], [np.tile(g, reps)[:size] for g in grads]
+
+
+@pytest.mark.skipif(not cpu_jit.available(), reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_jit_optimizers_round_like_the_numpy_code(monkeypatch, case, dtype):
+    _, cls, _, hyper = case
+    w0, grads = _long_problem(3 * cpu_chunks.PARALLEL_MIN_ELEMENTS + 5)
+    jitted = _steps(cls(**hyper), w0, grads, dtype)
+    monkeypatch.setattr(cpu_jit, "available", lambda: False)
+    plain = _steps(cls(**hyper), w0, grads, dtype)
+    # the same operations in the same order and dtype; the last bit may differ where
+    # the compiler fuses a multiply and an add, so not bit-identical
+    tolerance = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(jitted, plain, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_chunked_adam_over_several_threads_matches_the_generic_code(
+    monkeypatch, without_jit, amsgrad
+):
+    monkeypatch.setattr(cpu_chunks, "CHUNK_BYTES", 64 * 8)  # 64 float64 elements a chunk
+    monkeypatch.setattr(cpu_chunks, "PARALLEL_MIN_ELEMENTS", 100)
+    w0, grads = _long_problem(1000 + 3)
+    engine = backends.get("numpy")
+    engine._chunks = cpu_chunks.ChunkRunner(threads=3)  # uneven shares, a short last chunk
+    hyper = dict(learning_rate=0.1, beta_1=0.7, beta_2=0.8, epsilon=1e-3, amsgrad=amsgrad)
+    chunked = _steps(Adam(**hyper), w0, grads, "float64")
+    engine._chunks = cpu_chunks.ChunkRunner()
+    strict = backends.get("array_api_strict")
+    params = strict.asarray(w0.copy(), dtype="float64")
+    optimizer = Adam(**hyper)
+    optimizer.build(strict, w0.size, "float64")
+    for g in grads:
+        optimizer.apply(strict, params, strict.asarray(g, dtype="float64"))
+    np.testing.assert_array_equal(chunked, strict.to_numpy(params))
+
+
+def test_workspace_reuses_one_array_per_name_shape_and_dtype():
+    engine = backends.get("numpy")
+    workspace = Workspace(engine)
+    first = workspace.array("Z", (4, 3), "float32")
+    assert workspace.array("Z", (4, 3), np.dtype("float32")) is not None
+    assert workspace.array("Z", (4, 3), "float32") is first
+    assert workspace.array("Z", (2, 3), "float32") is not first  # a smaller last batch
+    assert workspace.array("Y", (4, 3), "float32") is not first
+    assert workspace.array("Z", (4, 3), "float64").dtype == np.float64
+    assert workspace.array("mask", (4, 3), "bool").dtype == np.bool_
+    assert workspace.nbytes == 4 * 3 * 4 + 2 * 3 * 4 + 4 * 3 * 4 + 4 * 3 * 8 + 4 * 3 * 1
+    workspace.clear()
+    assert workspace.array("Z", (4, 3), "float32") is not first
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid", "softmax", "gelu"])
+def test_operations_give_the_same_results_with_a_workspace(engine, rng, activation):
+    N, I, O = 7, 5, 4
+    X, W, b = rng.standard_normal((N, I)), rng.standard_normal((I, O)), rng.standard_normal(O)
+    upstream = rng.standard_normal((N, O))
+    labels = np.eye(O)[rng.integers(0, O, N)]
+    to = lambda a: engine.asarray(a, dtype="float64")  # noqa: E731
+    workspace = Workspace(engine)
+
+    def step(ws):
+        Z, Y = engine.dense_forward(to(X), to(W), to(b), activation, workspace=ws)
+        outputs = {"Y": engine.to_numpy(Y)}
+        dW, db = engine.zeros((I, O), dtype="float64"), engine.zeros((O,), dtype="float64")
+        dX = engine.dense_backward(
+            to(upstream), to(X), to(W), Z, Y, activation, dW=dW, db=db, workspace=ws
+        )
+        outputs |= {"dX": engine.to_numpy(dX), "dW": engine.to_numpy(dW), "db": engine.to_numpy(db)}
+        P = np.exp(X @ W) / np.exp(X @ W).sum(axis=1, keepdims=True)
+        loss = engine.loss("categorical_crossentropy", to(P), to(labels), workspace=ws)
+        outputs["loss"] = engine.scalars_to_numpy([loss])
+        gradient = engine.backprop_softmax_crossentropy(to(P), to(labels), workspace=ws)
+        outputs["gradient"] = engine.to_numpy(gradient)
+        rows = engine.take_rows(
+            to(X),
+            engine.asarray(np.array([3, 0, 6]), dtype="int64"),
+            out=None if ws is None else ws.array("rows", (3, I), "float64"),
+        )
+        outputs["rows"] = engine.to_numpy(rows)
+        return outputs
+
+    fresh = step(None)
+    step(workspace)  # fills the workspace; the second call reuses it
+    reused = step(workspace)
+    for key, value in fresh.items():
+        np.testing.assert_allclose(reused[key], value, rtol=1e-12, atol=1e-14, err_msg=key)
+    np.testing.assert_array_equal(fresh["rows"], X[[3, 0, 6]])
+
+
+def _course_model(widths, seed=0):
+    dlcore.set_random_seed(seed)
+    model = Sequential(
+        [Dense(widths[1], activation="relu", input_shape=(widths[0],))]
+        + [Dense(w, activation="relu") for w in widths[2:-1]]
+        + [Dense(widths[-1], activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
+
+
+def _data(samples, widths, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, widths[0]), dtype=np.float32)
+    y = np.eye(widths[-1], dtype=np.float32)[rng.integers(0, widths[-1], samples)]
+    return x, y
+
+
+class _CountArrays(dlcore.callbacks.Callback):
+    """Per training step: the NumPy array buffers still alive at its end that were not
+    at its start (exact), and how far traced memory rose above its start at any moment
+    (catches arrays allocated and freed within the step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.new_arrays: list[int] = []
+        self.peak_rise: list[int] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._before = tracemalloc.take_snapshot()
+        tracemalloc.reset_peak()
+        self._start = tracemalloc.get_traced_memory()[0]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.peak_rise.append(tracemalloc.get_traced_memory()[1] - self._start)
+        only_arrays = [tracemalloc.DomainFilter(inclusive=True, domain=NUMPY_DOMAIN)]
+        new = tracemalloc.take_snapshot().filter_traces(only_arrays)
+        diff = new.compare_to(self._before.filter_traces(only_arrays), "traceback")
+        self.new_arrays.append(sum(max(stat.count_diff, 0) for stat in diff))
+
+
+# Every array of a step of this model holds at least batch × 128 float32 values (64 KiB).
+# What a step may allocate and free: NumPy's iteration buffer of a broadcasting ufunc
+# (bias add, row normalisation; np.getbufsize() float32 elements), and
+# Python's own small objects (views, tuples, floats).
+WIDTHS, BATCH = (128, 256, 256, 128), 128
+SMALLEST_ARRAY_BYTES = BATCH * min(WIDTHS) * 4
+TRANSIENT_BYTES = np.getbufsize() * 4 + 8 * 1024
+
+
+def _fit_counting(epochs, model=None):
+    x, y = _data(2 * BATCH + 40, WIDTHS)  # two full batches and a last one of 40
+    counter = _CountArrays()
+    with dlcore.use_backend("numpy"):
+        if model is None:
+            model = _course_model(WIDTHS)
+        tracemalloc.start()
+        try:
+            model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[counter])
+        finally:
+            tracemalloc.stop()
+    return model, counter
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["numba-jit", "numpy-only"])
+def test_a_training_step_allocates_no_array_after_the_first_epoch(monkeypatch, jit):
+    if jit and not cpu_jit.available():
+        pytest.skip("Numba is not installed")
+    if not jit:
+        monkeypatch.setattr(cpu_jit, "available", lambda: False)
+    model, _ = _fit_counting(epochs=1)
+    _, counter = _fit_counting(epochs=2, model=model)
+    assert counter.new_arrays == [0] * 6
+    assert max(counter.peak_rise) < TRANSIENT_BYTES < SMALLEST_ARRAY_BYTES, counter.peak_rise
+
+
+def test_the_first_steps_allocate_and_the_counter_sees_it():
+    """The counter above can fail: a new model's first steps allocate its workspaces."""
+    _, counter = _fit_counting(epochs=1)
+    assert counter.new_arrays[0] > 0
+    assert counter.peak_rise[0] > SMALLEST_ARRAY_BYTES
+
+
+def test_peak_memory_of_fit_stays_within_its_budget():
+    """Peak traced memory of fit is at most 1.2 × (weights + Adam's state + one batch's
+    activations + the training data)."""
+    widths, batch = (784, 256, 256, 10), 128
+    with dlcore.use_backend("numpy"):
+        tracemalloc.start()
+        try:
+            x, y = _data(40 * batch, widths)
+            model = _course_model(widths)
+            model.fit(x, y, batch_size=batch, epochs=2, verbose=0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    itemsize = 4
+    weights = model.count_params() * itemsize
+    optimizer_state = 2 * weights  # Adam's m and v
+    activations = batch * sum(widths) * itemsize  # every layer's output, the input included
+    data = x.nbytes + y.nbytes
+    budget = weights + optimizer_state + activations + data
+    assert peak <= 1.2 * budget, f"peak {peak / 1e6:.2f} MB, budget {budget / 1e6:.2f} MB"
