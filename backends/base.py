@@ -241,6 +241,70 @@ class Engine(abc.ABC):
             ``dX``, float ``(N, I)``, or ``None`` when ``need_dX`` is false.
         """
 
+    # Hidden-layer activations that dense_stack_step accepts.
+    STACK_ACTIVATIONS: ClassVar[tuple[str, ...]] = ("linear", "relu", "tanh", "sigmoid")
+
+    def dense_stack_step(
+        self,
+        X: Array,
+        Y_true: Array,
+        weights: Sequence[Array],
+        biases: Sequence[Array],
+        weight_grads: Sequence[Array],
+        bias_grads: Sequence[Array],
+        activations: Sequence[str],
+        *,
+        workspaces: Sequence[Workspace],
+    ) -> tuple[Array, Array]:
+        """Forward pass, loss and backward pass of a stack of ``L`` dense layers whose last
+        activation is softmax, trained with categorical cross-entropy on probabilities.
+
+        This default runs the stack's operations one by one; an engine overrides it
+        where one call for the whole step pays (per-call overhead on small models).
+
+        Args:
+            X: float ``(N, I)``, the batch.
+            Y_true: float one-hot ``(N, C)``, or int64 labels ``(N,)``.
+            weights, biases: each layer's kernel ``(I_l, O_l)`` and bias ``(O_l,)``.
+            weight_grads, bias_grads: arrays of the same shapes, overwritten with the
+                gradients of the batch-mean loss.
+            activations: the ``L - 1`` hidden layers' activations, from
+                ``STACK_ACTIVATIONS``.
+            workspaces: ``L + 1`` workspaces, one per layer and one for the loss.
+
+        Returns:
+            ``(loss, P)``: the batch-mean loss as a 0-d float array and the softmax
+            probabilities ``(N, C)`` (an array of the last layer's workspace).
+        """
+        names = [*activations, "softmax"]
+        inputs, cache = X, []
+        for W, b, name, workspace in zip(weights, biases, names, workspaces):
+            Z, Y = self.dense_forward(inputs, W, b, name, workspace=workspace)
+            cache.append((inputs, Z, Y))
+            inputs = Y
+        loss = self.loss(
+            "categorical_crossentropy" if Y_true.ndim == 2 else "sparse_categorical_crossentropy",
+            inputs,
+            Y_true,
+            workspace=workspaces[-1],
+        )
+        gradient = self.backprop_softmax_crossentropy(inputs, Y_true, workspace=workspaces[-1])
+        for layer in range(len(weights) - 1, -1, -1):
+            layer_inputs, Z, Y = cache[layer]
+            gradient = self.dense_backward(
+                gradient,
+                layer_inputs,
+                weights[layer],
+                Z,
+                Y,
+                "linear" if layer == len(weights) - 1 else names[layer],
+                dW=weight_grads[layer],
+                db=bias_grads[layer],
+                need_dX=layer > 0,
+                workspace=workspaces[layer],
+            )
+        return loss, inputs
+
     # ------------------------------------------------------------------ activations
     @abc.abstractmethod
     def activation(self, name: str, Z: Array) -> Array:

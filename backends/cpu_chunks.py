@@ -63,16 +63,39 @@ class ChunkRunner:
                 once per thread and reused by every later call.
             args: passed to every call after the chunks and the scratch arrays.
         """
+        self._run(kernel, arrays, max(1, CHUNK_BYTES // arrays[0].dtype.itemsize), scratch, args)
+
+    def split(
+        self, kernel: Callable[..., None], arrays: Sequence[np.ndarray], args: tuple[Any, ...]
+    ) -> None:
+        """Call ``kernel(*parts, *args)`` once per thread on its contiguous part of ``arrays``
+        (1-D, one length); for a compiled loop that releases the GIL."""
+        self._run(kernel, arrays, None, 0, args)
+
+    def _run(
+        self,
+        kernel: Callable[..., None],
+        arrays: Sequence[np.ndarray],
+        chunk_elements: int | None,
+        scratch: int,
+        args: tuple[Any, ...],
+    ) -> None:
         size = int(arrays[0].shape[0])
         dtype = arrays[0].dtype
-        chunk = max(1, CHUNK_BYTES // dtype.itemsize)
+        chunk = chunk_elements or -(-size // self.threads)
         workers = 1 if size < PARALLEL_MIN_ELEMENTS else min(self.threads, -(-size // chunk))
+        chunk = max(1, chunk)
         per_worker = -(-size // workers)
         per_worker = -(-per_worker // chunk) * chunk  # shares start on chunk boundaries
         spans = [(w * per_worker, min(size, (w + 1) * per_worker)) for w in range(workers)]
         spans = [(low, high) for low, high in spans if low < high]
+        if not spans:
+            return
 
         def work(worker: int, low: int, high: int) -> None:
+            if chunk_elements is None:
+                kernel(*[array[low:high] for array in arrays], *args)
+                return
             temporaries = self._scratch_for(worker, dtype, chunk, scratch)
             for start in range(low, high, chunk):
                 stop = min(start + chunk, high)

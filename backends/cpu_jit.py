@@ -1,12 +1,20 @@
-"""Optimizer updates as single fused loops over every core, compiled by Numba's CPU JIT.
+"""Training-step kernels for the NumPy engine, compiled by Numba's CPU JIT.
 
-A NumPy optimizer step is a dozen elementwise functions, each a pass over the
-whole buffer; here each optimizer is one loop that reads every element once
-and runs on all cores (``prange``). The loops repeat the operation order of
-``xp_optimizers`` with the scalars in the buffer's dtype, so they round as NumPy
+* Optimizer updates: a NumPy optimizer step is a dozen elementwise functions,
+  each a pass over the whole buffer; here each optimizer is one loop that reads
+  every element once. The loops release the GIL, and the engine splits large
+  buffers over its own threads (``cpu_chunks.ChunkRunner.split``) rather than
+  Numba's OpenMP threads, whose spinning starves the BLAS threads that run next.
+* ``dense_stack``: the forward pass, softmax + cross-entropy and the backward
+  pass of a whole stack of dense layers in one call, the matrix products going
+  to BLAS through ``np.dot`` (which needs SciPy) and everything else fused into
+  loops. On small models a training step is otherwise mostly Python calls.
+
+The loops repeat the operation order of ``xp_optimizers``, ``xp_losses`` and
+``xp_activations`` with the scalars in the arrays' dtype, so they round as NumPy
 does. Numba is optional: ``available()`` says whether it can be used, and
 nothing here imports it until a kernel is first asked for. ``DLCORE_CPU_JIT=0``
-turns the JIT off (the NumPy engine then uses ``cpu_chunks``).
+turns the JIT off (the NumPy engine then runs the NumPy code).
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import numpy as np
+
+from .names import EPSILON
+
 
 @cache
 def available() -> bool:
@@ -28,29 +40,31 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-# The kernels' loop over the elements: the builtin until Numba is imported, then Numba's
-# parallel range, which the compiler looks up here when it compiles a kernel.
-prange: Any = range
+@cache
+def stack_available() -> bool:
+    """Whether ``dense_stack`` can be compiled: ``available()`` and SciPy's BLAS is installed
+    (Numba's ``np.dot`` calls it)."""
+    return available() and importlib.util.find_spec("scipy") is not None
 
 
 @cache
-def kernel(name: str) -> Callable[..., None]:
-    """The compiled update ``name`` (one of ``KERNELS``); compiled on first call per dtype."""
-    global prange
+def kernel(name: str) -> Callable[..., Any]:
+    """The compiled kernel ``name`` (one of ``KERNELS``); compiled on first call per dtype."""
     import numba
 
-    prange = numba.prange
-    return numba.njit(parallel=True, cache=True, nogil=True)(KERNELS[name])
+    # error_model="numpy": a division by zero gives inf or nan as in NumPy, and the loops
+    # vectorise (Python's model checks every division and raises)
+    return numba.njit(cache=True, nogil=True, error_model="numpy")(KERNELS[name])
 
 
 # Each kernel updates 1-D arrays of one float dtype in place; scalars arrive in that dtype.
 def _sgd(params, grads, learning_rate):
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         params[i] -= learning_rate * grads[i]
 
 
 def _sgd_momentum(params, grads, velocity, learning_rate, momentum, nesterov):
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         step = learning_rate * grads[i]
         v = velocity[i] * momentum - step
         velocity[i] = v
@@ -62,7 +76,7 @@ def _sgd_momentum(params, grads, velocity, learning_rate, momentum, nesterov):
 
 def _adam(params, grads, m, v, v_max, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
     amsgrad = v_max.shape[0] > 0
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         g = grads[i]
         m_i = m[i] + (g - m[i]) * one_minus_beta_1
         v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
@@ -88,7 +102,7 @@ def _rmsprop(
 ):
     centered = average_grad.shape[0] > 0
     with_momentum = momentum_buffer.shape[0] > 0
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         g = grads[i]
         v = velocity[i] * rho + one_minus_rho * (g * g)
         velocity[i] = v
@@ -108,7 +122,7 @@ def _rmsprop(
 
 
 def _adagrad(params, grads, accumulator, learning_rate, epsilon):
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         g = grads[i]
         a = accumulator[i] + g * g
         accumulator[i] = a
@@ -116,7 +130,7 @@ def _adagrad(params, grads, accumulator, learning_rate, epsilon):
 
 
 def _adamax(params, grads, m, u, learning_rate, one_minus_beta_1, beta_2, correction, epsilon):
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         g = grads[i]
         m_i = m[i] + (g - m[i]) * one_minus_beta_1
         m[i] = m_i
@@ -138,7 +152,7 @@ def _nadam(
     v_correction,
     epsilon,
 ):
-    for i in prange(params.shape[0]):
+    for i in range(params.shape[0]):
         g = grads[i]
         m_i = m[i] + (g - m[i]) * one_minus_beta_1
         v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
@@ -148,7 +162,104 @@ def _nadam(
         params[i] -= (learning_rate * m_hat) / (math.sqrt(v_i / v_correction) + epsilon)
 
 
-KERNELS: dict[str, Callable[..., None]] = {
+# Activation codes of ``dense_stack``'s hidden layers.
+ACTIVATION_CODES = {"linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
+
+
+def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels):
+    """Forward, softmax + categorical cross-entropy, and backward of ``L`` dense layers.
+
+    Args:
+        outputs: ``L + 1`` float ``(N, width)`` arrays: the batch's inputs, then each
+            layer's output, written here (the last holds the softmax probabilities).
+        weights, biases: each layer's kernel ``(I, O)`` and bias ``(O,)``.
+        weight_grads, bias_grads: written with the batch-mean loss's gradients.
+        deltas: ``L`` float ``(N, O)`` scratch arrays, the gradients at each layer's output.
+        codes: int64 ``(L,)`` activation codes of the hidden layers (``ACTIVATION_CODES``).
+        Y: one-hot float targets ``(N, classes)``, or ``(0, 0)`` with ``labels``.
+        labels: int64 class labels ``(N,)``, or ``(0,)`` with one-hot ``Y``.
+
+    Returns:
+        The batch-mean loss, as a float64.
+    """
+    layers = len(weights)
+    N = outputs[0].shape[0]
+    one = outputs[0].dtype.type(1.0)
+    epsilon = outputs[0].dtype.type(EPSILON)
+    inv_n = outputs[0].dtype.type(1.0 / N)
+    for layer in range(layers):
+        A = outputs[layer + 1]
+        np.dot(outputs[layer], weights[layer], A)
+        b = biases[layer]
+        code = codes[layer]
+        for r in range(N):
+            for j in range(A.shape[1]):
+                z = A[r, j] + b[j]
+                if code == 1:
+                    if z < 0:
+                        z = 0
+                elif code == 2:
+                    z = math.tanh(z)
+                elif code == 3:
+                    e = math.exp(-abs(z))
+                    z = one / (one + e) if z >= 0 else e / (one + e)
+                A[r, j] = z
+    P = outputs[layers]
+    delta = deltas[layers - 1]
+    sparse = labels.shape[0] > 0
+    loss = 0.0
+    for r in range(N):
+        # softmax of the row shifted by its maximum (layer codes do not apply to the last)
+        top = P[r, 0]
+        for j in range(1, P.shape[1]):
+            top = max(top, P[r, j])
+        total = P.dtype.type(0.0)
+        for j in range(P.shape[1]):
+            e = math.exp(P[r, j] - top)
+            P[r, j] = e
+            total += e
+        for j in range(P.shape[1]):
+            P[r, j] /= total
+        # Keras's cross-entropy renormalises the row and clips it into [eps, 1 - eps]
+        total = P.dtype.type(0.0)
+        for j in range(P.shape[1]):
+            total += P[r, j]
+        for j in range(P.shape[1]):
+            if sparse:
+                y = one if labels[r] == j else P.dtype.type(0.0)
+            else:
+                y = Y[r, j]
+            q = min(max(P[r, j] / total, epsilon), one - epsilon)
+            loss -= y * math.log(q)
+            delta[r, j] = (P[r, j] - y) * inv_n
+    for layer in range(layers - 1, -1, -1):
+        delta = deltas[layer]
+        if layer < layers - 1:
+            A = outputs[layer + 1]
+            code = codes[layer]
+            for r in range(N):
+                for j in range(delta.shape[1]):
+                    y = A[r, j]
+                    if code == 1:
+                        if not y > 0:
+                            delta[r, j] = 0
+                    elif code == 2:
+                        delta[r, j] *= one - y * y
+                    elif code == 3:
+                        delta[r, j] *= (one - y) * y
+        db = bias_grads[layer]
+        db[:] = 0
+        for r in range(N):
+            for j in range(delta.shape[1]):
+                db[j] += delta[r, j]
+        np.dot(outputs[layer].T, delta, weight_grads[layer])
+        if layer > 0:
+            np.dot(delta, weights[layer].T, deltas[layer - 1])
+    return loss / N
+
+
+KERNELS: dict[str, Callable[..., Any]] = {
+    "dense_stack": _dense_stack,
     "sgd": _sgd,
     "sgd_momentum": _sgd_momentum,
     "adam": _adam,

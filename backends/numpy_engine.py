@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,10 @@ class NumpyEngine(ArrayAPIEngine):
         self._device = "cpu"
         self._chunks = cpu_chunks.ChunkRunner()
         self._empty_arrays: dict[np.dtype, np.ndarray] = {}
+        self._activation_codes: dict[tuple[str, ...], np.ndarray] = {}
+        # what dense_stack reads as "no one-hot targets" and "no integer labels"
+        self._no_targets = {np.dtype(t): np.empty((0, 0), dtype=t) for t in ("float32", "float64")}
+        self._no_labels = np.empty(0, dtype=np.int64)
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -109,6 +115,55 @@ class NumpyEngine(ArrayAPIEngine):
             return None
         return np.matmul(dZ, W.T, out=_buffer(workspace, "dX", X.shape, X.dtype))
 
+    def dense_stack_step(
+        self,
+        X: Array,
+        Y_true: Array,
+        weights: Sequence[Array],
+        biases: Sequence[Array],
+        weight_grads: Sequence[Array],
+        bias_grads: Sequence[Array],
+        activations: Sequence[str],
+        *,
+        workspaces: Sequence[Workspace],
+    ) -> tuple[Array, Array]:
+        if not cpu_jit.stack_available():
+            return super().dense_stack_step(
+                X,
+                Y_true,
+                weights,
+                biases,
+                weight_grads,
+                bias_grads,
+                activations,
+                workspaces=workspaces,
+            )
+        N, dtype = X.shape[0], X.dtype
+        outputs = [X]
+        deltas = []
+        for W, workspace in zip(weights, workspaces):
+            outputs.append(workspace.array("A", (N, W.shape[1]), dtype))
+            deltas.append(workspace.array("delta", (N, W.shape[1]), dtype))
+        codes = self._activation_codes.get(tuple(activations))
+        if codes is None:
+            codes = np.array(
+                [cpu_jit.ACTIVATION_CODES[name] for name in activations] + [0], dtype=np.int64
+            )
+            self._activation_codes[tuple(activations)] = codes
+        sparse = Y_true.ndim == 1
+        loss = cpu_jit.kernel("dense_stack")(
+            tuple(outputs),
+            tuple(weights),
+            tuple(biases),
+            tuple(weight_grads),
+            tuple(bias_grads),
+            tuple(deltas),
+            codes,
+            self._no_targets[dtype] if sparse else Y_true,
+            Y_true if sparse else self._no_labels,
+        )
+        return dtype.type(loss), outputs[-1]
+
     # ------------------------------------------------------------------ losses
     def loss(
         self,
@@ -161,10 +216,14 @@ class NumpyEngine(ArrayAPIEngine):
             )
         scalar = params.dtype.type
         if velocity is None:
-            cpu_jit.kernel("sgd")(params, grads, scalar(learning_rate))
+            self._jit("sgd", [params, grads], scalar(learning_rate))
         else:
-            cpu_jit.kernel("sgd_momentum")(
-                params, grads, velocity, scalar(learning_rate), scalar(momentum), bool(nesterov)
+            self._jit(
+                "sgd_momentum",
+                [params, grads, velocity],
+                scalar(learning_rate),
+                scalar(momentum),
+                bool(nesterov),
             )
 
     def adam_update(
@@ -174,12 +233,9 @@ class NumpyEngine(ArrayAPIEngine):
         alpha = learning_rate * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
         if cpu_jit.available():
             scalar = params.dtype.type
-            cpu_jit.kernel("adam")(
-                params,
-                grads,
-                m,
-                v,
-                self._absent(v_max, params),
+            self._jit(
+                "adam",
+                [params, grads, m, v, self._absent(v_max, params)],
                 scalar(alpha),
                 scalar(1.0 - beta_1),
                 scalar(1.0 - beta_2),
@@ -220,12 +276,15 @@ class NumpyEngine(ArrayAPIEngine):
                 epsilon=epsilon,
             )
         scalar = params.dtype.type
-        cpu_jit.kernel("rmsprop")(
-            params,
-            grads,
-            velocity,
-            self._absent(average_grad, params),
-            self._absent(momentum_buffer, params),
+        self._jit(
+            "rmsprop",
+            [
+                params,
+                grads,
+                velocity,
+                self._absent(average_grad, params),
+                self._absent(momentum_buffer, params),
+            ],
             scalar(learning_rate),
             scalar(rho),
             scalar(1.0 - rho),
@@ -239,9 +298,7 @@ class NumpyEngine(ArrayAPIEngine):
                 params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
             )
         scalar = params.dtype.type
-        cpu_jit.kernel("adagrad")(
-            params, grads, accumulator, scalar(learning_rate), scalar(epsilon)
-        )
+        self._jit("adagrad", [params, grads, accumulator], scalar(learning_rate), scalar(epsilon))
 
     def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
         if not cpu_jit.available():
@@ -257,11 +314,9 @@ class NumpyEngine(ArrayAPIEngine):
                 step=step,
             )
         scalar = params.dtype.type
-        cpu_jit.kernel("adamax")(
-            params,
-            grads,
-            m,
-            u,
+        self._jit(
+            "adamax",
+            [params, grads, m, u],
             scalar(learning_rate),
             scalar(1.0 - beta_1),
             scalar(beta_2),
@@ -303,11 +358,9 @@ class NumpyEngine(ArrayAPIEngine):
                 mu_product_next=mu_product_next,
             )
         scalar = params.dtype.type
-        cpu_jit.kernel("nadam")(
-            params,
-            grads,
-            m,
-            v,
+        self._jit(
+            "nadam",
+            [params, grads, m, v],
             scalar(learning_rate),
             scalar(1.0 - beta_1),
             scalar(1.0 - beta_2),
@@ -316,6 +369,11 @@ class NumpyEngine(ArrayAPIEngine):
             scalar(1.0 - beta_2**step),
             scalar(epsilon),
         )
+
+    def _jit(self, name: str, arrays: list[np.ndarray], *scalars: Any) -> None:
+        """Run the compiled update ``name`` over ``arrays`` (flat, one length, or empty for
+        an absent optional one), split over the engine's threads when they are large."""
+        self._chunks.split(cpu_jit.kernel(name), arrays, scalars)
 
     def _absent(self, optional: np.ndarray | None, like: np.ndarray) -> np.ndarray:
         """``optional``, or an empty array of ``like``'s dtype that a kernel reads as absent."""

@@ -15,6 +15,7 @@ import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from dlcore import archive, backends, config, data_checks, losses, optimizers
 from dlcore import callbacks as callbacks_module
 from dlcore import metrics as metrics_module
 from dlcore.backends.base import Array, Engine, Workspace
-from dlcore.layers import LAYER_CLASSES, Input, Layer, _unique_name, assign_weights
+from dlcore.layers import LAYER_CLASSES, Dense, Input, Layer, _unique_name, assign_weights
 
 MODEL_FORMAT = "dlcore.Sequential"
 _FIT_OPTIONS = (
@@ -62,6 +63,7 @@ class Sequential:
         self._params: Array = None
         self._grads: Array = None
         self._workspace: Workspace | None = None
+        self._stack: _DenseStack | None = None
         self._first_trainable = 0
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
@@ -472,6 +474,7 @@ class Sequential:
             optimizer.build(engine, int(self._params.shape[0]), dtype)
         rng = config.rng()
         engine.seed(int(rng.integers(2**63 - 1)))
+        self._stack = self._dense_stack()
         n = len(x)
         starts = range(0, n, batch_size)
         self.stop_training = False
@@ -543,10 +546,58 @@ class Sequential:
                 return engine.backprop_sigmoid_crossentropy(output, Y), True
         return engine.backprop_loss(loss.name, output, Y, from_logits=loss.from_logits), False
 
+    def _dense_stack(self) -> _DenseStack | None:
+        """What ``engine.dense_stack_step`` needs when the model is a stack of biased,
+        unregularised Dense layers ending in softmax and trained with categorical
+        cross-entropy on probabilities; ``None`` for any other model."""
+        engine, loss = self._built_engine(), self._compiled_loss()
+        if loss.from_logits or loss.name not in (
+            "categorical_crossentropy",
+            "sparse_categorical_crossentropy",
+        ):
+            return None
+        dense = [layer for layer in self.layers if type(layer) is Dense]
+        if (
+            not dense
+            or len(dense) != len(self.layers)
+            or dense[-1].activation != "softmax"
+            or any(layer.activation not in engine.STACK_ACTIVATIONS for layer in dense[:-1])
+            or any(
+                not layer.use_bias
+                or layer.kernel_regularizer is not None
+                or layer.bias_regularizer is not None
+                for layer in dense
+            )
+        ):
+            return None
+        return _DenseStack(
+            activations=[layer.activation for layer in dense[:-1]],
+            weights=[layer.trainable_weights[0] for layer in dense],
+            biases=[layer.trainable_weights[1] for layer in dense],
+            weight_grads=[layer.gradients[0] for layer in dense],
+            bias_grads=[layer.gradients[1] for layer in dense],
+            workspaces=[layer.workspace for layer in dense] + [self._training_workspace()],
+        )
+
     def _train_step(
         self, X: Array, Y: Array, metric_list: Sequence[metrics_module.Metric]
     ) -> tuple[list[Array], list[Array]]:
         engine, loss = self._built_engine(), self._compiled_loss()
+        stack = self._stack
+        if stack is not None:
+            loss_value, output = engine.dense_stack_step(
+                X,
+                Y,
+                stack.weights,
+                stack.biases,
+                stack.weight_grads,
+                stack.bias_grads,
+                stack.activations,
+                workspaces=stack.workspaces,
+            )
+            metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
+            self._compiled_optimizer().apply(engine, self._params, self._grads)
+            return [loss_value], metric_values
         output = X
         for layer in self.layers:
             output = layer.forward(output, training=True)
@@ -785,6 +836,18 @@ class Sequential:
     def _set_flat(self, flat: np.ndarray) -> None:
         engine = self._built_engine()
         engine.assign(self._params, engine.asarray(flat, dtype=self.dtype))
+
+
+@dataclass(frozen=True)
+class _DenseStack:
+    """A model's Dense layers as ``Engine.dense_stack_step`` takes them."""
+
+    activations: list[str]
+    weights: list[Array]
+    biases: list[Array]
+    weight_grads: list[Array]
+    bias_grads: list[Array]
+    workspaces: list[Workspace]
 
 
 def _shapes_of(model_config: dict[str, Any]) -> list[tuple[int, ...]]:

@@ -235,3 +235,123 @@ def test_peak_memory_of_fit_stays_within_its_budget():
     data = x.nbytes + y.nbytes
     budget = weights + optimizer_state + activations + data
     assert peak <= 1.2 * budget, f"peak {peak / 1e6:.2f} MB, budget {budget / 1e6:.2f} MB"
+
+
+# ---------------------------------------------------------------------- dense_stack_step
+def _reference_stack_step(X, Y, weights, biases, activations):
+    """Float64 forward, Keras cross-entropy and backward of a dense stack, written out."""
+    functions = {
+        "linear": (lambda z: z, lambda y: np.ones_like(y)),
+        "relu": (lambda z: np.maximum(z, 0), lambda y: (y > 0).astype(float)),
+        "tanh": (np.tanh, lambda y: 1 - y**2),
+        "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda y: y * (1 - y)),
+    }
+    outputs = [X]
+    for W, b, name in zip(weights[:-1], biases[:-1], activations):
+        outputs.append(functions[name][0](outputs[-1] @ W + b))
+    logits = outputs[-1] @ weights[-1] + biases[-1]
+    P = np.exp(logits - logits.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    targets = np.eye(P.shape[1])[Y] if Y.ndim == 1 else Y
+    loss = -np.mean(np.sum(targets * np.log(np.clip(P, 1e-7, 1 - 1e-7)), axis=1))
+    delta = (P - targets) / len(X)
+    weight_grads, bias_grads = [None] * len(weights), [None] * len(weights)
+    for layer in range(len(weights) - 1, -1, -1):
+        if layer < len(weights) - 1:
+            delta = delta * functions[activations[layer]][1](outputs[layer + 1])
+        weight_grads[layer] = outputs[layer].T @ delta
+        bias_grads[layer] = delta.sum(axis=0)
+        delta = delta @ weights[layer].T
+    return loss, P, weight_grads, bias_grads
+
+
+@pytest.mark.parametrize(
+    "activations",
+    [(), ("relu",), ("tanh", "sigmoid"), ("linear", "relu", "tanh")],
+    ids=["softmax-only", "relu", "tanh-sigmoid", "linear-relu-tanh"],
+)
+@pytest.mark.parametrize("sparse", [False, True], ids=["one-hot", "labels"])
+def test_dense_stack_step_matches_a_float64_reference(engine, rng, activations, sparse):
+    widths = [7, 6, 5, 4][: len(activations) + 1] + [3]
+    N = 9
+    X = rng.standard_normal((N, widths[0]))
+    labels = rng.integers(0, widths[-1], N)
+    Y = labels if sparse else np.eye(widths[-1])[labels]
+    weights = [rng.standard_normal((i, o)) for i, o in zip(widths[:-1], widths[1:])]
+    biases = [rng.standard_normal(o) for o in widths[1:]]
+    to = lambda a: engine.asarray(a, dtype="float64")  # noqa: E731
+    weight_grads = [engine.zeros(W.shape, dtype="float64") for W in weights]
+    bias_grads = [engine.zeros(b.shape, dtype="float64") for b in biases]
+    workspaces = [Workspace(engine) for _ in range(len(weights) + 1)]
+    for _ in range(2):  # the second step reuses the workspaces
+        loss, P = engine.dense_stack_step(
+            to(X),
+            engine.asarray(Y, dtype="int64" if sparse else "float64"),
+            [to(W) for W in weights],
+            [to(b) for b in biases],
+            weight_grads,
+            bias_grads,
+            list(activations),
+            workspaces=workspaces,
+        )
+    expected = _reference_stack_step(X, Y, weights, biases, activations)
+    np.testing.assert_allclose(engine.scalars_to_numpy([loss])[0], expected[0], rtol=1e-12)
+    np.testing.assert_allclose(engine.to_numpy(P), expected[1], rtol=1e-12, atol=1e-15)
+    for got, want in zip(weight_grads + bias_grads, expected[2] + expected[3]):
+        np.testing.assert_allclose(engine.to_numpy(got), want, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.skipif(not cpu_jit.stack_available(), reason="Numba or SciPy is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_with_the_compiled_stack_equals_fit_without_it(monkeypatch, dtype):
+    x, y = _data(100, (12, 10, 8, 4))
+
+    def train():
+        previous = dlcore.floatx()
+        dlcore.set_floatx(dtype)
+        try:
+            with dlcore.use_backend("numpy"):
+                model = _course_model((12, 10, 8, 4), seed=3)
+                model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["acc"])
+                history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, validation_split=0.2)
+        finally:
+            dlcore.set_floatx(previous)
+        return history.history, model.get_weights(), model._stack is not None
+
+    compiled_history, compiled_weights, used_stack = train()
+    monkeypatch.setattr(cpu_jit, "stack_available", lambda: False)
+    plain_history, plain_weights, _ = train()
+    assert used_stack
+    tolerance = 2e-5 if dtype == "float32" else 1e-12
+    for key, values in plain_history.items():
+        np.testing.assert_allclose(compiled_history[key], values, rtol=tolerance, err_msg=key)
+    for got, want in zip(compiled_weights, plain_weights):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+def test_models_the_stack_step_cannot_train_take_the_layer_by_layer_path():
+    with dlcore.use_backend("numpy"):
+        regularized = Sequential(
+            [
+                Dense(4, activation="relu", input_shape=(3,), kernel_regularizer="l2"),
+                Dense(2, activation="softmax"),
+            ]
+        )
+        logits = Sequential([Dense(2, input_shape=(3,))])
+        gelu = Sequential(
+            [Dense(4, activation="gelu", input_shape=(3,)), Dense(2, activation="softmax")]
+        )
+        plain = Sequential(
+            [Dense(4, activation="relu", input_shape=(3,)), Dense(2, activation="softmax")]
+        )
+        x, y = _data(8, (3, 2))
+        for model, loss, expected in [
+            (regularized, "categorical_crossentropy", False),
+            (logits, dlcore.losses.CategoricalCrossentropy(from_logits=True), False),
+            (gelu, "categorical_crossentropy", False),
+            (plain, "mse", False),
+            (plain, "categorical_crossentropy", True),
+        ]:
+            model.compile(optimizer="sgd", loss=loss)
+            model.fit(x, y, epochs=1, verbose=0)
+            assert (model._stack is not None) is expected, (model.layers, loss)
