@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ENGINE ?=
 
-.PHONY: demo test test-fast test-cudasim ptx-report lint bench parity clean
+.PHONY: demo test test-fast test-cudasim ptx-report lint bench bench-compare bench-report parity \
+	clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,40 @@ lint: $(VENV)/.lint-installed
 clean:
 	rm -rf $(VENV) .venv-parity build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
 
+# Throughput benchmarks (bench/): one model.fit epoch per engine and case, real sizes, timed.
+# On a CPU the large case takes minutes per epoch: BENCH_ARGS="-k 'not large'" leaves it out.
+# `make bench` saves the baseline (the numbered history stays in .benchmarks/<machine>/);
+# `make bench-compare` fails when an epoch takes more than 11% longer than in the
+# baseline (min of the rounds), that is when throughput drops by more than 10%.
+BENCH_STORAGE := .benchmarks
+BENCH_BASELINE := $(BENCH_STORAGE)/baseline.json
+BENCH_ARGS ?=
+NO_BASELINE := no baseline in $(BENCH_BASELINE) yet: run 'make bench' first, on this machine, \
+	before the change to measure
+# pytest-benchmark's own warnings (a baseline from a machine that differs) are shown, not
+# raised: the suite turns warnings into errors, which would crash the comparison.
+BENCH_TIMED := bench --benchmark-enable --benchmark-only --bench-size=full \
+	--benchmark-columns=min,median,max,rounds --benchmark-sort=fullname \
+	-W default::pytest_benchmark.logger.PytestBenchmarkWarning
+
 bench: $(VENV)/.test-installed
-	$(BIN)/python -m pytest bench --benchmark-enable --benchmark-only \
-		--benchmark-columns=min,median,max
+	mkdir -p $(BENCH_STORAGE)
+	$(BIN)/python -m pytest $(BENCH_TIMED) --benchmark-storage=file://$(BENCH_STORAGE) \
+		--benchmark-save=baseline --benchmark-json=$(BENCH_BASELINE).partial $(BENCH_ARGS)
+	mv $(BENCH_BASELINE).partial $(BENCH_BASELINE)
+	@echo "baseline saved in $(BENCH_BASELINE); 'make bench-compare' measures again against it"
+
+bench-compare: $(VENV)/.test-installed
+	@test -f $(BENCH_BASELINE) || { echo "$(NO_BASELINE)" >&2; exit 1; }
+	$(BIN)/python -m pytest $(BENCH_TIMED) --benchmark-compare=$(BENCH_BASELINE) \
+		--benchmark-compare-fail=min:11% $(BENCH_ARGS)
+
+# dlcore against PyTorch and JAX (pinned, CPU wheels here), and the issue's targets:
+# exits non-zero when a measured target is not met.
+$(VENV)/.peers-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,peers,bench]"
+	touch $@
+
+bench-report: $(VENV)/.peers-installed
+	mkdir -p $(BENCH_STORAGE)
+	$(BIN)/python -m dlcore bench --peers --json $(BENCH_STORAGE)/report.json

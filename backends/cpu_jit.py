@@ -54,7 +54,12 @@ def kernel(name: str) -> Callable[..., Any]:
 
     # error_model="numpy": a division by zero gives inf or nan as in NumPy, and the loops
     # vectorise (Python's model checks every division and raises)
-    return numba.njit(cache=True, nogil=True, error_model="numpy")(KERNELS[name])
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+    if name == "dense_stack":
+        # the helpers are looked up in this module's globals when the kernel compiles
+        for helper in ("_bias_and_activation", "_activation_gradient", "_column_sums"):
+            globals()[helper] = jit(_HELPERS[helper])
+    return jit(KERNELS[name])
 
 
 # Each kernel updates 1-D arrays of one float dtype in place; scalars arrive in that dtype.
@@ -166,6 +171,57 @@ def _nadam(
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 
 
+def _bias_and_activation(A, b, code, one):
+    """``A = activation(A + b)`` in place; one loop per activation so that each vectorises."""
+    N, O = A.shape
+    if code == 0:
+        for r in range(N):
+            for j in range(O):
+                A[r, j] += b[j]
+    elif code == 1:
+        zero = one - one
+        for r in range(N):
+            for j in range(O):
+                z = A[r, j] + b[j]
+                A[r, j] = zero if z < zero else z  # NaN stays NaN, as np.maximum keeps it
+    elif code == 2:
+        for r in range(N):
+            for j in range(O):
+                A[r, j] = math.tanh(A[r, j] + b[j])
+    else:
+        for r in range(N):
+            for j in range(O):
+                z = A[r, j] + b[j]
+                e = math.exp(-abs(z))
+                A[r, j] = one / (one + e) if z >= 0 else e / (one + e)
+
+
+def _activation_gradient(delta, Y, code, one):
+    """``delta *= activation'`` in place, from the activation's output ``Y``."""
+    N, O = delta.shape
+    if code == 1:
+        for r in range(N):
+            for j in range(O):
+                if not Y[r, j] > 0:
+                    delta[r, j] = 0
+    elif code == 2:
+        for r in range(N):
+            for j in range(O):
+                delta[r, j] *= one - Y[r, j] * Y[r, j]
+    elif code == 3:
+        for r in range(N):
+            for j in range(O):
+                delta[r, j] *= (one - Y[r, j]) * Y[r, j]
+
+
+def _column_sums(delta, out):
+    """``out = delta.sum(axis=0)``, adding the rows in order."""
+    out[:] = 0
+    for r in range(delta.shape[0]):
+        for j in range(delta.shape[1]):
+            out[j] += delta[r, j]
+
+
 def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels):
     """Forward, softmax + categorical cross-entropy, and backward of ``L`` dense layers.
 
@@ -190,20 +246,7 @@ def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, cod
     for layer in range(layers):
         A = outputs[layer + 1]
         np.dot(outputs[layer], weights[layer], A)
-        b = biases[layer]
-        code = codes[layer]
-        for r in range(N):
-            for j in range(A.shape[1]):
-                z = A[r, j] + b[j]
-                if code == 1:
-                    if z < 0:
-                        z = 0
-                elif code == 2:
-                    z = math.tanh(z)
-                elif code == 3:
-                    e = math.exp(-abs(z))
-                    z = one / (one + e) if z >= 0 else e / (one + e)
-                A[r, j] = z
+        _bias_and_activation(A, biases[layer], codes[layer] if layer < layers - 1 else 0, one)
     P = outputs[layers]
     delta = deltas[layers - 1]
     sparse = labels.shape[0] > 0
@@ -235,28 +278,19 @@ def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, cod
     for layer in range(layers - 1, -1, -1):
         delta = deltas[layer]
         if layer < layers - 1:
-            A = outputs[layer + 1]
-            code = codes[layer]
-            for r in range(N):
-                for j in range(delta.shape[1]):
-                    y = A[r, j]
-                    if code == 1:
-                        if not y > 0:
-                            delta[r, j] = 0
-                    elif code == 2:
-                        delta[r, j] *= one - y * y
-                    elif code == 3:
-                        delta[r, j] *= (one - y) * y
-        db = bias_grads[layer]
-        db[:] = 0
-        for r in range(N):
-            for j in range(delta.shape[1]):
-                db[j] += delta[r, j]
+            _activation_gradient(delta, outputs[layer + 1], codes[layer], one)
+        _column_sums(delta, bias_grads[layer])
         np.dot(outputs[layer].T, delta, weight_grads[layer])
         if layer > 0:
             np.dot(delta, weights[layer].T, deltas[layer - 1])
     return loss / N
 
+
+_HELPERS = {
+    "_bias_and_activation": _bias_and_activation,
+    "_activation_gradient": _activation_gradient,
+    "_column_sums": _column_sums,
+}
 
 KERNELS: dict[str, Callable[..., Any]] = {
     "dense_stack": _dense_stack,

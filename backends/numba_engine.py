@@ -316,7 +316,12 @@ class NumbaEngine(Engine):
         workspace: Workspace | None = None,
     ) -> Array:
         scalar, out = self._new_scalar(Y_pred.dtype)
-        self._k_losses.loss(name, Y_pred, Y_true, out, from_logits=from_logits)
+        per_sample = None
+        if workspace is not None:
+            per_sample = workspace.array("loss_per_sample", (Y_pred.shape[0],), "float64")
+        self._k_losses.loss(
+            name, Y_pred, Y_true, out, from_logits=from_logits, per_sample=per_sample
+        )
         return scalar
 
     def backprop_loss(

@@ -1,49 +1,42 @@
-"""Training throughput of the course model per engine (pytest-benchmark).
+"""Training throughput per engine and case (pytest-benchmark): one ``model.fit`` epoch.
 
-Run with ``make bench``; compare engines side by side in the same run.
+Each benchmark builds the case's model on one engine from the shared initial weights
+(``dlcore.benchmark.runner``), trains a warm-up epoch and times ``ROUNDS`` epochs of
+``PROTOCOL_STEPS`` batches; ``extra_info`` records samples/s of the median epoch.
+``make bench`` saves a baseline, ``make bench-compare`` fails when an epoch takes 11%
+longer than in the baseline (throughput 10% lower). In the normal test run the same
+benchmarks train the cases divided by 16 for two batches, untimed; ``engine`` is every
+engine that runs here (``conftest.py``).
 """
 
 from __future__ import annotations
 
-import os
+import math
 
-import numpy as np
 import pytest
 
-import dlcore
-from dlcore import backends
-from dlcore.layers import Dense
-from dlcore.models import Sequential
+from dlcore.benchmark import runner
+from dlcore.benchmark.cases import CASES
 
-# Timing Numba's CUDA simulator (one OS thread per CUDA thread) would measure nothing.
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-ENGINES = [
-    pytest.param(
-        info.name,
-        marks=pytest.mark.skipif(
-            SIMULATED and info.name == "numba", reason="the numba engine runs in the CUDA simulator"
-        ),
+ROUNDS = 3  # timed epochs; the large case takes minutes per epoch on a CPU
+SMOKE_STEPS = 2
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_fit_epoch(benchmark, bench_full: bool, engine: str, case_name: str) -> None:
+    case = CASES[case_name] if bench_full else CASES[case_name].scaled(runner.SMOKE_FACTOR)
+    steps = runner.PROTOCOL_STEPS if bench_full else SMOKE_STEPS
+    x, y = case.data(steps)
+    trainer = runner.DlcoreTrainer(engine, case, x, y, runner.initial_weights(case, seed=0))
+    loss = benchmark.pedantic(trainer.epoch, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    assert math.isfinite(loss), f"{engine} trained {case_name} to a loss of {loss}"
+    benchmark.extra_info.update(
+        widths="-".join(map(str, case.widths)),
+        batch_size=case.batch_size,
+        steps=steps,
+        samples=steps * case.batch_size,
     )
-    for info in backends.available()
-    if info.available
-]
-
-
-@pytest.mark.parametrize("engine_name", ENGINES)
-def test_fit_one_epoch_course_model(benchmark, engine_name):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3200, 784)).astype(np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 3200)]
-    with dlcore.use_backend(engine_name):
-        dlcore.set_random_seed(0)
-        model = Sequential(
-            [
-                Dense(50, activation="relu", input_shape=(784,)),
-                Dense(50, activation="relu"),
-                Dense(10, activation="softmax"),
-            ]
-        )
-        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # warm-up
-        benchmark.extra_info["samples"] = len(x)
-        benchmark(model.fit, x, y, batch_size=32, epochs=1, verbose=0)
+    if benchmark.stats is not None:  # None when timing is off
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["samples_per_s"] = steps * case.batch_size / median
+        benchmark.extra_info["ms_per_step"] = median / steps * 1e3

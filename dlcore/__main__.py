@@ -1,8 +1,9 @@
-"""Command line: ``python -m dlcore demo|engines|doctor``."""
+"""Command line: ``python -m dlcore demo|engines|doctor|bench``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dlcore import backends
@@ -33,6 +34,122 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if doctor.run(args.engine) else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from dlcore.benchmark import report, runner
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    if args.plot:
+        report.require_matplotlib()  # fail now, not after minutes of measuring
+    result = runner.run(
+        args.engines,
+        args.cases,
+        peers=args.peers,
+        repeats=args.repeats,
+        steps=args.steps,
+        smoke=args.smoke,
+        seed=args.seed,
+        isolated=None if not args.in_process else False,
+        sweep=bool(args.plot),
+    )
+    report.print_report(result)
+    if args.json:
+        report.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(result.sweep, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if result.all_met else 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, received {value}")
+    return value
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    from dlcore.benchmark import cases, runner
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure training throughput per engine and case (and PyTorch, JAX with --peers)",
+        description=(
+            "Train every case on every engine through model.fit: one warm-up epoch, then "
+            "--repeats rounds in which each engine (and peer) trains one timed epoch of "
+            "--steps batches in turn. Prints samples/s, ms/step and the fraction of the "
+            "GEMM bound (6 x batch x weights / the engine's gemm FLOP/s on a 2048^3 float32 "
+            "product, measured every round), and checks the targets. Exit status: 0 when "
+            "every measured target is met, 1 when one is not, 2 on a usage error. The "
+            "large case trains 130 GFLOP per step: minutes per epoch on a CPU."
+        ),
+    )
+    bench.add_argument(
+        "--engines",
+        nargs="+",
+        metavar="ENGINE",
+        choices=backends.engine_names(),
+        help=f"engines to time (default: every one that runs here except "
+        f"{', '.join(runner.NOT_TIMED_BY_DEFAULT)}); one or more of "
+        f"{', '.join(backends.engine_names())}",
+    )
+    bench.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="CASE",
+        choices=tuple(cases.CASES),
+        help=f"cases to train (default: all); one or more of {', '.join(cases.CASES)}",
+    )
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help="also train each case on whichever of PyTorch and JAX is installed, interleaved "
+        'with the engines (pip install "dlcore[peers]")',
+    )
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also sweep batch sizes 32..1024 (784-256-256-10) and widths 64..2048 (784-w-w-10, "
+        "batch 128) on every engine and draw samples/s against each; the sweep is extra "
+        f"measuring, a warm-up and two epochs of {runner.SWEEP_STEPS} batches per point "
+        "(a few seconds per point on a CPU, more at the widest); needs matplotlib "
+        '(pip install "dlcore[bench]")',
+    )
+    bench.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
+    bench.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=runner.DEFAULT_REPEATS,
+        help=f"timed epochs per engine and case (default: {runner.DEFAULT_REPEATS})",
+    )
+    bench.add_argument(
+        "--steps",
+        type=_positive_int,
+        help=f"batches per epoch (default: {runner.PROTOCOL_STEPS}, or {runner.SMOKE_STEPS} "
+        f"with --smoke); targets are judged only with at least {runner.PROTOCOL_STEPS}",
+    )
+    bench.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"sizes divided by {runner.SMOKE_FACTOR} and {runner.SMOKE_STEPS} steps: checks "
+        "that everything runs in about a second; targets are not judged",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    bench.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every engine and peer in this process (default: each in a process of its "
+        "own, so that no framework's threads slow another; --smoke runs in this process)",
+    )
+    bench.set_defaults(run=_bench)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dlcore`` and the ``dlcore`` script."""
     parser = argparse.ArgumentParser(prog="python -m dlcore", description=__doc__)
@@ -61,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         help="check this engine only (repeatable; default: all); numpy is always the reference",
     )
     doctor.set_defaults(run=_doctor)
+    _add_bench(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -576,7 +576,15 @@ def _unread_flag() -> Any:
     return cuda.device_array(1, np.float64)
 
 
-def loss(name: str, Y_pred: Any, Y_true: Any, out: Any, *, from_logits: bool = False) -> None:
+def loss(
+    name: str,
+    Y_pred: Any,
+    Y_true: Any,
+    out: Any,
+    *,
+    from_logits: bool = False,
+    per_sample: Any = None,
+) -> None:
     """Write ``out[0]`` = the batch mean of the per-sample loss ``name`` (Keras 3 semantics).
 
     Args:
@@ -588,10 +596,12 @@ def loss(name: str, Y_pred: Any, Y_true: Any, out: Any, *, from_logits: bool = F
         out: float64 device array ``(1,)``.
         from_logits: for the three cross-entropies, ``Y_pred`` holds logits;
             ignored by the other losses, as in Keras.
+        per_sample: float64 device array ``(N,)`` for the per-sample values, or
+            ``None`` to allocate it here.
 
-    Scratch allocated here with ``cuda.device_array``: the per-sample values,
-    float64 ``(N,)``; for the elementwise losses a float64 ``(1,)`` for the hinge
-    label count; more in ``reductions`` above 2048 rows or labels.
+    Scratch allocated here with ``cuda.device_array``: ``per_sample`` when not
+    given; for the hinge losses a float64 ``(1,)`` for the label count; more in
+    ``reductions`` above 2048 rows or labels.
 
     Raises:
         KeyError: ``name`` is not one of ``LOSSES``.
@@ -599,7 +609,8 @@ def loss(name: str, Y_pred: Any, Y_true: Any, out: Any, *, from_logits: bool = F
     name, logits = _variant(name, from_logits)
     N, O = Y_pred.shape
     dtype = Y_pred.dtype
-    per_sample = cuda.device_array(N, np.float64)
+    if per_sample is None:
+        per_sample = cuda.device_array(N, np.float64)
     blocks, threads, width = row_grid(N, O)
     if (name, logits) in _ELEMENTWISE:
         factor, _, per_output = _ELEMENTWISE[name, logits]

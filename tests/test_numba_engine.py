@@ -196,3 +196,47 @@ def test_dropout_trains_and_masks_repeat_with_the_seed():
     first, second = run(), run()
     assert np.all(np.isfinite(first))
     assert first == second
+
+
+class _CountDeviceAllocations(dlcore.callbacks.Callback):
+    """Counts ``cuda.device_array``/``to_device`` calls (every device allocation the engine
+    and its kernels make) during each training step."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        from numba import cuda
+
+        self.per_step: list[int] = []
+        self._calls = 0
+        for name in ("device_array", "to_device", "device_array_like"):
+            original = getattr(cuda, name)
+
+            def counting(*args, _original=original, **kwargs):
+                self._calls += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(cuda, name, counting)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = self._calls
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.per_step.append(self._calls - self._start)
+
+
+def test_a_training_step_allocates_no_device_array_after_the_first_epoch(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)]
+    with dlcore.use_backend("numba"):
+        dlcore.set_random_seed(0)
+        model = Sequential(
+            [Dense(5, activation="relu", input_shape=(4,)), Dense(3, activation="softmax")]
+        )
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        counter = _CountDeviceAllocations(monkeypatch)
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[counter])
+    # 3 steps an epoch (4, 4 and 2 rows): the first epoch allocates the workspaces of
+    # both batch sizes, the second nothing
+    assert all(count > 0 for count in counter.per_step[:1])
+    assert counter.per_step[3:] == [0, 0, 0]

@@ -1,0 +1,198 @@
+"""The benchmark's peers (JAX, PyTorch) against a float64 NumPy reference of the same training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlcore.benchmark import peers
+from dlcore.benchmark.cases import Case
+
+CASE = Case("t", (6, 5, 4, 3), 4)
+SEED = 7
+
+# torch.compile imports torch.utils.mkldnn, which uses torch.jit.script_method.
+TORCH_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+
+
+def initial_weights(case: Case) -> list[np.ndarray]:
+    """Float32 weights in Keras order, large enough that the ReLUs see both signs."""
+    rng = np.random.default_rng(3)
+    weights = []
+    for n_in, n_out in zip(case.widths[:-1], case.widths[1:]):
+        weights.append(rng.standard_normal((n_in, n_out)).astype(np.float32) * 0.5)
+        weights.append(rng.standard_normal(n_out).astype(np.float32) * 0.1)
+    return weights
+
+
+def one_hot_data(samples: int, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 features ``(samples, widths[0])`` and one-hot float32 targets."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((samples, case.widths[0])).astype(np.float32)
+    y = np.eye(case.widths[-1], dtype=np.float32)[rng.integers(0, case.widths[-1], samples)]
+    return x, y
+
+
+class ReferenceTrainer:
+    """The benchmark training in float64 NumPy: ReLU hidden layers, softmax, mean
+    categorical cross-entropy, Adam; rows in the order of successive
+    ``default_rng(seed).permutation(n)``, in batches of ``batch_size`` (the last may be
+    smaller).
+
+    ``torch_adam`` selects PyTorch's placement of epsilon: Keras 3 updates
+    ``w -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)``, torch.optim.Adam
+    ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
+    """
+
+    def __init__(self, weights, x, y, batch_size, seed, *, torch_adam=False):
+        self.W = [w.astype(np.float64) for w in weights]
+        self.m = [np.zeros_like(w) for w in self.W]
+        self.v = [np.zeros_like(w) for w in self.W]
+        self.t = 0
+        self.x, self.y = x.astype(np.float64), y.astype(np.float64)
+        self.batch_size, self.torch_adam = batch_size, torch_adam
+        self.rng = np.random.default_rng(seed)
+
+    def epoch(self) -> float:
+        n = len(self.x)
+        order = self.rng.permutation(n)
+        loss_sum = 0.0
+        for start in range(0, n, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            loss, grads = self.loss_and_grads(self.x[rows], self.y[rows])
+            loss_sum += loss * len(rows)
+            self.adam(grads)
+        return loss_sum / n
+
+    def loss_and_grads(self, X, Y):
+        layers = len(self.W) // 2
+        inputs, H = [], X
+        for layer in range(layers):
+            inputs.append(H)
+            Z = H @ self.W[2 * layer] + self.W[2 * layer + 1]
+            H = np.maximum(Z, 0.0) if layer < layers - 1 else Z
+        P = np.exp(Z - Z.max(axis=1, keepdims=True))
+        P /= P.sum(axis=1, keepdims=True)
+        loss = -np.mean(np.sum(Y * np.log(P), axis=1))
+        dZ = (P - Y) / len(X)
+        grads = [None] * len(self.W)
+        for layer in reversed(range(layers)):
+            grads[2 * layer] = inputs[layer].T @ dZ
+            grads[2 * layer + 1] = dZ.sum(axis=0)
+            if layer > 0:
+                dZ = (dZ @ self.W[2 * layer].T) * (inputs[layer] > 0)
+        return loss, grads
+
+    def adam(self, grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
+        self.t += 1
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            if self.torch_adam:
+                self.W[i] -= lr / c1 * self.m[i] / (np.sqrt(self.v[i]) / np.sqrt(c2) + eps)
+            else:
+                self.W[i] -= lr * np.sqrt(c2) / c1 * self.m[i] / (np.sqrt(self.v[i]) + eps)
+
+
+@pytest.mark.parametrize("peer", [pytest.param("jax"), pytest.param("torch", marks=TORCH_WARNINGS)])
+@pytest.mark.parametrize("samples", [12, 10], ids=["full-batches", "partial-last-batch"])
+def test_two_epochs_match_the_float64_reference(peer, samples):
+    pytest.importorskip(peer)
+    x, y = one_hot_data(samples, CASE)
+    weights = initial_weights(CASE)
+    trainer = peers.make_trainer(peer, CASE, x, y, weights, SEED)
+    reference = ReferenceTrainer(weights, x, y, CASE.batch_size, SEED, torch_adam=peer == "torch")
+    assert trainer.name == peer
+    for _ in range(2):
+        loss = trainer.epoch()
+        expected_loss = reference.epoch()
+        assert isinstance(loss, float)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+        got = trainer.get_weights()
+        assert [w.shape for w in got] == [w.shape for w in weights]
+        assert all(w.dtype == np.float32 for w in got)
+        for w, expected in zip(got, reference.W):
+            np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-6)
+    # Adam moved every weight array by far more than the tolerance.
+    assert all(np.abs(w - w0).max() > 1e-3 for w, w0 in zip(reference.W, weights))
+
+
+def test_the_weights_are_copied_in_and_out():
+    pytest.importorskip("jax")
+    x, y = one_hot_data(8, CASE)
+    weights = initial_weights(CASE)
+    before = [w.copy() for w in weights]
+    trainer = peers.make_trainer("jax", CASE, x, y, weights, SEED)
+    trainer.epoch()
+    snapshot = trainer.get_weights()
+    saved = [w.copy() for w in snapshot]
+    trainer.epoch()
+    for w, w0 in zip(weights, before):
+        np.testing.assert_array_equal(w, w0)
+    for w, w0 in zip(snapshot, saved):
+        np.testing.assert_array_equal(w, w0)
+
+
+def test_an_unknown_peer_names_the_peers():
+    x, y = one_hot_data(8, CASE)
+    with pytest.raises(ValueError, match=r"unknown peer 'tensorflow'; available: jax, torch"):
+        peers.make_trainer("tensorflow", CASE, x, y, initial_weights(CASE), SEED)
+
+
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_a_missing_peer_says_what_to_install(peer, monkeypatch):
+    monkeypatch.setitem(sys.modules, peer, None)  # makes `import peer` fail
+    x, y = one_hot_data(8, CASE)
+    with pytest.raises(ImportError, match=r'pip install "dlcore\[peers\]"'):
+        peers.make_trainer(peer, CASE, x, y, initial_weights(CASE), SEED)
+    assert peers.peer_versions()[peer] is None
+
+
+def test_peer_versions_are_the_installed_ones():
+    versions = peers.peer_versions()
+    assert set(versions) == set(peers.PEERS)
+    for name in peers.PEERS:
+        try:
+            module = __import__(name)
+        except ImportError:
+            assert versions[name] is None
+        else:
+            assert versions[name] == module.__version__
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("x", r"expected x of shape \(n, 6\) with n >= 1, received x.shape=\(8, 5\)"),
+        ("y", r"expected one-hot y of shape \(8, 3\), received y.shape=\(8, 4\)"),
+        ("soft", r"expected one-hot y: every row a single 1 and zeros, received row 0"),
+        ("weights", r"expected weights of shapes .* received \[\(6, 5\), \(5,\)\]"),
+    ],
+)
+def test_data_and_weights_that_do_not_fit_the_case(change, message):
+    x, y = one_hot_data(8, CASE)
+    weights = initial_weights(CASE)
+    if change == "x":
+        x = x[:, :5]
+    elif change == "y":
+        y = np.zeros((8, 4), np.float32)
+    elif change == "soft":
+        y = np.full_like(y, 1 / 3)
+    else:
+        weights = weights[:2]
+    with pytest.raises(ValueError, match=message):
+        peers.make_trainer("jax", CASE, x, y, weights, SEED)
+
+
+def test_importing_the_peers_module_imports_no_peer():
+    code = "import sys, dlcore.benchmark.peers; print(sorted({'jax', 'torch'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
