@@ -54,6 +54,8 @@ class Workspace:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._arrays: dict[tuple[str, tuple[int, ...], str], Array] = {}
+        #: what an engine derives from the workspace's arrays and reuses (argument tuples)
+        self.memo: dict[Any, Any] = {}
         # the same arrays under the keys callers use (dtype objects or names), so that a
         # repeated request costs one dictionary lookup
         self._by_request: dict[tuple[str, tuple[int, ...], Any], Array] = {}
@@ -83,6 +85,7 @@ class Workspace:
         """Drop every array (they are allocated again on the next request)."""
         self._arrays.clear()
         self._by_request.clear()
+        self.memo.clear()
 
 
 class Engine(abc.ABC):

@@ -70,6 +70,9 @@ class ChunkRunner:
     ) -> None:
         """Call ``kernel(*parts, *args)`` once per thread on its contiguous part of ``arrays``
         (1-D, one length); for a compiled loop that releases the GIL."""
+        if arrays[0].shape[0] < PARALLEL_MIN_ELEMENTS:
+            kernel(*arrays, *args)  # one thread: the common case of small models, kept short
+            return
         self._run(kernel, arrays, None, 0, args)
 
     def _run(

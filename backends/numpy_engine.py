@@ -38,7 +38,6 @@ class NumpyEngine(ArrayAPIEngine):
         self._device = "cpu"
         self._chunks = cpu_chunks.ChunkRunner()
         self._empty_arrays: dict[np.dtype, np.ndarray] = {}
-        self._activation_codes: dict[tuple[str, ...], np.ndarray] = {}
         # what dense_stack reads as "no one-hot targets" and "no integer labels"
         self._no_targets = {np.dtype(t): np.empty((0, 0), dtype=t) for t in ("float32", "float64")}
         self._no_labels = np.empty(0, dtype=np.int64)
@@ -139,26 +138,33 @@ class NumpyEngine(ArrayAPIEngine):
                 workspaces=workspaces,
             )
         N, dtype = X.shape[0], X.dtype
-        outputs = [X]
-        deltas = []
-        for W, workspace in zip(weights, workspaces):
-            outputs.append(workspace.array("A", (N, W.shape[1]), dtype))
-            deltas.append(workspace.array("delta", (N, W.shape[1]), dtype))
-        codes = self._activation_codes.get(tuple(activations))
-        if codes is None:
+        # the kernel's arguments but the batch, made once per batch size (the workspaces
+        # belong to the layers, whose weights and gradients are fixed views)
+        key = ("dense_stack", N, tuple(activations))
+        arguments = workspaces[-1].memo.get(key)
+        if arguments is None:
+            layer_outputs, deltas = [], []
+            for W, workspace in zip(weights, workspaces):
+                layer_outputs.append(workspace.array("A", (N, W.shape[1]), dtype))
+                deltas.append(workspace.array("delta", (N, W.shape[1]), dtype))
             codes = np.array(
                 [cpu_jit.ACTIVATION_CODES[name] for name in activations] + [0], dtype=np.int64
             )
-            self._activation_codes[tuple(activations)] = codes
+            arguments = (
+                tuple(layer_outputs),
+                tuple(weights),
+                tuple(biases),
+                tuple(weight_grads),
+                tuple(bias_grads),
+                tuple(deltas),
+                codes,
+            )
+            workspaces[-1].memo[key] = arguments
+        outputs = (X, *arguments[0])
         sparse = Y_true.ndim == 1
         loss = cpu_jit.kernel("dense_stack")(
-            tuple(outputs),
-            tuple(weights),
-            tuple(biases),
-            tuple(weight_grads),
-            tuple(bias_grads),
-            tuple(deltas),
-            codes,
+            outputs,
+            *arguments[1:],
             self._no_targets[dtype] if sparse else Y_true,
             Y_true if sparse else self._no_labels,
         )
