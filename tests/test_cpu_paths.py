@@ -49,6 +49,9 @@ def _long_problem(size: int):
 def test_jit_optimizers_round_like_the_numpy_code(monkeypatch, case, dtype):
     _, cls, _, hyper = case
     w0, grads = _long_problem(3 * cpu_chunks.PARALLEL_MIN_ELEMENTS + 5)
+    # split over three threads into uneven parts, as large models are
+    monkeypatch.setattr(cpu_chunks, "SPLIT_MIN_ELEMENTS", 1000)
+    monkeypatch.setattr(backends.get("numpy"), "_chunks", cpu_chunks.ChunkRunner(threads=3))
     jitted = _steps(cls(**hyper), w0, grads, dtype)
     monkeypatch.setattr(cpu_jit, "available", lambda: False)
     plain = _steps(cls(**hyper), w0, grads, dtype)
