@@ -147,6 +147,7 @@ class Sequential:
         """Put the flat parameters on ``engine`` and hand every layer its views."""
         self.engine = engine
         self._workspace = Workspace(engine)  # the batch and the loss gradient of training steps
+        self._stack = None  # made again by the next fit, from the new views
         self._params = engine.asarray(flat_host, dtype=self.dtype)
         self._grads = engine.zeros((flat_host.size,), dtype=self.dtype)
         shapes = [shape for layer in self.layers for shape in layer.parameter_shapes()]
