@@ -528,7 +528,14 @@ class Engine(abc.ABC):
         """``dX = dY * mask``, with the mask returned by ``dropout``."""
 
     @abc.abstractmethod
-    def count_correct(self, kind: str, Y_pred: Array, Y_true: Array) -> Array:
+    def count_correct(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> Array:
         """Number of correct predictions in a batch, as a 0-d float array.
 
         Args:
@@ -537,4 +544,5 @@ class Engine(abc.ABC):
                 ``"sparse"`` (argmax of ``Y_pred`` equals the int64 label).
             Y_pred: float ``(N, O)``.
             Y_true: float ``(N, O)``, or int64 ``(N,)`` for ``"sparse"``.
+            workspace: where to take temporaries from instead of allocating them.
         """

@@ -292,7 +292,14 @@ class ArrayAPIEngine(Engine):
     def backprop_dropout(self, dY: Array, mask: Array) -> Array:
         return dY * mask
 
-    def count_correct(self, kind: str, Y_pred: Array, Y_true: Array) -> Array:
+    def count_correct(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> Array:
         xp = self.xp
         if kind == "binary":
             hits = (Y_pred > 0.5) == (Y_true > 0.5)

@@ -472,9 +472,19 @@ class NumbaEngine(Engine):
         self._k_dropout.backprop_dropout(dY, mask, dX)
         return dX
 
-    def count_correct(self, kind: str, Y_pred: Array, Y_true: Array) -> Array:
+    def count_correct(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> Array:
         scalar, out = self._new_scalar(Y_pred.dtype)
-        self._k_reductions.count_correct(kind, Y_pred, Y_true, out)
+        hits = None
+        if workspace is not None and kind != "binary":
+            hits = workspace.array("row_hits", (Y_pred.shape[0],), "float64")
+        self._k_reductions.count_correct(kind, Y_pred, Y_true, out, hits=hits)
         return scalar
 
     # ------------------------------------------------------------------ helpers

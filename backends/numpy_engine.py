@@ -207,6 +207,35 @@ class NumpyEngine(ArrayAPIEngine):
         dZ *= 1.0 / P.shape[0]
         return dZ
 
+    def count_correct(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        if workspace is None:
+            return super().count_correct(kind, Y_pred, Y_true)
+        hits = workspace.array(
+            "hits", Y_pred.shape if kind == "binary" else Y_true.shape[:1], "bool"
+        )
+        if kind == "binary":
+            predicted = workspace.array("predicted", Y_pred.shape, "bool")
+            np.greater(Y_pred, 0.5, out=predicted)
+            np.greater(Y_true, 0.5, out=hits)
+            np.equal(predicted, hits, out=hits)
+        else:
+            predicted = workspace.array("predicted_class", Y_pred.shape[:1], "int64")
+            np.argmax(Y_pred, axis=-1, out=predicted)
+            if kind == "categorical":
+                labels = workspace.array("true_class", Y_true.shape[:1], "int64")
+                np.argmax(Y_true, axis=-1, out=labels)
+            else:
+                labels = Y_true
+            np.equal(predicted, labels, out=hits)
+        return Y_pred.dtype.type(np.count_nonzero(hits))
+
     # ------------------------------------------------------------------ optimizers
     # With Numba, each update is one compiled loop over all cores (cpu_jit); without it,
     # Adam runs in cache-sized chunks (cpu_chunks) and the others as the generic code.

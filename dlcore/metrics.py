@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dlcore import losses
-from dlcore.backends.base import Array, Engine
+from dlcore.backends.base import Array, Engine, Workspace
 
 _ACCURACY_NAMES = {
     "accuracy": None,
@@ -41,15 +41,20 @@ class Metric:
     accuracy_kind: str | None = None
     loss: losses.Loss | None = None
 
-    def batch_value(self, engine: Engine, Y_pred: Array, Y_true: Array) -> Array:
-        """The engine's 0-d result for one batch: a count or a batch-mean loss."""
+    def batch_value(
+        self, engine: Engine, Y_pred: Array, Y_true: Array, workspace: Workspace | None = None
+    ) -> Array:
+        """The engine's 0-d result for one batch: a count or a batch-mean loss; the
+        engine takes its temporaries from ``workspace`` when one is given."""
         if self.accuracy_kind is not None:
-            return engine.count_correct(self.accuracy_kind, Y_pred, Y_true)
+            return engine.count_correct(self.accuracy_kind, Y_pred, Y_true, workspace=workspace)
         loss = self.loss
         if loss is None:
             # AttributeError, as the attribute access on None raised before this check
             raise AttributeError(f"metric {self.key!r} has neither an accuracy kind nor a loss")
-        return engine.loss(loss.name, Y_pred, Y_true, from_logits=loss.from_logits)
+        return engine.loss(
+            loss.name, Y_pred, Y_true, from_logits=loss.from_logits, workspace=workspace
+        )
 
     def per_sample_divisor(self, units: int) -> int:
         """Counts of binary accuracy are per output element, others per sample."""

@@ -596,7 +596,10 @@ class Sequential:
                 stack.activations,
                 workspaces=stack.workspaces,
             )
-            metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
+            metric_values = [
+                metric.batch_value(engine, output, Y, self._training_workspace())
+                for metric in metric_list
+            ]
             self._compiled_optimizer().apply(engine, self._params, self._grads)
             return [loss_value], metric_values
         output = X
@@ -612,7 +615,10 @@ class Sequential:
             )
         ]
         loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
-        metric_values = [metric.batch_value(engine, output, Y) for metric in metric_list]
+        metric_values = [
+            metric.batch_value(engine, output, Y, self._training_workspace())
+            for metric in metric_list
+        ]
         gradient, fused = self._loss_gradient(output, Y)
         first_trainable = self._first_trainable
         for i in range(len(self.layers) - 1, first_trainable - 1, -1):

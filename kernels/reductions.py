@@ -261,7 +261,7 @@ def backprop_penalty(W: Any, dW: Any, *, l1: float, l2: float) -> None:
     _penalty_gradient_kernel(W.dtype)[grid_for(W.size)](w, dw, f(l1), f(2.0 * l2))
 
 
-def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any) -> None:
+def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any, *, hits: Any = None) -> None:
     """Write ``out[0]`` = the number of correct predictions, as a float64.
 
     Args:
@@ -273,9 +273,10 @@ def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any) -> None:
         Y_true: float device array of the shape and dtype of ``Y_pred``, or int64
             labels ``(N,)`` for ``"sparse"``.
         out: float64 device array ``(1,)``.
+        hits: float64 device array ``(N,)`` for the row kinds' per-row hits, or
+            ``None`` to allocate it here with ``cuda.device_array``.
 
-    The row kinds write per-row hits into a float64 scratch ``(N,)`` allocated here
-    with ``cuda.device_array``, then sum it.
+    The row kinds write per-row hits into ``hits``, then sum it.
 
     Raises:
         KeyError: ``kind`` is not one of ``ACCURACY_KINDS``.
@@ -286,7 +287,8 @@ def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any) -> None:
     if kind not in ACCURACY_KINDS:
         raise KeyError(f"unknown accuracy kind {kind!r}; available: {', '.join(ACCURACY_KINDS)}")
     N, O = Y_pred.shape
-    hits = cuda.device_array(N, np.float64)
+    if hits is None:
+        hits = cuda.device_array(N, np.float64)
     blocks, threads, width = row_grid(N, O)
     _argmax_match_kernel(Y_pred.dtype, kind == "sparse")[blocks, threads](
         Y_pred, Y_true, width, hits

@@ -125,6 +125,13 @@ def test_operations_give_the_same_results_with_a_workspace(engine, rng, activati
             out=None if ws is None else ws.array("rows", (3, I), "float64"),
         )
         outputs["rows"] = engine.to_numpy(rows)
+        label_ids = engine.asarray(labels.argmax(axis=1), dtype="int64")
+        counts = [
+            engine.count_correct("categorical", to(P), to(labels), workspace=ws),
+            engine.count_correct("sparse", to(P), label_ids, workspace=ws),
+            engine.count_correct("binary", to(P), to(labels), workspace=ws),
+        ]
+        outputs["counts"] = engine.scalars_to_numpy(counts)
         return outputs
 
     fresh = step(None)
@@ -133,16 +140,20 @@ def test_operations_give_the_same_results_with_a_workspace(engine, rng, activati
     for key, value in fresh.items():
         np.testing.assert_allclose(reused[key], value, rtol=1e-12, atol=1e-14, err_msg=key)
     np.testing.assert_array_equal(fresh["rows"], X[[3, 0, 6]])
+    P = np.exp(X @ W) / np.exp(X @ W).sum(axis=1, keepdims=True)
+    agree = P.argmax(axis=1) == labels.argmax(axis=1)
+    expected_counts = [agree.sum(), agree.sum(), ((P > 0.5) == (labels > 0.5)).sum()]
+    np.testing.assert_array_equal(reused["counts"], expected_counts)
 
 
-def _course_model(widths, seed=0):
+def _course_model(widths, seed=0, metrics=None):
     dlcore.set_random_seed(seed)
     model = Sequential(
         [Dense(widths[1], activation="relu", input_shape=(widths[0],))]
         + [Dense(w, activation="relu") for w in widths[2:-1]]
         + [Dense(widths[-1], activation="softmax")]
     )
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=metrics)
     return model
 
 
@@ -185,12 +196,12 @@ SMALLEST_ARRAY_BYTES = BATCH * min(WIDTHS) * 4
 TRANSIENT_BYTES = np.getbufsize() * 4 + 8 * 1024
 
 
-def _fit_counting(epochs, model=None):
+def _fit_counting(epochs, model=None, metrics=None):
     x, y = _data(2 * BATCH + 40, WIDTHS)  # two full batches and a last one of 40
     counter = _CountArrays()
     with dlcore.use_backend("numpy"):
         if model is None:
-            model = _course_model(WIDTHS)
+            model = _course_model(WIDTHS, metrics=metrics)
         tracemalloc.start()
         try:
             model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[counter])
@@ -199,13 +210,14 @@ def _fit_counting(epochs, model=None):
     return model, counter
 
 
+@pytest.mark.parametrize("metrics", [None, ["accuracy"]], ids=["loss", "accuracy"])
 @pytest.mark.parametrize("jit", [True, False], ids=["numba-jit", "numpy-only"])
-def test_a_training_step_allocates_no_array_after_the_first_epoch(monkeypatch, jit):
+def test_a_training_step_allocates_no_array_after_the_first_epoch(monkeypatch, jit, metrics):
     if jit and not cpu_jit.available():
         pytest.skip("Numba is not installed")
     if not jit:
         monkeypatch.setattr(cpu_jit, "available", lambda: False)
-    model, _ = _fit_counting(epochs=1)
+    model, _ = _fit_counting(epochs=1, metrics=metrics)
     _, counter = _fit_counting(epochs=2, model=model)
     assert counter.new_arrays == [0] * 6
     assert max(counter.peak_rise) < TRANSIENT_BYTES < SMALLEST_ARRAY_BYTES, counter.peak_rise
