@@ -104,6 +104,12 @@ class Engine(abc.ABC):
             to install)``. Never raises, never allocates device memory.
         """
 
+    @classmethod
+    def simulated(cls) -> bool:
+        """Whether the engine runs on a simulation of its device on the CPU, whose times
+        say nothing about the device (the numba engine in Numba's CUDA simulator)."""
+        return False
+
     # ------------------------------------------------------------------ memory
     @property
     @abc.abstractmethod

@@ -136,6 +136,10 @@ class NumbaEngine(Engine):
             return False, f"no CUDA GPU or driver was found; {_SIMULATOR_HINT}"
         return True, _device_name(cuda)
 
+    @classmethod
+    def simulated(cls) -> bool:
+        return _simulated()
+
     # ------------------------------------------------------------------ memory
     @property
     def device(self) -> str:

@@ -89,11 +89,6 @@ class Trainer(Protocol):
 
 
 # ---------------------------------------------------------------------- what to run
-def simulated(engine_name: str) -> bool:
-    """Whether engine ``engine_name`` would run in Numba's CUDA simulator."""
-    return engine_name == "numba" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
 def refusal(engine_name: str) -> str | None:
     """Why engine ``engine_name`` cannot be timed here, or ``None`` when it can.
 
@@ -101,13 +96,12 @@ def refusal(engine_name: str) -> str | None:
         ValueError: unknown engine name (the message lists the registered ones).
     """
     cls = backends.engine_class(engine_name)
-    if simulated(engine_name):
-        return (
-            "NUMBA_ENABLE_CUDASIM=1 runs the numba engine in Numba's CUDA simulator, one OS "
-            "thread per CUDA thread, whose times mean nothing; unset it on a machine with a "
-            "CUDA GPU to time the numba engine"
-        )
     ok, detail = cls.availability()
+    if ok and cls.simulated():
+        return (
+            f"the {engine_name} engine runs in a simulator here ({detail}), whose times mean "
+            "nothing; time it on the device it simulates"
+        )
     return None if ok else detail
 
 
