@@ -7,7 +7,9 @@ the real model.
 
 from __future__ import annotations
 
+import ast
 import math
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlcore import progress
+import dlcore.callbacks
 from dlcore.callbacks import (
     Callback,
     CallbackList,
@@ -23,9 +25,11 @@ from dlcore.callbacks import (
     History,
     LambdaCallback,
     ModelCheckpoint,
+    ProgbarLogger,
     TerminateOnNaN,
+    format_value,
+    progress,
 )
-from dlcore.progress import ProgbarLogger, format_value
 
 
 class FakeModel:
@@ -573,9 +577,7 @@ def test_callback_list_rejects_bad_callbacks():
 
 
 def test_progbar_logger_is_exported_from_callbacks_too():
-    from dlcore.callbacks import ProgbarLogger as Exported
-
-    assert Exported is ProgbarLogger
+    assert ProgbarLogger is progress.ProgbarLogger
 
 
 # ----------------------------------------------------------------------------- progress display
@@ -774,3 +776,81 @@ def test_verbose_1_with_unknown_steps_counts_the_batches(capsys, clock, monkeypa
     cl.on_epoch_end(0, {"loss": 0.5})
     final = capsys.readouterr().out.rstrip(" \n").split("\r")[-1]
     assert final == f"5/5 [{'=' * 30}] - 0s 2ms/step - loss: 0.5000"
+
+
+# ----------------------------------------------------------------------------- package structure
+
+PACKAGE_DIR = Path(dlcore.callbacks.__file__).parent
+MODULES = sorted(path.stem for path in PACKAGE_DIR.glob("*.py"))
+
+
+def _package_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """Each import of a dlcore module in ``path``: its line, the module, whether in a function."""
+    found: list[tuple[int, str, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                found.extend((child.lineno, alias.name, inside) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                assert child.level == 0, f"{path.name}:{child.lineno}: use absolute imports"
+                module = child.module or ""
+                for alias in child.names:
+                    # `from dlcore.callbacks import progress` imports the submodule
+                    submodule = module == "dlcore.callbacks" and alias.name in MODULES
+                    imported = f"{module}.{alias.name}" if submodule else module
+                    found.append((child.lineno, imported, inside))
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), False)
+    return [(line, module, inside) for line, module, inside in found if module.startswith("dlcore")]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_callbacks_module_imports_in_a_fresh_interpreter(module):
+    name = "dlcore.callbacks" if module == "__init__" else f"dlcore.callbacks.{module}"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", f"import {name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_callbacks_modules_import_dlcore_only_at_module_level():
+    inside = [
+        f"{path.name}:{line} imports {module}"
+        for path in sorted(PACKAGE_DIR.glob("*.py"))
+        for line, module, in_function in _package_imports(path)
+        if in_function
+    ]
+    assert inside == []
+
+
+def test_callbacks_modules_import_no_circle():
+    """The base imports no module of the package, and the package's imports form no cycle."""
+    prefix = "dlcore.callbacks"
+    graph = {
+        path.stem: {
+            "__init__" if module == prefix else module.removeprefix(prefix + ".")
+            for _, module, _ in _package_imports(path)
+            if module == prefix or module.startswith(prefix + ".")
+        }
+        for path in PACKAGE_DIR.glob("*.py")
+    }
+    assert graph["base"] == set()
+    assert graph["progress"] == {"base"}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import circle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for imported in graph[module]:
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())

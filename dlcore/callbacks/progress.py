@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
-from dlcore.callbacks import Callback, Logs
+from dlcore.callbacks.base import Callback, Logs
 
 BAR_WIDTH = 30  # characters between the brackets, as in Keras 2
 
