@@ -22,7 +22,7 @@ Conventions used in every docstring below:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -109,6 +109,11 @@ class Engine(abc.ABC):
         """Whether the engine runs on a simulation of its device on the CPU, whose times
         say nothing about the device (the numba engine in Numba's CUDA simulator)."""
         return False
+
+    #: Whether the engine runs the activations, losses and metrics that users write as
+    #: Python functions (``custom.py``). Engines whose operations are compiled device
+    #: kernels cannot call Python, and refuse their names with ``custom.refuse``.
+    runs_custom_functions: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ memory
     @property
@@ -205,7 +210,8 @@ class Engine(abc.ABC):
             X: float ``(N, I)``.
             W: float ``(I, O)``.
             b: float ``(O,)``, or ``None`` for a layer without bias.
-            activation: a name from ``dlcore.activations.NAMES``.
+            activation: a name from ``names.ACTIVATIONS`` or a custom activation's
+                (``custom.py``; an engine that cannot run those raises ``RuntimeError``).
 
             workspace: where to take ``Z`` and ``Y`` from instead of allocating them.
 
@@ -226,7 +232,7 @@ class Engine(abc.ABC):
         Y: Array,
         activation: str,
         *,
-        dW: Array,
+        dW: Array | None,
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
@@ -235,13 +241,15 @@ class Engine(abc.ABC):
 
         Computes ``dZ = activation'(Z) * dY`` (softmax: its Jacobian product),
         writes ``dW = X.T @ dZ`` into ``dW`` and ``db = sum(dZ, axis=0)`` into ``db``
-        (overwriting both), and returns ``dX = dZ @ W.T``.
+        (overwriting both), and returns ``dX = dZ @ W.T``. A frozen layer passes
+        ``dW=None`` (and ``db=None``): no weight or bias gradient is computed at all.
 
         Args:
             dY: float ``(N, O)``, gradient of the loss with respect to ``Y``.
             X, W, Z, Y: as given to and returned by ``dense_forward``.
-            dW: float ``(I, O)``, written in place.
-            db: float ``(O,)`` written in place, or ``None`` without bias.
+            dW: float ``(I, O)``, written in place, or ``None`` for a frozen layer.
+            db: float ``(O,)`` written in place, or ``None`` without bias (always
+                ``None`` when ``dW`` is).
             need_dX: ``False`` for the first layer, whose ``dX`` nobody uses.
             workspace: where to take ``dZ`` and ``dX`` from instead of allocating them;
                 with a workspace the engine may also overwrite ``dY``.
@@ -328,8 +336,78 @@ class Engine(abc.ABC):
         """Parametric ReLU ``where(X > 0, X, alpha * X)``; X ``(N, O)``, alpha ``(O,)``."""
 
     @abc.abstractmethod
-    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array) -> Array:
-        """Backward of ``prelu``: writes ``dalpha`` ``(O,)`` in place, returns ``dX`` ``(N, O)``."""
+    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array | None) -> Array:
+        """Backward of ``prelu``: writes ``dalpha`` ``(O,)`` in place, returns ``dX`` ``(N, O)``.
+
+        A frozen layer passes ``dalpha=None``: then only ``dX`` is computed.
+        """
+
+    # ------------------------------------------------------------------ merges
+    # A layer graph joins branches with these: float (N, F_i) inputs, one op from
+    # names.MERGES. The returned arrays are new, or the workspace's when one is given.
+
+    @abc.abstractmethod
+    def merge(
+        self, op: str, inputs: Sequence[Array], *, workspace: Workspace | None = None
+    ) -> Array:
+        """Combine one or more arrays into one.
+
+        Args:
+            op: a name from ``names.MERGES``. ``"add"``, ``"multiply"``,
+                ``"maximum"``, ``"minimum"``: elementwise over all inputs;
+                ``"average"``: their mean; ``"subtract"``: ``inputs[0] - inputs[1]``
+                (exactly two inputs); ``"concatenate"``: joined along the last axis.
+            inputs: float ``(N, F)`` arrays of one dtype, at least one (two for
+                ``"subtract"``); for ``"concatenate"`` ``(N, F_i)`` with any ``F_i``.
+            workspace: where to take the output from instead of allocating it.
+
+        Returns:
+            float ``(N, F)``, or ``(N, sum of F_i)`` for ``"concatenate"``; never one
+            of the inputs.
+        """
+
+    @abc.abstractmethod
+    def backprop_merge(
+        self,
+        op: str,
+        dY: Array,
+        inputs: Sequence[Array],
+        Y: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> list[Array]:
+        """Gradient of the loss with respect to each input of ``merge``.
+
+        ``"multiply"`` gives each input ``dY`` times the product of the other inputs
+        (no division, so zeros are fine); ``"average"`` gives ``dY / n``;
+        ``"concatenate"`` each input its columns of ``dY``. ``"maximum"`` and
+        ``"minimum"`` give, element by element, all of ``dY`` to the first input
+        whose value equals ``Y`` and zero to the others (ties go to the earliest).
+
+        Args:
+            op: the name given to ``merge``.
+            dY: float, the shape of ``Y``: the gradient with respect to ``Y``.
+            inputs: the arrays given to ``merge``.
+            Y: what ``merge`` returned for them.
+            workspace: where to take the results from instead of allocating them.
+
+        Returns:
+            One float array per input, in order, of its shape: distinct arrays that
+            share memory with neither ``dY``, nor the inputs, nor each other, so the
+            caller may write into them.
+        """
+
+    @abc.abstractmethod
+    def accumulate(self, dst: Array, src: Array) -> None:
+        """``dst += src`` in place; float arrays of one shape (any) and dtype."""
+
+    @abc.abstractmethod
+    def scale(self, A: Array, factor: float, *, workspace: Workspace | None = None) -> Array:
+        """``factor * A`` as a new array (or the workspace's), ``A`` unchanged.
+
+        ``A`` is float of any shape; the result has its shape and dtype and
+        ``factor`` is rounded to that dtype.
+        """
 
     # ------------------------------------------------------------------ losses
     @abc.abstractmethod
@@ -345,7 +423,8 @@ class Engine(abc.ABC):
         """Mean over the batch of the per-sample loss ``name``, as a 0-d float array.
 
         Args:
-            name: a canonical name from ``dlcore.losses.NAMES``.
+            name: a canonical name from ``names.LOSSES``, or a custom loss's or
+                metric's (``custom.py``), whose per-sample values are averaged alike.
             Y_pred: float ``(N, O)``, the model's output.
             Y_true: float ``(N, O)``; for ``sparse_categorical_crossentropy``
                 int64 labels ``(N,)``.
@@ -395,128 +474,31 @@ class Engine(abc.ABC):
         """Add the penalty's gradient ``l1 * sign(W) + 2 * l2 * W`` to ``dW`` in place."""
 
     # ------------------------------------------------------------------ optimizers
-    # Each update runs in place over flat float buffers of shape (P,), the
-    # parameters, their gradients and the optimizer's state slots. Step-dependent
-    # scalars (bias corrections) arrive as Python floats computed on the host.
-
     @abc.abstractmethod
-    def sgd_update(
+    def optimizer_step(
         self,
+        rule: str,
         params: Array,
         grads: Array,
-        velocity: Array | None,
-        *,
-        learning_rate: float,
-        momentum: float,
-        nesterov: bool,
+        slots: Sequence[Array | None],
+        hyperparameters: Mapping[str, float],
     ) -> None:
-        """SGD: ``v = momentum * v - lr * g``; ``w += v``.
+        """One step of the update ``rule``, in place over flat float buffers.
 
-        Nesterov: ``w += momentum * v - lr * g`` with the updated ``v``.
+        The rules, their slots and their hyperparameters are those of the reference
+        functions in ``backends/xp_optimizers.py`` (``xp_optimizers.STEPS[rule]``); an
+        engine's own version computes the same in the same order of operations.
 
-        ``velocity`` is ``None`` when ``momentum == 0``: then ``w -= lr * g``.
-        """
-
-    @abc.abstractmethod
-    def adam_update(
-        self,
-        params: Array,
-        grads: Array,
-        m: Array,
-        v: Array,
-        v_max: Array | None,
-        *,
-        learning_rate: float,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
-        step: int,
-    ) -> None:
-        """Adam (AMSGrad when ``v_max`` is given), ``step`` counting from 1.
-
-        ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
-        AMSGrad: ``v_max = max(v_max, v)`` is used in place of ``v``;
-        ``w -= lr * sqrt(1 - beta_2**step) / (1 - beta_1**step) * m / (sqrt(v) + epsilon)``.
-        """
-
-    @abc.abstractmethod
-    def rmsprop_update(
-        self,
-        params: Array,
-        grads: Array,
-        velocity: Array,
-        average_grad: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        learning_rate: float,
-        rho: float,
-        momentum: float,
-        epsilon: float,
-    ) -> None:
-        """RMSprop, centered when ``average_grad`` is given, with momentum when
-        ``momentum_buffer`` is given.
-
-        ``velocity = rho * velocity + (1 - rho) * g**2``; centered:
-        ``average_grad = rho * average_grad + (1 - rho) * g`` and
-        ``denominator = velocity - average_grad**2 + epsilon``, else
-        ``velocity + epsilon``; ``increment = lr * g / sqrt(denominator)``;
-        with momentum ``buffer = momentum * buffer + increment; w -= buffer``,
-        else ``w -= increment``.
-        """
-
-    @abc.abstractmethod
-    def adagrad_update(
-        self,
-        params: Array,
-        grads: Array,
-        accumulator: Array,
-        *,
-        learning_rate: float,
-        epsilon: float,
-    ) -> None:
-        """Adagrad: ``acc += g**2``; ``w -= lr * g / sqrt(acc + epsilon)``."""
-
-    @abc.abstractmethod
-    def adamax_update(
-        self,
-        params: Array,
-        grads: Array,
-        m: Array,
-        u: Array,
-        *,
-        learning_rate: float,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
-        step: int,
-    ) -> None:
-        """Adamax: ``m += (g - m) * (1 - beta_1)``; ``u = max(beta_2 * u, |g|)``;
-        ``w -= lr / (1 - beta_1**step) * m / (u + epsilon)``."""
-
-    @abc.abstractmethod
-    def nadam_update(
-        self,
-        params: Array,
-        grads: Array,
-        m: Array,
-        v: Array,
-        *,
-        learning_rate: float,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
-        step: int,
-        mu_t: float,
-        mu_next: float,
-        mu_product: float,
-        mu_product_next: float,
-    ) -> None:
-        """Nadam with Keras's momentum schedule (``mu_*`` computed by the optimizer).
-
-        ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
-        ``m_hat = mu_next * m / (1 - mu_product_next) + (1 - mu_t) * g / (1 - mu_product)``,
-        where ``mu_product`` is the product of the momenta up to and including this step;
-        ``v_hat = v / (1 - beta_2**step)``; ``w -= lr * m_hat / (sqrt(v_hat) + epsilon)``.
+        Args:
+            rule: a name from ``names.OPTIMIZER_RULES``.
+            params: float ``(P,)``, updated in place; may be a view of a larger
+                buffer (the range of some layers).
+            grads: float ``(P,)`` of ``params``'s dtype, left unchanged.
+            slots: the rule's state slots in its order, each float ``(P,)`` updated in
+                place, or ``None`` for an optional slot not in use.
+            hyperparameters: the step's numbers as Python floats, computed on the host
+                (bias corrections and schedules included), by name; the engine rounds
+                them to the buffers' dtype.
         """
 
     # ------------------------------------------------------------------ dropout, metrics

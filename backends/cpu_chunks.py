@@ -141,7 +141,7 @@ def adam_chunk(
     v: np.ndarray,
     *rest: Any,
 ) -> None:
-    """One Adam step on chunks, in the operation order of ``xp_optimizers.adam_update``.
+    """One Adam step on chunks, in the operation order of ``xp_optimizers.adam``.
 
     ``rest`` is ``[v_max,] t1, t2, alpha, one_minus_beta_1, one_minus_beta_2, epsilon``:
     the AMSGrad maximum when present, two scratch chunks, then the host scalars.

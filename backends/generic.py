@@ -9,12 +9,12 @@ with a faster way of computing the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import xp_activations, xp_losses, xp_optimizers
+from . import xp_activations, xp_losses, xp_merges, xp_optimizers
 from .base import Array, Engine, Workspace, dtype_name
 
 
@@ -106,16 +106,19 @@ class ArrayAPIEngine(Engine):
         Y: Array,
         activation: str,
         *,
-        dW: Array,
+        dW: Array | None,
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
     ) -> Array | None:
         xp = self.xp
+        if dW is None and not need_dX:
+            return None
         dZ = dY if activation == "linear" else xp_activations.backward(xp, activation, dY, Z, Y)
-        dW[...] = xp.matmul(xp.matrix_transpose(X), dZ)
-        if db is not None:
-            db[...] = xp.sum(dZ, axis=0)
+        if dW is not None:
+            dW[...] = xp.matmul(xp.matrix_transpose(X), dZ)
+            if db is not None:
+                db[...] = xp.sum(dZ, axis=0)
         return xp.matmul(dZ, xp.matrix_transpose(W)) if need_dX else None
 
     # ------------------------------------------------------------------ activations
@@ -128,11 +131,35 @@ class ArrayAPIEngine(Engine):
     def prelu(self, X: Array, alpha: Array) -> Array:
         return self.xp.where(X > 0, X, alpha * X)
 
-    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array) -> Array:
+    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array | None) -> Array:
         xp = self.xp
         positive = X > 0
-        dalpha[...] = xp.sum(xp.where(positive, xp.zeros_like(X), dY * X), axis=0)
+        if dalpha is not None:
+            dalpha[...] = xp.sum(xp.where(positive, xp.zeros_like(X), dY * X), axis=0)
         return xp.where(positive, dY, alpha * dY)
+
+    # ------------------------------------------------------------------ merges
+    def merge(
+        self, op: str, inputs: Sequence[Array], *, workspace: Workspace | None = None
+    ) -> Array:
+        return xp_merges.forward(self.xp, op, inputs)
+
+    def backprop_merge(
+        self,
+        op: str,
+        dY: Array,
+        inputs: Sequence[Array],
+        Y: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> list[Array]:
+        return xp_merges.backward(self.xp, op, dY, inputs, Y)
+
+    def accumulate(self, dst: Array, src: Array) -> None:
+        dst += src
+
+    def scale(self, A: Array, factor: float, *, workspace: Workspace | None = None) -> Array:
+        return factor * A
 
     # ------------------------------------------------------------------ losses
     def loss(
@@ -176,112 +203,15 @@ class ArrayAPIEngine(Engine):
             dW += (2.0 * l2) * W
 
     # ------------------------------------------------------------------ optimizers
-    def sgd_update(self, params, grads, velocity, *, learning_rate, momentum, nesterov):
-        xp_optimizers.sgd_update(
-            self.xp,
-            params,
-            grads,
-            velocity,
-            learning_rate=learning_rate,
-            momentum=momentum,
-            nesterov=nesterov,
-        )
-
-    def adam_update(
-        self, params, grads, m, v, v_max, *, learning_rate, beta_1, beta_2, epsilon, step
-    ):
-        xp_optimizers.adam_update(
-            self.xp,
-            params,
-            grads,
-            m,
-            v,
-            v_max,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-        )
-
-    def rmsprop_update(
+    def optimizer_step(
         self,
-        params,
-        grads,
-        velocity,
-        average_grad,
-        momentum_buffer,
-        *,
-        learning_rate,
-        rho,
-        momentum,
-        epsilon,
-    ):
-        xp_optimizers.rmsprop_update(
-            self.xp,
-            params,
-            grads,
-            velocity,
-            average_grad,
-            momentum_buffer,
-            learning_rate=learning_rate,
-            rho=rho,
-            momentum=momentum,
-            epsilon=epsilon,
-        )
-
-    def adagrad_update(self, params, grads, accumulator, *, learning_rate, epsilon):
-        xp_optimizers.adagrad_update(
-            self.xp, params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
-        )
-
-    def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
-        xp_optimizers.adamax_update(
-            self.xp,
-            params,
-            grads,
-            m,
-            u,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-        )
-
-    def nadam_update(
-        self,
-        params,
-        grads,
-        m,
-        v,
-        *,
-        learning_rate,
-        beta_1,
-        beta_2,
-        epsilon,
-        step,
-        mu_t,
-        mu_next,
-        mu_product,
-        mu_product_next,
-    ):
-        xp_optimizers.nadam_update(
-            self.xp,
-            params,
-            grads,
-            m,
-            v,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-            mu_t=mu_t,
-            mu_next=mu_next,
-            mu_product=mu_product,
-            mu_product_next=mu_product_next,
-        )
+        rule: str,
+        params: Array,
+        grads: Array,
+        slots: Sequence[Array | None],
+        hyperparameters: Mapping[str, float],
+    ) -> None:
+        xp_optimizers.STEPS[rule](self.xp, params, grads, slots, hyperparameters)
 
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import custom
 from .base import Array, Engine, Workspace
 
 _INSTALL = 'install it with: pip install "dlcore[numba]"'
@@ -81,6 +82,7 @@ class NumbaEngine(Engine):
     """Runs every operation as a Numba CUDA kernel on the current CUDA device."""
 
     name = "numba"
+    runs_custom_functions = False
 
     def __init__(self) -> None:
         from dlcore.kernels import (
@@ -90,6 +92,7 @@ class NumbaEngine(Engine):
             gemm,
             losses,
             memory,
+            merges,
             optimizers,
             prelu,
             reductions,
@@ -104,6 +107,7 @@ class NumbaEngine(Engine):
         self._k_gemm = gemm
         self._k_losses = losses
         self._k_memory = memory
+        self._k_merges = merges
         self._k_optimizers = optimizers
         self._k_prelu = prelu
         self._k_reductions = reductions
@@ -234,6 +238,7 @@ class NumbaEngine(Engine):
         *,
         workspace: Workspace | None = None,
     ) -> tuple[Array, Array]:
+        custom.refuse(self.name, custom.ACTIVATIONS, activation)
         shape = (X.shape[0], W.shape[1])
         Z = self._output(workspace, "Z", shape, X.dtype)
         if activation == "linear":
@@ -256,22 +261,26 @@ class NumbaEngine(Engine):
         Y: Array,
         activation: str,
         *,
-        dW: Array,
+        dW: Array | None,
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
     ) -> Array | None:
+        if dW is None and not need_dX:
+            return None
         if activation == "linear":
             dZ = dY
             if db is not None:
                 self._k_dense_backward.column_sums(dY, db)
         else:
+            custom.refuse(self.name, custom.ACTIVATIONS, activation)
             dZ = self._output(workspace, "dZ", dY.shape, dY.dtype)
             if activation == "softmax":
                 self._k_dense_backward.softmax_gradient_and_bias(dY, Y, dZ, db)
             else:
                 self._k_dense_backward.activation_gradient_and_bias(activation, dY, Z, dZ, db)
-        self._k_gemm.gemm(X, dZ, dW, trans_a=True)
+        if dW is not None:
+            self._k_gemm.gemm(X, dZ, dW, trans_a=True)
         if not need_dX:
             return None
         dX = self._output(workspace, "dX", X.shape, X.dtype)
@@ -282,6 +291,7 @@ class NumbaEngine(Engine):
     def activation(self, name: str, Z: Array) -> Array:
         if name == "linear":
             return Z
+        custom.refuse(self.name, custom.ACTIVATIONS, name)
         Y = self._empty(Z.shape, Z.dtype)
         if name == "softmax":
             self._k_softmax.softmax(Z, Y)
@@ -292,6 +302,7 @@ class NumbaEngine(Engine):
     def backprop_activation(self, name: str, dY: Array, Z: Array, Y: Array) -> Array:
         if name == "linear":
             return dY
+        custom.refuse(self.name, custom.ACTIVATIONS, name)
         dZ = self._empty(dY.shape, dY.dtype)
         if name == "softmax":
             self._k_softmax.softmax_backward(dY, Y, dZ)
@@ -304,10 +315,45 @@ class NumbaEngine(Engine):
         self._k_prelu.prelu_forward(X, alpha, Y)
         return Y
 
-    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array) -> Array:
+    def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array | None) -> Array:
         dX = self._empty(X.shape, X.dtype)
         self._k_prelu.prelu_backward(dY, X, alpha, dX, dalpha)
         return dX
+
+    # ------------------------------------------------------------------ merges
+    # Outputs are named "merge_*" in a workspace, apart from the layers' other arrays.
+    def merge(
+        self, op: str, inputs: Sequence[Array], *, workspace: Workspace | None = None
+    ) -> Array:
+        N, width = inputs[0].shape
+        if op == "concatenate":
+            width = sum(X.shape[1] for X in inputs)
+        Y = self._output(workspace, "merge_Y", (N, width), inputs[0].dtype)
+        self._k_merges.merge(op, inputs, Y)
+        return Y
+
+    def backprop_merge(
+        self,
+        op: str,
+        dY: Array,
+        inputs: Sequence[Array],
+        Y: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> list[Array]:
+        grads = [
+            self._output(workspace, f"merge_d{i}", X.shape, X.dtype) for i, X in enumerate(inputs)
+        ]
+        self._k_merges.merge_backward(op, dY, inputs, Y, grads)
+        return grads
+
+    def accumulate(self, dst: Array, src: Array) -> None:
+        self._k_merges.accumulate(dst, src)
+
+    def scale(self, A: Array, factor: float, *, workspace: Workspace | None = None) -> Array:
+        out = self._output(workspace, "scaled", A.shape, A.dtype)
+        self._k_merges.scale(A, factor, out)
+        return out
 
     # ------------------------------------------------------------------ losses
     def loss(
@@ -319,6 +365,7 @@ class NumbaEngine(Engine):
         from_logits: bool = False,
         workspace: Workspace | None = None,
     ) -> Array:
+        custom.refuse(self.name, custom.PER_SAMPLE, name)
         scalar, out = self._new_scalar(Y_pred.dtype)
         per_sample = None
         if workspace is not None:
@@ -331,6 +378,7 @@ class NumbaEngine(Engine):
     def backprop_loss(
         self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
     ) -> Array:
+        custom.refuse(self.name, custom.PER_SAMPLE, name)
         dP = self._empty(Y_pred.shape, Y_pred.dtype)
         self._k_losses.loss_gradient(name, Y_pred, Y_true, dP, from_logits=from_logits)
         return dP
@@ -357,107 +405,15 @@ class NumbaEngine(Engine):
         self._k_reductions.backprop_penalty(W, dW, l1=l1, l2=l2)
 
     # ------------------------------------------------------------------ optimizers
-    def sgd_update(self, params, grads, velocity, *, learning_rate, momentum, nesterov):
-        self._k_optimizers.sgd_update(
-            params,
-            grads,
-            velocity,
-            learning_rate=learning_rate,
-            momentum=momentum,
-            nesterov=nesterov,
-        )
-
-    def adam_update(
-        self, params, grads, m, v, v_max, *, learning_rate, beta_1, beta_2, epsilon, step
-    ):
-        self._k_optimizers.adam_update(
-            params,
-            grads,
-            m,
-            v,
-            v_max,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-        )
-
-    def rmsprop_update(
+    def optimizer_step(
         self,
-        params,
-        grads,
-        velocity,
-        average_grad,
-        momentum_buffer,
-        *,
-        learning_rate,
-        rho,
-        momentum,
-        epsilon,
-    ):
-        self._k_optimizers.rmsprop_update(
-            params,
-            grads,
-            velocity,
-            average_grad,
-            momentum_buffer,
-            learning_rate=learning_rate,
-            rho=rho,
-            momentum=momentum,
-            epsilon=epsilon,
-        )
-
-    def adagrad_update(self, params, grads, accumulator, *, learning_rate, epsilon):
-        self._k_optimizers.adagrad_update(
-            params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
-        )
-
-    def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
-        self._k_optimizers.adamax_update(
-            params,
-            grads,
-            m,
-            u,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-        )
-
-    def nadam_update(
-        self,
-        params,
-        grads,
-        m,
-        v,
-        *,
-        learning_rate,
-        beta_1,
-        beta_2,
-        epsilon,
-        step,
-        mu_t,
-        mu_next,
-        mu_product,
-        mu_product_next,
-    ):
-        self._k_optimizers.nadam_update(
-            params,
-            grads,
-            m,
-            v,
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            step=step,
-            mu_t=mu_t,
-            mu_next=mu_next,
-            mu_product=mu_product,
-            mu_product_next=mu_product_next,
-        )
+        rule: str,
+        params: Array,
+        grads: Array,
+        slots: Sequence[Array | None],
+        hyperparameters: Mapping[str, float],
+    ) -> None:
+        self._k_optimizers.LAUNCHERS[rule](params, grads, slots, hyperparameters)
 
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:

@@ -11,10 +11,9 @@ uses every core already.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,6 +24,15 @@ from .names import EPSILON
 
 # Activations computed in place of Z whose derivative follows from Y alone.
 _IN_PLACE = ("relu", "tanh", "softmax")
+
+# The ufunc that folds the inputs of a merge, two at a time (average: add, then scale).
+_MERGE_UFUNCS: dict[str, np.ufunc] = {
+    "add": np.add,
+    "average": np.add,
+    "multiply": np.multiply,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+}
 
 
 class NumpyEngine(ArrayAPIEngine):
@@ -95,11 +103,13 @@ class NumpyEngine(ArrayAPIEngine):
         Y: Array,
         activation: str,
         *,
-        dW: Array,
+        dW: Array | None,
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
     ) -> Array | None:
+        if dW is None and not need_dX:
+            return None
         if activation == "linear":
             dZ = dY
         elif workspace is not None and activation in ("relu", "tanh", "sigmoid"):
@@ -107,9 +117,10 @@ class NumpyEngine(ArrayAPIEngine):
             _activation_gradient(activation, dY, Z, Y, dZ, workspace)
         else:
             dZ = self.backprop_activation(activation, dY, Z, Y)
-        np.matmul(X.T, dZ, out=dW)
-        if db is not None:
-            np.sum(dZ, axis=0, out=db)
+        if dW is not None:
+            np.matmul(X.T, dZ, out=dW)
+            if db is not None:
+                np.sum(dZ, axis=0, out=db)
         if not need_dX:
             return None
         return np.matmul(dZ, W.T, out=_buffer(workspace, "dX", X.shape, X.dtype))
@@ -126,7 +137,10 @@ class NumpyEngine(ArrayAPIEngine):
         *,
         workspaces: Sequence[Workspace],
     ) -> tuple[Array, Array]:
-        if not cpu_jit.stack_available():
+        # a hidden activation without a compiled loop (a custom one) runs operation by operation
+        if not cpu_jit.stack_available() or any(
+            name not in cpu_jit.ACTIVATION_CODES for name in activations
+        ):
             return super().dense_stack_step(
                 X,
                 Y_true,
@@ -169,6 +183,74 @@ class NumpyEngine(ArrayAPIEngine):
             Y_true if sparse else self._no_labels,
         )
         return dtype.type(loss), outputs[-1]
+
+    # ------------------------------------------------------------------ merges
+    # With a workspace the results go into its arrays (names prefixed "merge_");
+    # without one, the generic code computes the same in the same order.
+    def merge(
+        self, op: str, inputs: Sequence[Array], *, workspace: Workspace | None = None
+    ) -> Array:
+        if workspace is None:
+            return super().merge(op, inputs)
+        X0 = inputs[0]
+        if op == "concatenate":
+            width = sum(X.shape[1] for X in inputs)
+            Y = workspace.array("merge_Y", (X0.shape[0], width), X0.dtype)
+            return np.concatenate(inputs, axis=-1, out=Y)
+        Y = workspace.array("merge_Y", X0.shape, X0.dtype)
+        if op == "subtract":
+            return np.subtract(X0, inputs[1], out=Y)
+        combine = _MERGE_UFUNCS[op]
+        if len(inputs) == 1:
+            np.copyto(Y, X0)
+        else:
+            combine(X0, inputs[1], out=Y)
+        for X in inputs[2:]:
+            combine(Y, X, out=Y)
+        if op == "average":
+            Y *= 1.0 / len(inputs)
+        return Y
+
+    def backprop_merge(
+        self,
+        op: str,
+        dY: Array,
+        inputs: Sequence[Array],
+        Y: Array,
+        *,
+        workspace: Workspace | None = None,
+    ) -> list[Array]:
+        if workspace is None:
+            return super().backprop_merge(op, dY, inputs, Y)
+        grads = [workspace.array(f"merge_d{i}", X.shape, X.dtype) for i, X in enumerate(inputs)]
+        if op == "concatenate":
+            start = 0
+            for grad in grads:
+                np.copyto(grad, dY[:, start : start + grad.shape[1]])
+                start += grad.shape[1]
+        elif op == "add":
+            for grad in grads:
+                np.copyto(grad, dY)
+        elif op == "average":
+            for grad in grads:
+                np.multiply(dY, 1.0 / len(inputs), out=grad)
+        elif op == "subtract":
+            np.copyto(grads[0], dY)
+            np.negative(dY, out=grads[1])
+        elif op == "multiply":
+            for i, grad in enumerate(grads):
+                np.copyto(grad, dY)
+                for j, X in enumerate(inputs):
+                    if j != i:
+                        grad *= X
+        else:  # maximum, minimum
+            _route_to_first_matches(dY, inputs, Y, grads, workspace)
+        return grads
+
+    def scale(self, A: Array, factor: float, *, workspace: Workspace | None = None) -> Array:
+        if workspace is None:
+            return super().scale(A, factor)
+        return np.multiply(A, factor, out=workspace.array("scaled", A.shape, A.dtype))
 
     # ------------------------------------------------------------------ losses
     def loss(
@@ -237,80 +319,65 @@ class NumpyEngine(ArrayAPIEngine):
         return Y_pred.dtype.type(np.count_nonzero(hits))
 
     # ------------------------------------------------------------------ optimizers
-    # With Numba, each update is one compiled loop over all cores (cpu_jit); without it,
-    # Adam runs in cache-sized chunks (cpu_chunks) and the others as the generic code.
-    def sgd_update(self, params, grads, velocity, *, learning_rate, momentum, nesterov):
-        if not cpu_jit.available():
-            return super().sgd_update(
-                params,
-                grads,
-                velocity,
-                learning_rate=learning_rate,
-                momentum=momentum,
-                nesterov=nesterov,
-            )
+    # With Numba, a rule in _JIT_STEPS is one compiled loop over all cores (cpu_jit);
+    # without it, one in _CHUNKED_STEPS runs in cache-sized chunks (cpu_chunks); any
+    # other rule runs the generic code.
+    def optimizer_step(
+        self,
+        rule: str,
+        params: Array,
+        grads: Array,
+        slots: Sequence[Array | None],
+        hyperparameters: Mapping[str, float],
+    ) -> None:
+        fast = (self._JIT_STEPS if cpu_jit.available() else self._CHUNKED_STEPS).get(rule)
+        if fast is None:
+            super().optimizer_step(rule, params, grads, slots, hyperparameters)
+        else:
+            fast(self, params, grads, slots, hyperparameters)
+
+    # Each fast step rounds its hyperparameters to the buffers' dtype, as NumPy does
+    # with a Python float it combines with an array, and passes them to its loop.
+    def _sgd_jit(self, params, grads, slots, h) -> None:
+        (velocity,) = slots
         scalar = params.dtype.type
         if velocity is None:
-            self._jit("sgd", [params, grads], scalar(learning_rate))
+            self._jit("sgd", [params, grads], scalar(h["learning_rate"]))
         else:
             self._jit(
                 "sgd_momentum",
                 [params, grads, velocity],
-                scalar(learning_rate),
-                scalar(momentum),
-                bool(nesterov),
+                scalar(h["learning_rate"]),
+                scalar(h["momentum"]),
+                bool(h["nesterov"]),
             )
 
-    def adam_update(
-        self, params, grads, m, v, v_max, *, learning_rate, beta_1, beta_2, epsilon, step
-    ):
-        # both bias corrections fold into one host scalar, as xp_optimizers does
-        alpha = learning_rate * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
-        if cpu_jit.available():
-            scalar = params.dtype.type
-            self._jit(
-                "adam",
-                [params, grads, m, v, self._absent(v_max, params)],
-                scalar(alpha),
-                scalar(1.0 - beta_1),
-                scalar(1.0 - beta_2),
-                scalar(epsilon),
-            )
-            return
+    def _adam_jit(self, params, grads, slots, h) -> None:
+        m, v, v_max = slots
+        scalar = params.dtype.type
+        self._jit(
+            "adam",
+            [params, grads, m, v, self._absent(v_max, params)],
+            scalar(h["alpha"]),
+            scalar(1.0 - h["beta_1"]),
+            scalar(1.0 - h["beta_2"]),
+            scalar(h["epsilon"]),
+        )
+
+    def _adam_chunked(self, params, grads, slots, h) -> None:
+        m, v, v_max = slots
         arrays = [params, grads, m, v] + ([v_max] if v_max is not None else [])
         self._chunks.run(
             cpu_chunks.adam_chunk,
             arrays,
             scratch=2,
-            args=(alpha, 1.0 - beta_1, 1.0 - beta_2, epsilon),
+            args=(h["alpha"], 1.0 - h["beta_1"], 1.0 - h["beta_2"], h["epsilon"]),
         )
 
-    def rmsprop_update(
-        self,
-        params,
-        grads,
-        velocity,
-        average_grad,
-        momentum_buffer,
-        *,
-        learning_rate,
-        rho,
-        momentum,
-        epsilon,
-    ):
-        if not cpu_jit.available():
-            return super().rmsprop_update(
-                params,
-                grads,
-                velocity,
-                average_grad,
-                momentum_buffer,
-                learning_rate=learning_rate,
-                rho=rho,
-                momentum=momentum,
-                epsilon=epsilon,
-            )
+    def _rmsprop_jit(self, params, grads, slots, h) -> None:
+        velocity, average_grad, momentum_buffer = slots
         scalar = params.dtype.type
+        rho = h["rho"]
         self._jit(
             "rmsprop",
             [
@@ -320,90 +387,60 @@ class NumpyEngine(ArrayAPIEngine):
                 self._absent(average_grad, params),
                 self._absent(momentum_buffer, params),
             ],
-            scalar(learning_rate),
+            scalar(h["learning_rate"]),
             scalar(rho),
             scalar(1.0 - rho),
-            scalar(momentum),
-            scalar(epsilon),
+            scalar(h["momentum"]),
+            scalar(h["epsilon"]),
         )
 
-    def adagrad_update(self, params, grads, accumulator, *, learning_rate, epsilon):
-        if not cpu_jit.available():
-            return super().adagrad_update(
-                params, grads, accumulator, learning_rate=learning_rate, epsilon=epsilon
-            )
+    def _adagrad_jit(self, params, grads, slots, h) -> None:
         scalar = params.dtype.type
-        self._jit("adagrad", [params, grads, accumulator], scalar(learning_rate), scalar(epsilon))
+        self._jit(
+            "adagrad",
+            [params, grads, slots[0]],
+            scalar(h["learning_rate"]),
+            scalar(h["epsilon"]),
+        )
 
-    def adamax_update(self, params, grads, m, u, *, learning_rate, beta_1, beta_2, epsilon, step):
-        if not cpu_jit.available():
-            return super().adamax_update(
-                params,
-                grads,
-                m,
-                u,
-                learning_rate=learning_rate,
-                beta_1=beta_1,
-                beta_2=beta_2,
-                epsilon=epsilon,
-                step=step,
-            )
+    def _adamax_jit(self, params, grads, slots, h) -> None:
+        m, u = slots
         scalar = params.dtype.type
         self._jit(
             "adamax",
             [params, grads, m, u],
-            scalar(learning_rate),
-            scalar(1.0 - beta_1),
-            scalar(beta_2),
-            scalar(1.0 - beta_1**step),
-            scalar(epsilon),
+            scalar(h["learning_rate"]),
+            scalar(1.0 - h["beta_1"]),
+            scalar(h["beta_2"]),
+            scalar(h["bias_correction"]),
+            scalar(h["epsilon"]),
         )
 
-    def nadam_update(
-        self,
-        params,
-        grads,
-        m,
-        v,
-        *,
-        learning_rate,
-        beta_1,
-        beta_2,
-        epsilon,
-        step,
-        mu_t,
-        mu_next,
-        mu_product,
-        mu_product_next,
-    ):
-        if not cpu_jit.available():
-            return super().nadam_update(
-                params,
-                grads,
-                m,
-                v,
-                learning_rate=learning_rate,
-                beta_1=beta_1,
-                beta_2=beta_2,
-                epsilon=epsilon,
-                step=step,
-                mu_t=mu_t,
-                mu_next=mu_next,
-                mu_product=mu_product,
-                mu_product_next=mu_product_next,
-            )
+    def _nadam_jit(self, params, grads, slots, h) -> None:
+        m, v = slots
         scalar = params.dtype.type
         self._jit(
             "nadam",
             [params, grads, m, v],
-            scalar(learning_rate),
-            scalar(1.0 - beta_1),
-            scalar(1.0 - beta_2),
-            scalar(mu_next / (1.0 - mu_product_next)),
-            scalar((1.0 - mu_t) / (1.0 - mu_product)),
-            scalar(1.0 - beta_2**step),
-            scalar(epsilon),
+            scalar(h["learning_rate"]),
+            scalar(1.0 - h["beta_1"]),
+            scalar(1.0 - h["beta_2"]),
+            scalar(h["m_weight"]),
+            scalar(h["g_weight"]),
+            scalar(h["v_correction"]),
+            scalar(h["epsilon"]),
         )
+
+    # The fast version of each rule of names.OPTIMIZER_RULES that has one.
+    _JIT_STEPS: ClassVar[dict[str, Callable[..., None]]] = {
+        "sgd": _sgd_jit,
+        "adam": _adam_jit,
+        "rmsprop": _rmsprop_jit,
+        "adagrad": _adagrad_jit,
+        "adamax": _adamax_jit,
+        "nadam": _nadam_jit,
+    }
+    _CHUNKED_STEPS: ClassVar[dict[str, Callable[..., None]]] = {"adam": _adam_chunked}
 
     def _jit(self, name: str, arrays: list[np.ndarray], *scalars: Any) -> None:
         """Run the compiled update ``name`` over ``arrays`` (flat, one length, or empty for
@@ -438,6 +475,27 @@ def _activate_in_place(name: str, Z: np.ndarray, workspace: Workspace | None) ->
         np.exp(Z, out=Z)
         row = np.sum(Z, axis=-1, keepdims=True, out=row)
         Z /= row
+
+
+def _route_to_first_matches(
+    dY: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    Y: np.ndarray,
+    grads: list[np.ndarray],
+    workspace: Workspace,
+) -> None:
+    """``grads[i] = dY`` where ``inputs[i] == Y`` and no earlier input equals ``Y``, else 0."""
+    hit = workspace.array("merge_hit", Y.shape, "bool")
+    # what is not yet routed to an input; it ends as the last input's gradient
+    remaining = grads[-1]
+    np.copyto(remaining, dY)
+    for X, grad in zip(inputs[:-1], grads[:-1]):
+        np.equal(X, Y, out=hit)
+        grad.fill(0.0)
+        np.copyto(grad, remaining, where=hit)
+        np.copyto(remaining, 0.0, where=hit)
+    np.not_equal(inputs[-1], Y, out=hit)
+    np.copyto(remaining, 0.0, where=hit)
 
 
 def _activation_gradient(

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from types import ModuleType
 
+from . import custom
 from .base import Array
 from .names import ELU_ALPHA, LEAKY_RELU_NEGATIVE_SLOPE, SELU_ALPHA, SELU_SCALE
 
@@ -199,14 +200,18 @@ def forward(xp: ModuleType, name: str, Z: Array) -> Array:
 
     Args:
         xp: the array namespace of ``Z``.
-        name: a name from ``names.ACTIVATIONS``; any other raises ``KeyError``.
+        name: a name from ``names.ACTIVATIONS`` or of a custom activation
+            (``custom.ACTIVATIONS``); any other raises ``KeyError``.
         Z: float32 or float64 array ``(N, O)`` (any shape for the elementwise
             activations); softmax runs over the last axis.
 
     Returns:
         ``Y``, same shape and dtype as ``Z``. For ``"linear"`` this is ``Z`` itself.
     """
-    return _FORWARD[name](xp, Z)
+    function = _FORWARD.get(name)
+    if function is None:
+        return custom.forward(xp, name, Z)
+    return function(xp, Z)
 
 
 def backward(xp: ModuleType, name: str, dY: Array, Z: Array, Y: Array) -> Array:
@@ -214,7 +219,8 @@ def backward(xp: ModuleType, name: str, dY: Array, Z: Array, Y: Array) -> Array:
 
     Args:
         xp: the array namespace of the arrays.
-        name: a name from ``names.ACTIVATIONS``; any other raises ``KeyError``.
+        name: a name from ``names.ACTIVATIONS`` or of a custom activation
+            (``custom.ACTIVATIONS``); any other raises ``KeyError``.
         dY: float ``(N, O)``, the gradient of the loss with respect to ``Y``.
         Z: float ``(N, O)``, the input given to ``forward``.
         Y: float ``(N, O)``, the output ``forward`` returned for ``Z``.
@@ -224,4 +230,7 @@ def backward(xp: ModuleType, name: str, dY: Array, Z: Array, Y: Array) -> Array:
         or for softmax the product of its Jacobian with ``dY``. For ``"linear"``
         this is ``dY`` itself.
     """
-    return _BACKWARD[name](xp, dY, Z, Y)
+    function = _BACKWARD.get(name)
+    if function is None:
+        return custom.backward(xp, name, dY, Z, Y)
+    return function(xp, dY, Z, Y)

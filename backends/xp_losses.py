@@ -18,8 +18,9 @@ import math
 from collections.abc import Callable
 from types import ModuleType
 
+from . import custom
 from .base import Array
-from .names import EPSILON, LOSSES
+from .names import EPSILON
 
 _EPS = EPSILON
 _LOG2 = math.log(2.0)
@@ -282,8 +283,6 @@ def _select(
 ) -> _PerSample:
     if from_logits and name in logits:
         return logits[name]
-    if name not in plain:
-        raise KeyError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}")
     return plain[name]
 
 
@@ -301,7 +300,8 @@ def loss(
 
     Args:
         xp: the array namespace of the arrays.
-        name: a canonical loss name from ``names.LOSSES``.
+        name: a canonical loss name from ``names.LOSSES``, or the name of a custom loss
+            or metric (``custom.PER_SAMPLE``), whose per-sample values are averaged alike.
         Y_pred: float ``(N, O)``, the model's output (logits when ``from_logits``).
         Y_true: float ``(N, O)`` of the dtype of ``Y_pred``; int64 labels ``(N,)`` for
             ``"sparse_categorical_crossentropy"``.
@@ -312,8 +312,10 @@ def loss(
         A 0-d float array of the dtype of ``Y_pred``.
 
     Raises:
-        KeyError: ``name`` is not a canonical loss name.
+        KeyError: ``name`` is neither a canonical loss name nor a custom one.
     """
+    if name not in _VALUES:
+        return xp.asarray(xp.mean(custom.values(xp, name, Y_pred, Y_true)))
     per_sample = _select(name, from_logits, _VALUES, _LOGIT_VALUES)
     # NumPy's mean returns a scalar, not a 0-d array; asarray makes it one (no copy elsewhere).
     return xp.asarray(xp.mean(per_sample(xp, Y_pred, _dense_targets(xp, name, Y_pred, Y_true))))
@@ -330,7 +332,8 @@ def backprop_loss(
 
     Args:
         xp: the array namespace of the arrays.
-        name: a canonical loss name from ``names.LOSSES``.
+        name: a canonical loss name from ``names.LOSSES`` or of a custom loss
+            (``custom.PER_SAMPLE``).
         Y_pred: float ``(N, O)``.
         Y_true: float ``(N, O)``, or int64 ``(N,)`` for ``"sparse_categorical_crossentropy"``.
         from_logits: as in ``loss``.
@@ -339,8 +342,10 @@ def backprop_loss(
         float ``(N, O)`` of the dtype of ``Y_pred``.
 
     Raises:
-        KeyError: ``name`` is not a canonical loss name.
+        KeyError: ``name`` is neither a canonical loss name nor a custom loss.
     """
+    if name not in _GRADIENTS:
+        return custom.gradient(xp, name, Y_pred, Y_true) * (1.0 / Y_pred.shape[0])
     gradient = _select(name, from_logits, _GRADIENTS, _LOGIT_GRADIENTS)
     dense = _dense_targets(xp, name, Y_pred, Y_true)
     return gradient(xp, Y_pred, dense) * (1.0 / Y_pred.shape[0])

@@ -1,234 +1,181 @@
-"""Optimizer updates written once against an array API namespace ``xp``.
+"""The optimizer update rules, written once against an array API namespace ``xp``.
 
-Every function updates flat float buffers of shape ``(P,)`` in place: the
-parameters, and the optimizer's state slots. Layers hold views into the
-parameter buffer, so a buffer is never rebound, only written through
-(``params -= ...``, ``m[...] = ...``). Step-dependent factors (bias corrections,
-Nadam's momentum schedule) arrive as Python floats computed on the host, so the
-engine does no scalar work. The rules are Keras 3's, documented on the matching
-methods of ``base.Engine``.
+These are the reference of ``Engine.optimizer_step``: ``STEPS`` maps each name of
+``names.OPTIMIZER_RULES`` to a function ``step(xp, params, grads, slots, h)`` that
+updates flat float buffers of shape ``(P,)`` in place: the parameters, and the
+optimizer's state slots (``None`` for an optional slot not in use). Layers hold views
+into the parameter buffer, so a buffer is never rebound, only written through
+(``params -= ...``, ``m[...] = ...``). The hyperparameters ``h`` are Python floats
+computed on the host by the optimizer, step-dependent factors (bias corrections,
+Nadam's momentum schedule) included, so the engine does no scalar work. The rules
+are Keras 3's; each function's docstring names its slots, in order, and its
+hyperparameters.
+
+The fast versions (``cpu_jit``, ``cpu_chunks``, ``kernels/optimizers.py``) repeat the
+operation order written here, so that they round the same way.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Array = Any
+Step = Callable[[Any, Array, Array, Sequence[Array], Mapping[str, float]], None]
 
 
-def sgd_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    velocity: Array | None,
-    *,
-    learning_rate: float,
-    momentum: float,
-    nesterov: bool,
+def sgd(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """Stochastic gradient descent, with momentum and Nesterov momentum.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        velocity: float ``(P,)`` updated in place, or ``None`` when ``momentum``
-            is 0 (then ``params -= learning_rate * grads``).
-        learning_rate: step size.
-        momentum: velocity decay in ``[0, 1]``.
-        nesterov: apply the velocity's look-ahead ``momentum * velocity`` too.
+    Slots: ``velocity``, or ``None`` when the momentum is 0 (then
+    ``w -= learning_rate * g``). Hyperparameters: ``learning_rate``; ``momentum``,
+    the velocity's decay in ``[0, 1]``; ``nesterov``, true to apply the velocity's
+    look-ahead ``momentum * velocity`` too.
+
+    ``velocity = momentum * velocity - learning_rate * g``; ``w += velocity``, or
+    with Nesterov ``w += momentum * velocity - learning_rate * g``.
     """
+    (velocity,) = slots
+    learning_rate = h["learning_rate"]
     if velocity is None:
         params -= learning_rate * grads
         return
+    momentum = h["momentum"]
     velocity *= momentum
     velocity -= learning_rate * grads
-    if nesterov:
+    if h["nesterov"]:
         params += momentum * velocity - learning_rate * grads
     else:
         params += velocity
 
 
-def adam_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    m: Array,
-    v: Array,
-    v_max: Array | None,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
+def adam(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """Adam, or AMSGrad when ``v_max`` is given.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        m: float ``(P,)``, first-moment estimate, updated in place.
-        v: float ``(P,)``, second-moment estimate, updated in place.
-        v_max: float ``(P,)``, running maximum of ``v`` (AMSGrad), updated in
-            place, or ``None`` for plain Adam.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``v``.
-        epsilon: added to ``sqrt(v)`` ("epsilon hat" of Kingma and Ba).
-        step: the number of this step, counting from 1.
+    Slots: ``m``, the first-moment estimate; ``v``, the second-moment estimate;
+    ``v_max``, the running maximum of ``v`` (AMSGrad), or ``None`` for plain Adam.
+    Hyperparameters: ``alpha``, the step size with both bias corrections,
+    ``learning_rate * sqrt(1 - beta_2**t) / (1 - beta_1**t)`` at step ``t`` (as
+    Keras folds them); ``beta_1`` and ``beta_2``, the decay rates of ``m`` and ``v``;
+    ``epsilon``, added to ``sqrt(v)`` ("epsilon hat" of Kingma and Ba).
+
+    ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``; AMSGrad:
+    ``v_max = max(v_max, v)`` in place of ``v``; ``w -= alpha * m / (sqrt(v) + epsilon)``.
     """
-    # Both bias corrections fold into one host scalar, as Keras does.
-    alpha = learning_rate * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
-    m += (grads - m) * (1.0 - beta_1)
-    v += (grads * grads - v) * (1.0 - beta_2)
+    m, v, v_max = slots
+    m += (grads - m) * (1.0 - h["beta_1"])
+    v += (grads * grads - v) * (1.0 - h["beta_2"])
     if v_max is not None:
         v_max[...] = xp.maximum(v_max, v)
         v = v_max
-    params -= (m * alpha) / (xp.sqrt(v) + epsilon)
+    params -= (m * h["alpha"]) / (xp.sqrt(v) + h["epsilon"])
 
 
-def rmsprop_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    velocity: Array,
-    average_grad: Array | None,
-    momentum_buffer: Array | None,
-    *,
-    learning_rate: float,
-    rho: float,
-    momentum: float,
-    epsilon: float,
+def rmsprop(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """RMSprop, optionally centered and with (plain) momentum.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        velocity: float ``(P,)``, moving average of ``grads**2``, updated in place.
-        average_grad: float ``(P,)``, moving average of ``grads`` (centered
-            RMSprop), updated in place, or ``None``.
-        momentum_buffer: float ``(P,)`` updated in place, or ``None`` when
-            ``momentum`` is 0.
-        learning_rate: step size.
-        rho: decay rate of the moving averages.
-        momentum: decay rate of ``momentum_buffer``.
-        epsilon: added under the square root.
+    Slots: ``velocity``, the moving average of ``g**2``; ``average_grad``, the moving
+    average of ``g`` (centered RMSprop), or ``None``; ``momentum_buffer``, or ``None``
+    when the momentum is 0. Hyperparameters: ``learning_rate``; ``rho``, the decay
+    rate of the moving averages; ``momentum``, the decay rate of ``momentum_buffer``;
+    ``epsilon``, added under the square root.
+
+    ``velocity = rho * velocity + (1 - rho) * g**2``; centered:
+    ``average_grad = rho * average_grad + (1 - rho) * g`` and
+    ``denominator = velocity - average_grad**2 + epsilon``, else ``velocity + epsilon``;
+    ``increment = learning_rate * g / sqrt(denominator)``; with momentum
+    ``buffer = momentum * buffer + increment; w -= buffer``, else ``w -= increment``.
     """
+    velocity, average_grad, momentum_buffer = slots
+    rho = h["rho"]
     velocity *= rho
     velocity += (1.0 - rho) * (grads * grads)
     if average_grad is not None:
         average_grad *= rho
         average_grad += (1.0 - rho) * grads
-        denominator = velocity - average_grad * average_grad + epsilon
+        denominator = velocity - average_grad * average_grad + h["epsilon"]
     else:
-        denominator = velocity + epsilon
-    increment = (learning_rate * grads) / xp.sqrt(denominator)
+        denominator = velocity + h["epsilon"]
+    increment = (h["learning_rate"] * grads) / xp.sqrt(denominator)
     if momentum_buffer is not None:
-        momentum_buffer *= momentum
+        momentum_buffer *= h["momentum"]
         momentum_buffer += increment
         params -= momentum_buffer
     else:
         params -= increment
 
 
-def adagrad_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    accumulator: Array,
-    *,
-    learning_rate: float,
-    epsilon: float,
+def adagrad(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """Adagrad.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        accumulator: float ``(P,)``, sum of ``grads**2`` so far plus its initial
-            value, updated in place.
-        learning_rate: step size.
-        epsilon: added under the square root.
+    Slots: ``accumulator``, the sum of ``g**2`` so far plus its initial value.
+    Hyperparameters: ``learning_rate``; ``epsilon``, added under the square root.
+
+    ``accumulator += g**2``; ``w -= learning_rate * g / sqrt(accumulator + epsilon)``.
     """
+    (accumulator,) = slots
     accumulator += grads * grads
-    params -= (learning_rate * grads) / xp.sqrt(accumulator + epsilon)
+    params -= (h["learning_rate"] * grads) / xp.sqrt(accumulator + h["epsilon"])
 
 
-def adamax_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    m: Array,
-    u: Array,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
+def adamax(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """Adamax, Adam with the infinity norm.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        m: float ``(P,)``, first-moment estimate, updated in place.
-        u: float ``(P,)``, exponentially weighted infinity norm, updated in place.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``u``.
-        epsilon: added to ``u``.
-        step: the number of this step, counting from 1.
+    Slots: ``m``, the first-moment estimate; ``u``, the exponentially weighted
+    infinity norm. Hyperparameters: ``learning_rate``; ``beta_1`` and ``beta_2``, the
+    decay rates of ``m`` and ``u``; ``epsilon``, added to ``u``; ``bias_correction``,
+    ``1 - beta_1**t`` at step ``t``.
+
+    ``m += (g - m) * (1 - beta_1)``; ``u = max(beta_2 * u, |g|)``;
+    ``w -= learning_rate * m / (bias_correction * (u + epsilon))``.
     """
-    m += (grads - m) * (1.0 - beta_1)
-    u[...] = xp.maximum(beta_2 * u, xp.abs(grads))
-    params -= (learning_rate * m) / ((1.0 - beta_1**step) * (u + epsilon))
+    m, u = slots
+    m += (grads - m) * (1.0 - h["beta_1"])
+    u[...] = xp.maximum(h["beta_2"] * u, xp.abs(grads))
+    params -= (h["learning_rate"] * m) / (h["bias_correction"] * (u + h["epsilon"]))
 
 
-def nadam_update(
-    xp: Any,
-    params: Array,
-    grads: Array,
-    m: Array,
-    v: Array,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
-    mu_t: float,
-    mu_next: float,
-    mu_product: float,
-    mu_product_next: float,
+def nadam(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
 ) -> None:
     """Nadam, Adam with Nesterov momentum on Keras's momentum schedule.
 
-    Args:
-        xp: the array namespace of the buffers.
-        params: float ``(P,)``, updated in place.
-        grads: float ``(P,)``.
-        m: float ``(P,)``, first-moment estimate, updated in place.
-        v: float ``(P,)``, second-moment estimate, updated in place.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``v``.
-        epsilon: added to ``sqrt(v_hat)``.
-        step: the number of this step, counting from 1.
-        mu_t: the momentum of this step.
-        mu_next: the momentum of the next step.
-        mu_product: the product of the momenta of steps 1 to ``step``.
-        mu_product_next: ``mu_product * mu_next``.
+    Slots: ``m``, the first-moment estimate; ``v``, the second-moment estimate.
+    Hyperparameters: ``learning_rate``; ``beta_1`` and ``beta_2``, the decay rates of
+    ``m`` and ``v``; ``epsilon``, added to ``sqrt(v_hat)``; and the step's schedule:
+    ``m_weight = mu_next / (1 - mu_product * mu_next)``,
+    ``g_weight = (1 - mu_t) / (1 - mu_product)`` and ``v_correction = 1 - beta_2**t``,
+    where ``mu_t`` and ``mu_next`` are the momenta of steps ``t`` and ``t + 1`` and
+    ``mu_product`` the product of the momenta of steps 1 to ``t``.
+
+    ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
+    ``m_hat = m_weight * m + g_weight * g``; ``v_hat = v / v_correction``;
+    ``w -= learning_rate * m_hat / (sqrt(v_hat) + epsilon)``.
     """
-    m += (grads - m) * (1.0 - beta_1)
-    v += (grads * grads - v) * (1.0 - beta_2)
-    m_hat = (mu_next / (1.0 - mu_product_next)) * m + ((1.0 - mu_t) / (1.0 - mu_product)) * grads
-    v_hat = v / (1.0 - beta_2**step)
-    params -= (learning_rate * m_hat) / (xp.sqrt(v_hat) + epsilon)
+    m, v = slots
+    m += (grads - m) * (1.0 - h["beta_1"])
+    v += (grads * grads - v) * (1.0 - h["beta_2"])
+    m_hat = h["m_weight"] * m + h["g_weight"] * grads
+    v_hat = v / h["v_correction"]
+    params -= (h["learning_rate"] * m_hat) / (xp.sqrt(v_hat) + h["epsilon"])
+
+
+#: The reference step of every rule of ``names.OPTIMIZER_RULES``.
+STEPS: dict[str, Step] = {
+    "sgd": sgd,
+    "adam": adam,
+    "rmsprop": rmsprop,
+    "adagrad": adagrad,
+    "adamax": adamax,
+    "nadam": nadam,
+}

@@ -17,6 +17,13 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from dlcore.backends.names import (
+    ACTIVATIONS,
+    ELU_ALPHA,
+    LEAKY_RELU_NEGATIVE_SLOPE,
+    SELU_ALPHA,
+    SELU_SCALE,
+)
 from numba import cuda
 
 from .common import (
@@ -28,27 +35,8 @@ from .common import (
     scalar,
 )
 
-# Keras's constants, as in backends/names.py (kernels import numba only).
-LEAKY_RELU_NEGATIVE_SLOPE = 0.2
-ELU_ALPHA = 1.0
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-
-ELEMENTWISE = (
-    "linear",
-    "relu",
-    "sigmoid",
-    "tanh",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "swish",
-    "softplus",
-    "softsign",
-    "gelu",
-    "hard_sigmoid",
-    "exponential",
-)
+# Every activation but softmax, which is row-wise (softmax.py).
+ELEMENTWISE: tuple[str, ...] = tuple(name for name in ACTIVATIONS if name != "softmax")
 
 
 @functools.cache

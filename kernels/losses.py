@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from dlcore.backends.names import CROSSENTROPIES, EPSILON, LOSSES
 from numba import cuda, types
 
 from . import reductions
@@ -45,32 +46,6 @@ from .common import (
     scalar,
 )
 from .rows import first_max, group_reductions, row_grid
-
-EPSILON = 1e-7  # Keras's backend epsilon, as backends/names.py: the clipping bound of the losses
-
-LOSSES = (
-    "mean_squared_error",
-    "mean_absolute_error",
-    "mean_absolute_percentage_error",
-    "mean_squared_logarithmic_error",
-    "squared_hinge",
-    "hinge",
-    "categorical_hinge",
-    "log_cosh",
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "binary_crossentropy",
-    "kl_divergence",
-    "poisson",
-    "cosine_similarity",
-)
-
-# The losses that accept logits (``from_logits=True``); the others ignore the flag, as Keras.
-CROSSENTROPIES = (
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "binary_crossentropy",
-)
 
 _HINGES = ("hinge", "squared_hinge")
 

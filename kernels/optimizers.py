@@ -7,10 +7,13 @@ that fixes their rounding, are those of ``backends/xp_optimizers.py``: the
 kernels evaluate the same expressions in the same order, so on the simulator
 they agree with the NumPy engine to the last bit.
 
-Whatever depends on the step (bias corrections, Nadam's momentum schedule) is
-folded on the host into one scalar per factor the reference multiplies or
-divides by, converted to the buffers' dtype, exactly as NumPy converts a Python
-float it combines with an array of that dtype. An optional buffer that is
+A launcher takes the arguments of ``Engine.optimizer_step`` after the rule's
+name: ``(params, grads, slots, hyperparameters)``; ``LAUNCHERS`` maps each rule
+to its launcher, for the numba engine. Whatever depends on the step (bias
+corrections, Nadam's momentum schedule) arrives computed on the host by the
+optimizer, one scalar per factor the reference multiplies or divides by; the
+launcher converts each to the buffers' dtype, exactly as NumPy converts a Python
+float it combines with an array of that dtype. An optional slot that is
 ``None`` selects a kernel variant without it; no dummy arrays are passed.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from numba import cuda
@@ -72,32 +75,23 @@ def _sgd_momentum_kernel(nesterov: bool) -> Any:
     return sgd_momentum_kernel
 
 
-def sgd_update(
-    params: Any,
-    grads: Any,
-    velocity: Any | None,
-    *,
-    learning_rate: float,
-    momentum: float,
-    nesterov: bool,
-) -> None:
-    """SGD, with momentum when ``velocity`` is given (Nesterov if ``nesterov``).
+def sgd(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """SGD, with momentum when the ``velocity`` slot is given (Nesterov if ``nesterov``).
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        velocity: ``(P,)`` updated in place, or ``None`` when ``momentum`` is 0.
-        learning_rate: step size.
-        momentum: velocity decay.
-        nesterov: apply the look-ahead ``momentum * velocity`` too.
+        slots: ``(velocity,)``, ``(P,)`` updated in place, or ``None`` without momentum.
+        h: ``learning_rate``, ``momentum``, ``nesterov``.
     """
+    (velocity,) = slots
     f = scalar(params.dtype)
     grid = grid_for(params.size)
     if velocity is None:
-        _sgd_kernel()[grid](params, grads, f(learning_rate))
+        _sgd_kernel()[grid](params, grads, f(h["learning_rate"]))
     else:
-        kernel = _sgd_momentum_kernel(bool(nesterov))
-        kernel[grid](params, grads, velocity, f(learning_rate), f(momentum))
+        kernel = _sgd_momentum_kernel(bool(h["nesterov"]))
+        kernel[grid](params, grads, velocity, f(h["learning_rate"]), f(h["momentum"]))
 
 
 # ---------------------------------------------------------------------- Adam
@@ -141,36 +135,19 @@ def _amsgrad_kernel() -> Any:
     return amsgrad_kernel
 
 
-def adam_update(
-    params: Any,
-    grads: Any,
-    m: Any,
-    v: Any,
-    v_max: Any | None,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
-) -> None:
-    """Adam, or AMSGrad when ``v_max`` is given.
+def adam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """Adam, or AMSGrad when the ``v_max`` slot is given.
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        m: ``(P,)`` first-moment estimate, updated in place.
-        v: ``(P,)`` second-moment estimate, updated in place.
-        v_max: ``(P,)`` running maximum of ``v``, updated in place, or ``None``.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``v``.
-        epsilon: added to ``sqrt(v)``.
-        step: the number of this step, counting from 1.
+        slots: ``(m, v, v_max)``, each ``(P,)`` updated in place; ``v_max`` may be ``None``.
+        h: ``alpha`` (the step size with both bias corrections), ``beta_1``, ``beta_2``,
+            ``epsilon``.
     """
+    m, v, v_max = slots
     f = scalar(params.dtype)
-    alpha = learning_rate * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
-    constants = f(alpha), f(1.0 - beta_1), f(1.0 - beta_2), f(epsilon)
+    constants = f(h["alpha"]), f(1.0 - h["beta_1"]), f(1.0 - h["beta_2"]), f(h["epsilon"])
     grid = grid_for(params.size)
     if v_max is None:
         _adam_kernel()[grid](params, grads, m, v, *constants)
@@ -296,34 +273,21 @@ def _rmsprop_centered_momentum_kernel() -> Any:
     return rmsprop_centered_momentum_kernel
 
 
-def rmsprop_update(
-    params: Any,
-    grads: Any,
-    velocity: Any,
-    average_grad: Any | None,
-    momentum_buffer: Any | None,
-    *,
-    learning_rate: float,
-    rho: float,
-    momentum: float,
-    epsilon: float,
-) -> None:
-    """RMSprop, centered when ``average_grad`` is given, with momentum when
-    ``momentum_buffer`` is given.
+def rmsprop(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """RMSprop, centered when the ``average_grad`` slot is given, with momentum when the
+    ``momentum_buffer`` slot is given.
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        velocity: ``(P,)`` moving average of ``grads**2``, updated in place.
-        average_grad: ``(P,)`` moving average of ``grads``, updated in place, or ``None``.
-        momentum_buffer: ``(P,)`` updated in place, or ``None`` when ``momentum`` is 0.
-        learning_rate: step size.
-        rho: decay rate of the moving averages.
-        momentum: decay rate of ``momentum_buffer``.
-        epsilon: added under the square root.
+        slots: ``(velocity, average_grad, momentum_buffer)``, each ``(P,)`` updated in
+            place; the last two may be ``None``.
+        h: ``learning_rate``, ``rho``, ``momentum``, ``epsilon``.
     """
+    velocity, average_grad, momentum_buffer = slots
     f = scalar(params.dtype)
-    lr, rho_, one_minus_rho, eps = f(learning_rate), f(rho), f(1.0 - rho), f(epsilon)
+    rho = h["rho"]
+    lr, rho_, one_minus_rho, eps = f(h["learning_rate"]), f(rho), f(1.0 - rho), f(h["epsilon"])
     grid = grid_for(params.size)
     if average_grad is None and momentum_buffer is None:
         _rmsprop_kernel()[grid](params, grads, velocity, lr, rho_, one_minus_rho, eps)
@@ -333,7 +297,15 @@ def rmsprop_update(
         )
     elif average_grad is None:
         _rmsprop_momentum_kernel()[grid](
-            params, grads, velocity, momentum_buffer, lr, rho_, one_minus_rho, f(momentum), eps
+            params,
+            grads,
+            velocity,
+            momentum_buffer,
+            lr,
+            rho_,
+            one_minus_rho,
+            f(h["momentum"]),
+            eps,
         )
     else:
         _rmsprop_centered_momentum_kernel()[grid](
@@ -345,7 +317,7 @@ def rmsprop_update(
             lr,
             rho_,
             one_minus_rho,
-            f(momentum),
+            f(h["momentum"]),
             eps,
         )
 
@@ -365,21 +337,19 @@ def _adagrad_kernel() -> Any:
     return adagrad_kernel
 
 
-def adagrad_update(
-    params: Any, grads: Any, accumulator: Any, *, learning_rate: float, epsilon: float
-) -> None:
+def adagrad(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
     """Adagrad.
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        accumulator: ``(P,)`` sum of ``grads**2`` so far, updated in place.
-        learning_rate: step size.
-        epsilon: added under the square root.
+        slots: ``(accumulator,)``, ``(P,)`` updated in place.
+        h: ``learning_rate``, ``epsilon``.
     """
+    (accumulator,) = slots
     f = scalar(params.dtype)
     _adagrad_kernel()[grid_for(params.size)](
-        params, grads, accumulator, f(learning_rate), f(epsilon)
+        params, grads, accumulator, f(h["learning_rate"]), f(h["epsilon"])
     )
 
 
@@ -403,42 +373,27 @@ def _adamax_kernel() -> Any:
     return adamax_kernel
 
 
-def adamax_update(
-    params: Any,
-    grads: Any,
-    m: Any,
-    u: Any,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
-) -> None:
+def adamax(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
     """Adamax, Adam with the infinity norm.
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        m: ``(P,)`` first-moment estimate, updated in place.
-        u: ``(P,)`` exponentially weighted infinity norm, updated in place.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``u``.
-        epsilon: added to ``u``.
-        step: the number of this step, counting from 1.
+        slots: ``(m, u)``, each ``(P,)`` updated in place.
+        h: ``learning_rate``, ``beta_1``, ``beta_2``, ``epsilon``, ``bias_correction``.
     """
+    m, u = slots
     f = scalar(params.dtype)
     _adamax_kernel()[grid_for(params.size)](
         params,
         grads,
         m,
         u,
-        f(learning_rate),
-        f(1.0 - beta_1),
-        f(beta_2),
-        f(1.0 - beta_1**step),
-        f(epsilon),
+        f(h["learning_rate"]),
+        f(1.0 - h["beta_1"]),
+        f(h["beta_2"]),
+        f(h["bias_correction"]),
+        f(h["epsilon"]),
     )
 
 
@@ -475,53 +430,42 @@ def _nadam_kernel() -> Any:
     return nadam_kernel
 
 
-def nadam_update(
-    params: Any,
-    grads: Any,
-    m: Any,
-    v: Any,
-    *,
-    learning_rate: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-    step: int,
-    mu_t: float,
-    mu_next: float,
-    mu_product: float,
-    mu_product_next: float,
-) -> None:
+def nadam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
     """Nadam with Keras's momentum schedule.
 
     Args:
         params: float32 or float64 device array ``(P,)``, updated in place.
         grads: ``(P,)``, dtype of ``params``.
-        m: ``(P,)`` first-moment estimate, updated in place.
-        v: ``(P,)`` second-moment estimate, updated in place.
-        learning_rate: step size.
-        beta_1: decay rate of ``m``.
-        beta_2: decay rate of ``v``.
-        epsilon: added to ``sqrt(v_hat)``.
-        step: the number of this step, counting from 1.
-        mu_t: the momentum of this step.
-        mu_next: the momentum of the next step.
-        mu_product: the product of the momenta of steps 1 to ``step``.
-        mu_product_next: ``mu_product * mu_next``.
+        slots: ``(m, v)``, each ``(P,)`` updated in place.
+        h: ``learning_rate``, ``beta_1``, ``beta_2``, ``epsilon`` and the step's
+            schedule ``m_weight``, ``g_weight``, ``v_correction``.
     """
+    m, v = slots
     f = scalar(params.dtype)
     _nadam_kernel()[grid_for(params.size)](
         params,
         grads,
         m,
         v,
-        f(learning_rate),
-        f(1.0 - beta_1),
-        f(1.0 - beta_2),
-        f(mu_next / (1.0 - mu_product_next)),
-        f((1.0 - mu_t) / (1.0 - mu_product)),
-        f(1.0 - beta_2**step),
-        f(epsilon),
+        f(h["learning_rate"]),
+        f(1.0 - h["beta_1"]),
+        f(1.0 - h["beta_2"]),
+        f(h["m_weight"]),
+        f(h["g_weight"]),
+        f(h["v_correction"]),
+        f(h["epsilon"]),
     )
+
+
+#: The launcher of each update rule (the names of ``dlcore.backends.names.OPTIMIZER_RULES``).
+LAUNCHERS: dict[str, Callable[[Any, Any, Sequence[Any | None], Mapping[str, float]], None]] = {
+    "sgd": sgd,
+    "adam": adam,
+    "rmsprop": rmsprop,
+    "adagrad": adagrad,
+    "adamax": adamax,
+    "nadam": nadam,
+}
 
 
 def ptx_variants() -> Iterator[PtxVariant]:

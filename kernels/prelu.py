@@ -4,6 +4,7 @@ The forward pass is elementwise over the flat array. The backward pass writes
 ``dX`` and sums ``alpha``'s gradient over the rows in the same kernel, in the
 coalesced, deterministic column layout of ``dense_backward.py`` (a block is 32
 columns by 8 rows of threads; a second pass adds the block rows' partials).
+Without ``dalpha`` (a frozen layer) the backward pass is elementwise, as the forward.
 """
 
 from __future__ import annotations
@@ -62,6 +63,24 @@ def _backward_kernel(dtype: Any) -> Any:
     return prelu_backward_kernel
 
 
+@functools.cache
+def _input_gradient_kernel(dtype: Any) -> Any:
+    zero = scalar(dtype)(0.0)
+
+    @cuda.jit
+    def prelu_input_gradient_kernel(dY, X, alpha, dX):
+        """dX = where(X > 0, dY, alpha * dY) over (N, O), flat and coalesced (no dalpha)."""
+        N, O = X.shape
+        start = cuda.grid(1)
+        for k in range(start, N * O, cuda.gridsize(1)):
+            i = k // O
+            j = k - i * O
+            dy = dY[i, j]
+            dX[i, j] = dy if X[i, j] > zero else alpha[j] * dy
+
+    return prelu_input_gradient_kernel
+
+
 def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
     """Write ``Y = where(X > 0, X, alpha * X)``, ``alpha`` broadcast along the rows.
 
@@ -73,16 +92,22 @@ def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
     _forward_kernel(X.dtype)[grid_for(X.size)](X, alpha, Y)
 
 
-def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any) -> None:
+def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> None:
     """Write ``dX = where(X > 0, dY, alpha * dY)`` and ``dalpha = sum(where(X > 0, 0, dY * X))``.
+
+    Without ``dalpha`` (a frozen layer) one elementwise kernel writes ``dX`` alone.
 
     Args:
         dY: float32 or float64 device array ``(N, O)``, the gradient of the output.
         X: the forward pass's input, shape and dtype of ``dY``.
         alpha: device array ``(O,)`` of that dtype.
         dX: device array of the shape and dtype of ``X`` (may be ``dY`` itself).
-        dalpha: device array ``(O,)`` of that dtype; receives the column sums over the rows.
+        dalpha: device array ``(O,)`` of that dtype, receives the column sums over the
+            rows; or None.
     """
+    if dalpha is None:
+        _input_gradient_kernel(X.dtype)[grid_for(X.size)](dY, X, alpha, dX)
+        return
     launch_with_column_sums(_backward_kernel(X.dtype), (dY, X, alpha, dX), X.shape, dalpha)
 
 
@@ -96,4 +121,9 @@ def ptx_variants() -> Iterator[PtxVariant]:
             f"prelu_backward[{short}]",
             _backward_kernel(dtype),
             (rows, rows, vector, rows, rows),
+        )
+        yield (
+            f"prelu_input_gradient[{short}]",
+            _input_gradient_kernel(dtype),
+            (rows, rows, vector, rows),
         )

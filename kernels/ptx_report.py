@@ -40,6 +40,7 @@ KERNEL_MODULES = (
     "softmax",
     "dense_backward",
     "prelu",
+    "merges",
     "losses",
     "reductions",
     "optimizers",

@@ -21,7 +21,7 @@ PEAK_FLOPS = {"float32": 66.9e12, "float64": 33.5e12}  # CUDA cores, fused multi
 # not the GPU, is the bottleneck.
 LAUNCH_SECONDS = 5e-6
 
-# The benchmark cases of bench/ (issue 4): layer widths and batch size.
+# The benchmark cases of bench/: layer widths and batch size.
 CASES = {
     "tiny": ((784, 50, 50, 10), 32),
     "small": ((784, 256, 256, 10), 128),

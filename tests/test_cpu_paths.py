@@ -7,8 +7,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from dlcore.backends import cpu_chunks, cpu_jit
+from dlcore.backends import cpu_chunks, cpu_jit, xp_optimizers
 from dlcore.backends.base import Workspace
+from dlcore.backends.names import OPTIMIZER_RULES
+from dlcore.backends.numpy_engine import NumpyEngine
 from test_optimizers import CASE_IDS, CASES, _problem
 
 import dlcore
@@ -80,6 +82,35 @@ def test_chunked_adam_over_several_threads_matches_the_generic_code(
     for g in grads:
         optimizer.apply(strict, params, strict.asarray(g, dtype="float64"))
     np.testing.assert_array_equal(chunked, strict.to_numpy(params))
+
+
+def test_fast_steps_are_for_known_rules():
+    assert set(NumpyEngine._JIT_STEPS) <= set(OPTIMIZER_RULES)
+    assert set(NumpyEngine._CHUNKED_STEPS) <= set(OPTIMIZER_RULES)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["with-numba", "without-numba"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_a_rule_without_a_fast_step_runs_the_generic_one(monkeypatch, case, jit):
+    _, cls, _, hyper = case
+    monkeypatch.setattr(cpu_jit, "available", lambda: jit)
+    monkeypatch.delitem(NumpyEngine._JIT_STEPS, cls.rule, raising=False)
+    monkeypatch.delitem(NumpyEngine._CHUNKED_STEPS, cls.rule, raising=False)
+    calls = []
+    generic = xp_optimizers.STEPS[cls.rule]
+    monkeypatch.setitem(
+        xp_optimizers.STEPS, cls.rule, lambda *args: calls.append(1) or generic(*args)
+    )
+    w0, grads = _problem()
+    numpy_result = _steps(cls(**hyper), w0, grads, "float32")
+    assert len(calls) == len(grads)
+    strict = backends.get("array_api_strict")
+    params = strict.asarray(w0.copy(), dtype="float32")
+    optimizer = cls(**hyper)
+    optimizer.build(strict, w0.size, "float32")
+    for g in grads:
+        optimizer.apply(strict, params, strict.asarray(g, dtype="float32"))
+    np.testing.assert_array_equal(numpy_result, strict.to_numpy(params))
 
 
 def test_workspace_reuses_one_array_per_name_shape_and_dtype():

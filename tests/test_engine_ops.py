@@ -6,7 +6,8 @@ import inspect
 
 import numpy as np
 import pytest
-from dlcore.backends.base import Engine
+from dlcore.backends import xp_activations
+from dlcore.backends.base import Engine, Workspace
 
 from dlcore import backends
 
@@ -168,15 +169,27 @@ def test_split_views_share_memory_with_the_flat_buffer(engine):
     engine.assign(a, engine.asarray(np.arange(6.0).reshape(2, 3), dtype="float64"))
     engine.assign(b, engine.asarray(np.full(4, 7.0), dtype="float64"))
     np.testing.assert_array_equal(engine.to_numpy(flat), [0, 1, 2, 3, 4, 5, 7, 7, 7, 7])
-    engine.sgd_update(
-        flat,
-        engine.asarray(np.ones(10), dtype="float64"),
-        None,
-        learning_rate=1.0,
-        momentum=0.0,
-        nesterov=False,
+    plain_sgd = {"learning_rate": 1.0, "momentum": 0.0, "nesterov": False}
+    engine.optimizer_step(
+        "sgd", flat, engine.asarray(np.ones(10), dtype="float64"), [None], plain_sgd
     )
     np.testing.assert_array_equal(engine.to_numpy(a), np.arange(6.0).reshape(2, 3) - 1)
+
+
+def test_optimizer_step_on_row_slices_writes_through_to_the_flat_buffers(engine):
+    """An optimizer updates some layers' range of its flat buffers through slice_rows."""
+    params = engine.asarray(np.arange(10.0), dtype="float64")
+    velocity = engine.asarray(np.full(10, 0.5), dtype="float64")
+    grads = engine.asarray(np.full(10, 2.0), dtype="float64")
+    hyper = {"learning_rate": 0.25, "momentum": 0.5, "nesterov": False}
+    views = [engine.slice_rows(array, 3, 7) for array in (params, grads, velocity)]
+    engine.optimizer_step("sgd", views[0], views[1], [views[2]], hyper)
+    expected_velocity = np.where((np.arange(10) >= 3) & (np.arange(10) < 7), 0.5 * 0.5 - 0.5, 0.5)
+    np.testing.assert_array_equal(engine.to_numpy(velocity), expected_velocity)
+    np.testing.assert_array_equal(
+        engine.to_numpy(params), np.arange(10.0) + np.where(expected_velocity < 0, -0.25, 0.0)
+    )
+    np.testing.assert_array_equal(engine.to_numpy(grads), np.full(10, 2.0))
 
 
 def test_take_rows_and_scalars_to_numpy(engine):
@@ -214,3 +227,50 @@ def test_count_correct_kinds(engine):
     assert float(engine.to_numpy(sparse)) == 2
     binary = engine.count_correct("binary", f(P), f(onehot))
     assert float(engine.to_numpy(binary)) == float(np.sum((P > 0.5) == (onehot > 0.5)))
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "softmax", "gelu"])
+@pytest.mark.parametrize("with_workspace", [False, True], ids=["new", "workspace"])
+def test_dense_backward_of_a_frozen_layer_computes_dX_alone(
+    engine, rng, activation, with_workspace
+):
+    N, I, O = 5, 4, 3
+    X, W, b = rng.standard_normal((N, I)), rng.standard_normal((I, O)), rng.standard_normal(O)
+    upstream = rng.standard_normal((N, O))
+    to = lambda a: engine.asarray(a, dtype="float64")  # noqa: E731
+    workspace = Workspace(engine) if with_workspace else None
+    Z, Y = engine.dense_forward(to(X), to(W), to(b), activation)
+    # float64 reference: dZ = act'(Z) * dY, softmax's Jacobian product, dX = dZ @ W.T
+    Z64 = X @ W + b
+    Y64 = xp_activations.forward(np, activation, Z64)
+    expected = xp_activations.backward(np, activation, upstream, Z64, Y64) @ W.T
+    # dY is given afresh each call: with a workspace the engine may overwrite it
+    frozen = engine.to_numpy(
+        engine.dense_backward(
+            to(upstream), to(X), to(W), Z, Y, activation, dW=None, db=None, workspace=workspace
+        )
+    )
+    np.testing.assert_allclose(frozen, expected, rtol=1e-12, atol=1e-12)
+    dW, db = engine.zeros((I, O), dtype="float64"), engine.zeros((O,), dtype="float64")
+    trained = engine.dense_backward(
+        to(upstream), to(X), to(W), Z, Y, activation, dW=dW, db=db, workspace=workspace
+    )
+    np.testing.assert_array_equal(frozen, engine.to_numpy(trained))
+    nothing = engine.dense_backward(
+        to(upstream), to(X), to(W), Z, Y, activation, dW=None, db=None, need_dX=False
+    )
+    assert nothing is None
+
+
+def test_backprop_prelu_of_a_frozen_layer_computes_dX_alone(engine, rng):
+    X = rng.standard_normal((5, 17))
+    X[0, 0] = 0.0  # X > 0 is the test: zero takes the alpha branch
+    alpha = rng.uniform(0.1, 0.5, 17)
+    upstream = rng.standard_normal((5, 17))
+    to = lambda a: engine.asarray(a, dtype="float64")  # noqa: E731
+    frozen = engine.backprop_prelu(to(upstream), to(X), to(alpha), dalpha=None)
+    expected = np.where(X > 0, upstream, alpha * upstream)
+    np.testing.assert_allclose(engine.to_numpy(frozen), expected, rtol=1e-15, atol=1e-15)
+    dalpha = engine.zeros((17,), dtype="float64")
+    trained = engine.backprop_prelu(to(upstream), to(X), to(alpha), dalpha=dalpha)
+    np.testing.assert_array_equal(engine.to_numpy(frozen), engine.to_numpy(trained))

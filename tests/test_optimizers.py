@@ -9,19 +9,11 @@ import re
 
 import numpy as np
 import pytest
-from dlcore.backends import base, xp_optimizers
+from dlcore.backends import xp_optimizers
+from dlcore.backends.names import OPTIMIZER_RULES
 
 from dlcore import backends, optimizers
 from dlcore.optimizers import SGD, Adagrad, Adam, Adamax, Nadam, RMSprop
-
-UPDATES = (
-    "sgd_update",
-    "adam_update",
-    "rmsprop_update",
-    "adagrad_update",
-    "adamax_update",
-    "nadam_update",
-)
 
 
 def _numpy_engine():
@@ -290,14 +282,93 @@ def test_five_steps_match_keras_golden_values(optimizer, expected):
     np.testing.assert_allclose(engine.to_numpy(params), expected, rtol=5e-4, atol=5e-4)
 
 
-def test_xp_functions_have_the_engine_signatures():
-    for name in UPDATES:
-        interface = list(inspect.signature(getattr(base.Engine, name)).parameters.values())[1:]
-        generic = list(inspect.signature(getattr(xp_optimizers, name)).parameters.values())
-        assert generic[0].name == "xp"
-        assert [(p.name, p.kind, p.default) for p in generic[1:]] == [
-            (p.name, p.kind, p.default) for p in interface
-        ], name
+def test_every_rule_has_one_optimizer_and_a_reference_step():
+    assert sorted(xp_optimizers.STEPS) == sorted(OPTIMIZER_RULES)
+    rules = [cls.rule for cls in optimizers._CLASSES.values()]
+    assert sorted(rules) == sorted(OPTIMIZER_RULES)
+    for step in xp_optimizers.STEPS.values():
+        names = list(inspect.signature(step).parameters)
+        assert names == ["xp", "params", "grads", "slots", "h"], step.__name__
+
+
+# ---------------------------------------------------------------------- segments
+SEGMENTS = [(0, 2), (2, 4), (6, 6), (7, 11)]  # adjacent, empty and separate ranges
+INSIDE = np.r_[0:4, 7:11]
+
+
+def _long(array: np.ndarray, size: int = 13) -> np.ndarray:
+    return np.resize(array, size)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_segments_update_only_their_ranges(engine, case):
+    _, cls, reference, hyper = case
+    w0, grads = _problem()
+    w0, grads = _long(w0), [_long(g) for g in grads]
+    optimizer = cls(**hyper)
+    params = engine.asarray(w0.copy(), dtype="float64")
+    optimizer.build(engine, w0.size, "float64")
+    initial = optimizer.get_state()
+    for g in grads:
+        optimizer.apply(engine, params, engine.asarray(g, dtype="float64"), segments=SEGMENTS)
+    assert optimizer.iterations == STEPS
+    result = engine.to_numpy(params)
+    outside = np.setdiff1d(np.arange(w0.size), INSIDE)
+    np.testing.assert_array_equal(result[outside], w0[outside])
+    expected = reference(w0[INSIDE], [g[INSIDE] for g in grads], **hyper)
+    np.testing.assert_allclose(result[INSIDE], expected, rtol=1e-12, atol=1e-14)
+    for name, value in optimizer.get_state().items():
+        if name not in ("iterations", "mu_product"):
+            np.testing.assert_array_equal(value[outside], initial[name][outside], err_msg=name)
+            assert not np.array_equal(value[INSIDE], initial[name][INSIDE]), name
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_one_segment_over_the_whole_buffer_is_the_plain_step(engine, case):
+    _, cls, _, hyper = case
+    w0, grads = _problem()
+    plain = engine.to_numpy(_run(engine, cls(**hyper), w0, grads))
+    optimizer = cls(**hyper)
+    params = engine.asarray(w0.copy(), dtype="float64")
+    optimizer.build(engine, P, "float64")
+    for g in grads:
+        optimizer.apply(engine, params, engine.asarray(g, dtype="float64"), segments=[(0, P)])
+    np.testing.assert_array_equal(engine.to_numpy(params), plain)
+
+
+def test_no_segment_leaves_everything_but_the_step_count():
+    engine = _numpy_engine()
+    w0, grads = _problem()
+    optimizer = Nadam()
+    params = engine.asarray(w0.copy(), dtype="float64")
+    optimizer.build(engine, P, "float64")
+    optimizer.apply(engine, params, engine.asarray(grads[0], dtype="float64"), segments=[])
+    np.testing.assert_array_equal(engine.to_numpy(params), w0)
+    state = optimizer.get_state()
+    assert int(state["iterations"]) == 1
+    np.testing.assert_array_equal(state["m"], np.zeros(P))
+    # the momentum schedule advances with the step count, as in an unfrozen step
+    assert float(state["mu_product"]) == pytest.approx(0.9 * (1 - 0.5 * 0.96))
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [[(0, 8)], [(-1, 3)], [(4, 2)], [(0, 4), (3, 6)], [(3, 5), (0, 2)], [(0.0, 2)], [(1, 2, 3)]],
+    ids=["past-end", "negative", "reversed", "overlapping", "unordered", "float", "triple"],
+)
+def test_bad_segments(segments):
+    engine = _numpy_engine()
+    optimizer = Adam()
+    params = engine.asarray(np.ones(P), dtype="float64")
+    optimizer.build(engine, P, "float64")
+    message = (
+        "Adam.apply expected segments to be (start, stop) ranges with 0 <= start <= stop "
+        f"<= 7, in increasing order and not overlapping, received segments={segments!r}"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optimizer.apply(engine, params, params, segments=segments)
+    assert optimizer.iterations == 0
+    np.testing.assert_array_equal(engine.to_numpy(params), np.ones(P))
 
 
 # ---------------------------------------------------------------------- construction

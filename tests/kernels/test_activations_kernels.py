@@ -37,6 +37,10 @@ def test_every_activation_and_its_derivative(dtype):
         assert np.max(np.abs(dZ.copy_to_host() - expected_dZ) / scale_dZ) < tolerance, name
 
 
+def test_every_elementwise_activation_has_its_device_function():
+    assert set(activations.scalar_functions(np.float64)) == set(activations.ELEMENTWISE)
+
+
 def test_in_place_and_single_element():
     Z = cuda.to_device(np.array([[-2.0]]))
     activations.forward("relu", Z, Z)

@@ -169,8 +169,6 @@ def test_unknown_loss_names_the_valid_ones():
         losses.loss_gradient("cosine", P, P, P)
 
 
-def test_epsilon_is_keras_backend_epsilon():
-    from dlcore.backends import names
-
-    assert losses.EPSILON == names.EPSILON
-    assert losses.LOSSES == names.LOSSES
+def test_every_elementwise_loss_has_its_device_functions():
+    assert set(losses._elementwise_terms(np.float64)) == set(losses._ELEMENTWISE)
+    assert set(losses._ELEMENTWISE) <= set(losses.VARIANTS)

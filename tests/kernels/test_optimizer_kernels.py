@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 from dlcore.backends import xp_optimizers
+from dlcore.backends.names import OPTIMIZER_RULES
 from dlcore.kernels import optimizers as kernels
 from numba import cuda
 
@@ -58,26 +59,29 @@ def case_id(value) -> str:
     return getattr(value, "__name__", str(value))
 
 
-def step_arguments(name: str, hyper: dict, present: tuple[bool, ...], step: int) -> dict:
-    """The keyword arguments of ``name``'s update at ``step``, as the optimizer passes them."""
-    kwargs = dict(hyper)
+def step_hyperparameters(name: str, hyper: dict, present: tuple[bool, ...], step: int) -> dict:
+    """The hyperparameters of rule ``name`` at ``step``, as the optimizer computes them."""
+    h = dict(hyper)
+    beta_1, beta_2 = hyper.get("beta_1", 0.0), hyper.get("beta_2", 0.0)
     if name == "sgd" and not present[0]:
-        kwargs["momentum"] = 0.0
-    if name in ("adam", "adamax", "nadam"):
-        kwargs["step"] = step
+        h["momentum"] = 0.0
+    if name == "adam":
+        h["alpha"] = hyper["learning_rate"] * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
+        del h["learning_rate"]
+    if name == "adamax":
+        h["bias_correction"] = 1.0 - beta_1**step
     if name == "nadam":
-        # Keras's schedule: mu_t = beta_1 * (1 - 0.5 * 0.96 ** (0.004 * t))
+        # a momentum schedule: mu_t = beta_1 * (1 - 0.5 * 0.96 ** (0.004 * t))
         def mu(t: int) -> float:
-            return hyper["beta_1"] * (1.0 - 0.5 * 0.96 ** (0.004 * t))
+            return beta_1 * (1.0 - 0.5 * 0.96 ** (0.004 * t))
 
         product = math.prod(mu(t) for t in range(1, step + 1))
-        kwargs.update(
-            mu_t=mu(step),
-            mu_next=mu(step + 1),
-            mu_product=product,
-            mu_product_next=product * mu(step + 1),
+        h.update(
+            m_weight=mu(step + 1) / (1.0 - product * mu(step + 1)),
+            g_weight=(1.0 - mu(step)) / (1.0 - product),
+            v_correction=1.0 - beta_2**step,
         )
-    return kwargs
+    return h
 
 
 def initial_state(rng, name: str, slot: int, size: int, dtype) -> np.ndarray:
@@ -102,15 +106,15 @@ def run_both(rng, name, present, extra, size, dtype, launch=None):
     device = [cuda.to_device(params)] + [
         cuda.to_device(s) if s is not None else None for s in state
     ]
-    reference = getattr(xp_optimizers, f"{name}_update")
-    kernel = launch or getattr(kernels, f"{name}_update")
+    reference = xp_optimizers.STEPS[name]
+    kernel = launch or kernels.LAUNCHERS[name]
     for step in range(1, STEPS + 1):
         grads = rng.standard_normal(size).astype(dtype)
         if step == 2:
             grads[0] = 0.0
-        kwargs = {**step_arguments(name, hyper, present, step), **extra}
-        reference(np, expected[0], grads, *expected[1:], **kwargs)
-        kernel(device[0], cuda.to_device(grads), *device[1:], **kwargs)
+        h = {**step_hyperparameters(name, hyper, present, step), **extra}
+        reference(np, expected[0], grads, expected[1:], h)
+        kernel(device[0], cuda.to_device(grads), device[1:], h)
     actual = [d.copy_to_host() if d is not None else None for d in device]
     return actual, expected
 
@@ -128,23 +132,23 @@ def test_update_matches_reference(name, present, extra, size, dtype, rng):
         np.testing.assert_allclose(got, want, rtol=TOLERANCE[dtype], atol=0)
 
 
+def test_every_rule_has_a_launcher():
+    assert sorted(kernels.LAUNCHERS) == sorted(OPTIMIZER_RULES)
+
+
 def test_grid_stride_loop_covers_every_element(rng):
     """One block of 32 threads over 100 elements: each thread updates four of them."""
 
-    def small_grid_adam(params, grads, m, v, v_max, **kwargs):
-        alpha = kwargs["learning_rate"] * math.sqrt(1.0 - kwargs["beta_2"] ** kwargs["step"])
-        alpha /= 1.0 - kwargs["beta_1"] ** kwargs["step"]
+    def small_grid_adam(params, grads, slots, h):
         f = np.float64
         kernels._amsgrad_kernel()[1, 32](
             params,
             grads,
-            m,
-            v,
-            v_max,
-            f(alpha),
-            f(1.0 - kwargs["beta_1"]),
-            f(1.0 - kwargs["beta_2"]),
-            f(kwargs["epsilon"]),
+            *slots,
+            f(h["alpha"]),
+            f(1.0 - h["beta_1"]),
+            f(1.0 - h["beta_2"]),
+            f(h["epsilon"]),
         )
 
     actual, expected = run_both(

@@ -70,3 +70,15 @@ def test_prelu_backward_in_place_and_bit_identical_on_repeat(rng):
         sums.append(dalpha.copy_to_host())
     close(d_dY.copy_to_host(), np.where(X > 0, dY, alpha * dY), np.float64)
     np.testing.assert_array_equal(sums[0], sums[1])
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((3, 17), np.float64), ((17, 3), np.float32)])
+def test_prelu_backward_without_dalpha_writes_the_same_dX(shape, dtype, rng):
+    X, dY, alpha = data(rng, shape, dtype)
+    d_dY, d_X, d_alpha = cuda.to_device(dY), cuda.to_device(X), cuda.to_device(alpha)
+    alone, fused = cuda.device_array_like(X), cuda.device_array_like(X)
+    kernels.prelu_backward(d_dY, d_X, d_alpha, alone, None)
+    kernels.prelu_backward(d_dY, d_X, d_alpha, fused, cuda.device_array(shape[1], dtype=dtype))
+    X64, dY64, alpha64 = (a.astype(np.float64) for a in (X, dY, alpha))
+    close(alone.copy_to_host(), np.where(X64 > 0, dY64, alpha64 * dY64), dtype)
+    np.testing.assert_array_equal(alone.copy_to_host(), fused.copy_to_host())

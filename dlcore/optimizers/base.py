@@ -1,0 +1,401 @@
+"""The optimizer base class: learning rate, step count, state slots, argument checks.
+
+An optimizer updates one flat parameter buffer of shape ``(P,)`` from one flat
+gradient buffer of the same shape, both owned by the model on its engine. The
+optimizer owns its state slots (flat ``(P,)`` engine arrays of the model's float
+dtype) and a few host scalars (the step count, Nadam's momentum product). A step
+computes the rule's numbers on the host (bias corrections, schedules) and hands
+them to one engine call, ``Engine.optimizer_step``, over the whole buffer whatever
+the number of layers, or one call per range of the buffer when only some layers train.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+Array = Any
+Engine = Any
+
+
+def _number(owner: str, name: str, value: Any, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a float if it is a finite real number that passes ``ok``."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not ok(float(value))
+    ):
+        raise ValueError(f"{owner} expected {name} to be {expected}, received {name}={value!r}")
+    return float(value)
+
+
+def _flag(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner} expected {name} to be True or False, received {name}={value!r}")
+    return bool(value)
+
+
+def _learning_rate(owner: str, value: Any) -> float:
+    return _number(owner, "learning_rate", value, lambda x: x > 0, "a positive number")
+
+
+def _unit(owner: str, name: str, value: Any) -> float:
+    """A decay rate in ``[0, 1)``."""
+    return _number(owner, name, value, lambda x: 0 <= x < 1, "a number in [0, 1)")
+
+
+def _momentum(owner: str, value: Any) -> float:
+    return _number(owner, "momentum", value, lambda x: 0 <= x <= 1, "a number in [0, 1]")
+
+
+def _non_negative(owner: str, name: str, value: Any) -> float:
+    return _number(owner, name, value, lambda x: x >= 0, "a non-negative number")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+class Optimizer:
+    """Base class of the optimizers: learning rate, step count, state slots.
+
+    A subclass names its engine rule in ``rule`` (one of
+    ``dlcore.backends.names.OPTIMIZER_RULES``), declares the rule's slots in order in
+    ``_slot_init`` and computes each step's numbers in ``_step_hyperparameters``;
+    this class allocates, saves, restores and moves the slots and runs the steps.
+
+    Args:
+        learning_rate: a positive number; ``None`` means the subclass default.
+        kwargs: only ``lr``, the Keras 2 alias of ``learning_rate``.
+    """
+
+    default_learning_rate: float = 0.001
+    #: the name of the update rule ``Engine.optimizer_step`` runs
+    rule: ClassVar[str]
+
+    def __init__(self, learning_rate: float | None, kwargs: dict[str, Any]) -> None:
+        owner = type(self).__name__
+        lr = kwargs.pop("lr", None)
+        if kwargs:
+            raise TypeError(
+                f"{owner} got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}; "
+                f"valid arguments: {', '.join(self._argument_names())} "
+                "(and lr, the Keras 2 alias of learning_rate)"
+            )
+        if lr is not None and learning_rate is not None:
+            raise ValueError(
+                f"{owner} expected one of learning_rate and its Keras 2 alias lr, "
+                f"received both: learning_rate={learning_rate!r}, lr={lr!r}"
+            )
+        if learning_rate is None:
+            learning_rate = self.default_learning_rate if lr is None else lr
+        self._learning_rate = _learning_rate(owner, learning_rate)
+        self._iterations = 0
+        self._set_slots({})
+        self._engine: Engine | None = None
+        self._size: int | None = None
+        self._dtype: str | None = None
+
+    @classmethod
+    def _argument_names(cls) -> list[str]:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    # ------------------------------------------------------------------ hyperparameters
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate, a positive float; settable (e.g. by a callback)."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self._learning_rate = _learning_rate(type(self).__name__, value)
+
+    @property
+    def iterations(self) -> int:
+        """The number of steps applied so far."""
+        return self._iterations
+
+    @property
+    def built(self) -> bool:
+        """Whether the state slots exist (after ``build`` or ``set_state``)."""
+        return self._size is not None
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments as a JSON-serialisable dict, with ``"name"``."""
+        return {"name": type(self).__name__, "learning_rate": self._learning_rate}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Optimizer:
+        """A new optimizer from a ``get_config`` dict (its ``"name"`` is ignored)."""
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                f"{cls.__name__}.from_config expected a dict, received {type(config).__name__}"
+            )
+        arguments = {key: value for key, value in config.items() if key != "name"}
+        return cls(**arguments)
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({arguments})"
+
+    # ------------------------------------------------------------------ the subclass's part
+    def _slot_init(self) -> dict[str, float | None]:
+        """The rule's slots in its order: each one's initial value, or ``None`` for a
+        slot not in use."""
+        raise NotImplementedError
+
+    def _step_hyperparameters(self) -> dict[str, float]:
+        """The numbers of the rule for step ``self.iterations`` (counting from 1), by the
+        names the rule reads; called once per step, so it may advance host state."""
+        raise NotImplementedError
+
+    def _host_state(self) -> dict[str, float]:
+        """Host scalars saved with the state besides ``iterations``."""
+        return {}
+
+    def _set_host_state(self, values: dict[str, float]) -> None:
+        """Restore the scalars returned by ``_host_state``."""
+
+    # ------------------------------------------------------------------ state
+    def _set_slots(self, slots: dict[str, Array | None]) -> None:
+        self._slots = slots
+        # what each step passes to the engine, in the rule's order
+        self._slot_values: tuple[Array | None, ...] = tuple(slots.values())
+
+    def _slot_engine(self) -> Engine:
+        """The engine holding the slots; set whenever a slot exists."""
+        if self._engine is None:
+            raise AttributeError(f"{type(self).__name__} has no state slots on an engine yet")
+        return self._engine
+
+    def build(self, engine: Engine, size: int, dtype: str) -> None:
+        """Allocate the state slots for a parameter buffer of ``size`` scalars.
+
+        Building again with the same size and dtype keeps the state (training
+        continues where it stopped), moving it to ``engine`` if it differs.
+
+        Args:
+            engine: the engine the parameter buffer lives on.
+            size: ``P``, the number of scalars in the parameter buffer.
+            dtype: ``"float32"`` or ``"float64"``, the buffer's dtype.
+
+        Raises:
+            ValueError: when already built for another size or dtype.
+        """
+        if self.built:
+            if (size, dtype) != (self._size, self._dtype):
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self._size} {self._dtype} "
+                    f"parameters, received {size} {dtype} parameters; an optimizer "
+                    "serves one model: create a new one for this model"
+                )
+            if engine is not self._engine:
+                self.to_engine(engine)
+            return
+        self._allocate(engine, size, dtype)
+
+    def _allocate(self, engine: Engine, size: int, dtype: str) -> None:
+        """Create the slots with their initial values."""
+        slots: dict[str, Array | None] = {}
+        for name, initial in self._slot_init().items():
+            if initial is None:
+                slots[name] = None
+            elif initial == 0.0:
+                slots[name] = engine.zeros((size,), dtype=dtype)
+            else:
+                slots[name] = engine.asarray(np.full((size,), initial, dtype=dtype), dtype=dtype)
+        self._set_slots(slots)
+        self._engine, self._size, self._dtype = engine, size, dtype
+
+    def apply(
+        self,
+        engine: Engine,
+        params: Array,
+        grads: Array,
+        segments: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """One step: update ``params`` in place from ``grads``.
+
+        Args:
+            engine: the engine of the buffers (the one given to ``build``).
+            params: float ``(P,)`` engine array, updated in place.
+            grads: float ``(P,)`` engine array of the same dtype.
+            segments: half-open ranges ``(start, stop)`` of the buffers to update, in
+                increasing order and not overlapping (a model passes those of its
+                trainable layers); the parameters and state outside them stay
+                unchanged. ``None``, the default, updates the whole buffer.
+
+        The step count advances by one per call, whatever the segments.
+
+        Raises:
+            RuntimeError: before ``build``.
+            ValueError: for segments out of ``[0, P]``, reversed or overlapping.
+        """
+        if self._size is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.apply called before build(engine, size, dtype)"
+            )
+        if segments is None:  # the common case, kept short
+            self._iterations += 1
+            hyperparameters = self._step_hyperparameters()
+            engine.optimizer_step(self.rule, params, grads, self._slot_values, hyperparameters)
+            return
+        ranges = self._ranges(segments)
+        self._iterations += 1
+        hyperparameters = self._step_hyperparameters()
+        for start, stop in ranges:
+            engine.optimizer_step(
+                self.rule,
+                engine.slice_rows(params, start, stop),
+                engine.slice_rows(grads, start, stop),
+                [
+                    None if slot is None else engine.slice_rows(slot, start, stop)
+                    for slot in self._slot_values
+                ],
+                hyperparameters,
+            )
+
+    def _ranges(self, segments: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``segments`` checked, the empty ones dropped and the adjacent ones joined (one
+        engine call each)."""
+        ranges: list[tuple[int, int]] = []
+        end = 0
+        for segment in segments:
+            if not (
+                isinstance(segment, (tuple, list))
+                and len(segment) == 2
+                and _is_index(segment[0])
+                and _is_index(segment[1])
+                and end <= segment[0] <= segment[1] <= self._size  # type: ignore[operator]
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}.apply expected segments to be (start, stop) "
+                    f"ranges with 0 <= start <= stop <= {self._size}, in increasing order "
+                    f"and not overlapping, received segments={list(segments)!r}"
+                )
+            start, stop = int(segment[0]), int(segment[1])
+            end = stop
+            if start == stop:
+                continue
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], stop)
+            else:
+                ranges.append((start, stop))
+        return ranges
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The state on the host: each slot in use and the host scalars.
+
+        Returns:
+            ``{"iterations": int64 0-d array, <slot>: float (P,) array, ...}``
+            plus any host scalar as a float64 0-d array (Nadam's ``mu_product``).
+        """
+        state = {"iterations": np.asarray(self._iterations, dtype=np.int64)}
+        for name, value in self._host_state().items():
+            state[name] = np.asarray(value, dtype=np.float64)
+        for name, slot in self._slots.items():
+            if slot is not None:
+                state[name] = self._slot_engine().to_numpy(slot)
+        return state
+
+    def set_state(self, engine: Engine, state: Mapping[str, Any], dtype: str) -> None:
+        """Restore a state returned by ``get_state`` onto ``engine``.
+
+        Args:
+            engine: the engine the parameter buffer lives on.
+            state: ``{"iterations": ..., <slot>: (P,) array, <host scalar>: ...}``.
+            dtype: the dtype of the slots on the engine.
+
+        A state saved before the first step (``iterations`` 0, no slots)
+        resets the optimizer to its initial state.
+
+        Raises:
+            ValueError: when a slot or scalar is missing, unexpected, or of the
+                wrong size (when built, ``P`` is the built size; otherwise the
+                first slot's size). Nothing is changed then.
+        """
+        owner = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{owner} expected a state dict, received {type(state).__name__}")
+        used = [name for name, initial in self._slot_init().items() if initial is not None]
+        expected = ["iterations", *self._host_state(), *used]
+        unexpected = sorted(set(state) - set(expected))
+        if unexpected:
+            raise ValueError(
+                f"{owner} state has unexpected entries {unexpected}; with this configuration "
+                f"it expected {expected} (was it saved with other options?)"
+            )
+        fresh = not any(name in state for name in used)
+        for name in expected:
+            if name not in state and not (fresh and name in used):
+                raise ValueError(f"{owner} state expected an entry {name!r}, received none")
+        iterations = np.asarray(state["iterations"])
+        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
+            raise ValueError(
+                f"{owner} state expected iterations to be a non-negative integer, "
+                f"received {state['iterations']!r}"
+            )
+        host = {}
+        for name in self._host_state():
+            value = np.asarray(state[name])
+            if value.shape != () or value.dtype.kind != "f" or not np.isfinite(value):
+                raise ValueError(
+                    f"{owner} state expected {name} to be a finite float, received {value!r}"
+                )
+            host[name] = float(value)
+        if fresh and used:
+            if iterations != 0:
+                raise ValueError(
+                    f"{owner} state expected the entries {used} after {int(iterations)} "
+                    "steps, received none of them"
+                )
+            self._iterations = 0
+            self._set_host_state(host)
+            if self._size is not None:  # built
+                self._allocate(engine, self._size, dtype)
+            return
+        size = self._size
+        arrays = {}
+        for name in used:
+            array = np.asarray(state[name])
+            if size is None:
+                size = array.size
+            if array.shape != (size,):
+                raise ValueError(
+                    f"{owner} state slot {name!r} expected shape ({size},), "
+                    f"received shape {array.shape}"
+                )
+            arrays[name] = array
+        self._iterations = int(iterations)
+        self._set_host_state(host)
+        if size is None:
+            return  # no slot in use and not built: build() will allocate nothing
+        self._set_slots(
+            {
+                # a private copy: the steps run in place and must not write into the
+                # caller's arrays
+                name: (engine.asarray(arrays[name].copy(), dtype=dtype) if name in arrays else None)
+                for name in self._slot_init()
+            }
+        )
+        self._engine, self._size, self._dtype = engine, size, dtype
+
+    def to_engine(self, engine: Engine) -> None:
+        """Move the state slots to ``engine`` (used when the model changes engine)."""
+        if self.built and engine is not self._engine:
+            self._set_slots(
+                {
+                    name: None
+                    if slot is None
+                    else engine.asarray(self._slot_engine().to_numpy(slot), dtype=self._dtype)
+                    for name, slot in self._slots.items()
+                }
+            )
+        self._engine = engine
