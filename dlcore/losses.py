@@ -1,16 +1,19 @@
-"""Loss functions, by Keras 3 and Keras 2 names or as objects.
+"""Loss functions, by Keras 3 and Keras 2 names, as objects, or written as Python functions.
 
 A loss object records the canonical name the engines compute and, for the
 cross-entropies, ``from_logits``. Calling one computes the loss on the host.
+Custom losses are registered with ``register``, with their gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from dlcore import backends
+from dlcore import backends, custom
+from dlcore.backends import custom as engine_custom
 from dlcore.backends import names
 
 NAMES: tuple[str, ...] = names.LOSSES
@@ -26,27 +29,22 @@ ALIASES: dict[str, str] = {
     "cosine_proximity": "cosine_similarity",
 }
 
-_CROSSENTROPIES = (
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "binary_crossentropy",
-)
-
 
 class Loss:
     """A loss the engines know by ``name``.
 
     Args:
-        name: a canonical name from ``NAMES`` or an alias.
+        name: a canonical name from ``NAMES``, an alias, or the name of a custom
+            loss registered with ``register``.
         from_logits: only for the cross-entropies: ``y_pred`` holds logits
             rather than probabilities.
     """
 
     def __init__(self, name: str, *, from_logits: bool = False) -> None:
         self.name = canonical_name(name)
-        if from_logits and self.name not in _CROSSENTROPIES:
+        if from_logits and self.name not in names.CROSSENTROPIES:
             raise ValueError(
-                f"from_logits applies only to {', '.join(_CROSSENTROPIES)}, "
+                f"from_logits applies only to {', '.join(names.CROSSENTROPIES)}, "
                 f"received it for {self.name!r}"
             )
         self.from_logits = bool(from_logits)
@@ -105,20 +103,99 @@ Poisson = _loss_class("poisson")
 CosineSimilarity = _loss_class("cosine_similarity")
 
 
+def register(
+    function: Callable[..., Any] | None = None,
+    *,
+    gradient: Callable[..., Any] | None = None,
+    name: str | None = None,
+) -> Callable[..., Any]:
+    """Register a loss written as Python functions, under a name.
+
+    dlcore has no automatic differentiation, so a loss comes with its gradient,
+    written out. Both functions use the functions of the array API namespace
+    ``xp`` they are given (NumPy, CuPy's, ``array_api_strict``), so the numpy,
+    cupy and array_api_strict engines run them; the numba engine cannot call
+    Python and refuses them. As for the built-in losses, the engines average the
+    per-sample values over the batch, and divide the gradient by the batch size.
+    A saved model refers to the loss by its name, and a registered loss also
+    serves as a metric. Registering a name again replaces its functions.
+
+    Args:
+        function: ``function(y_true, y_pred, xp) -> values``, one value per sample:
+            ``(N,)`` in the dtype of ``y_pred`` ``(N, C)``. Leave it out to use
+            ``register`` as a decorator.
+        gradient: ``gradient(y_true, y_pred, xp)``: the derivative of each sample's
+            value with respect to its row of ``y_pred``, ``(N, C)`` in its dtype
+            (without the ``1 / N`` of the batch mean).
+        name: the name to register under; ``function.__name__`` by default.
+
+    Returns:
+        ``function`` itself, which ``compile(loss=function)`` then accepts, as it
+        accepts the name; without ``function``, a decorator that registers the
+        function it decorates and returns it.
+
+    Raises:
+        TypeError: ``function`` or ``gradient`` is not a function, or ``gradient``
+            is missing.
+        ValueError: the name is not a Python identifier, or is a built-in loss,
+            alias or metric name.
+
+    Example:
+        >>> def squared_error_gradient(y_true, y_pred, xp):
+        ...     return 2.0 * (y_pred - y_true)
+        >>> @register(gradient=squared_error_gradient)
+        ... def squared_error(y_true, y_pred, xp):
+        ...     return xp.sum((y_pred - y_true) ** 2, axis=-1)
+        >>> get(squared_error)
+        Loss('squared_error')
+    """
+    if function is None:
+        return lambda decorated: register(decorated, gradient=gradient, name=name)
+    key = custom.checked_name("loss", function, name, reserved_names())
+    checked = custom.checked_gradient("loss", key, gradient, "gradient(y_true, y_pred, xp)")
+    engine_custom.PER_SAMPLE[key] = engine_custom.PerSample(key, function, checked, "loss")
+    return function
+
+
+def reserved_names() -> set[str]:
+    """The names a custom loss or metric may not take: those of the built-in losses and
+    metrics (losses and metrics share their names)."""
+    return {*NAMES, *ALIASES, *names.ACCURACY_NAMES}
+
+
 def canonical_name(name: str) -> str:
-    """The engines' name for a loss name or alias; ValueError listing valid names."""
+    """The engines' name for a loss name, an alias or a custom loss's name.
+
+    Inside a ``custom.custom_object_scope``, its names resolve to its functions.
+
+    Raises:
+        ValueError: unknown name, listing the valid ones, or a custom metric, which
+            has no gradient.
+    """
     if not isinstance(name, str):
         raise TypeError(f"loss must be a name or a Loss object, received {name!r}")
     key = name.lower()
     key = ALIASES.get(key, key)
-    if key not in NAMES:
-        valid = ", ".join(sorted(set(NAMES) | set(ALIASES)))
-        raise ValueError(f"unknown loss {name!r}; available: {valid}")
-    return key
+    if key in NAMES:
+        return key
+    function = custom.scoped(name)
+    if isinstance(function, Loss):
+        return function.name
+    if function is not None:
+        return _registered_name(function)
+    entry = engine_custom.PER_SAMPLE.get(name)
+    if entry is None:
+        valid = ", ".join(sorted(set(NAMES) | set(ALIASES) | set(_custom_losses())))
+        hint = custom.unknown_hint("loss", name, "dlcore.losses.register(fn, gradient=...)")
+        raise ValueError(f"unknown loss {name!r}; available: {valid}{hint}")
+    if entry.gradient is None:
+        raise ValueError(_metric_is_no_loss(entry))
+    return name
 
 
 def get(identifier: Any) -> Loss:
-    """A ``Loss`` from a name, an alias, a ``Loss`` object or a ``get_config`` dict."""
+    """A ``Loss`` from a name, an alias, a ``Loss`` object, a ``get_config`` dict or a
+    function registered with ``register``."""
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, dict):
@@ -128,8 +205,32 @@ def get(identifier: Any) -> Loss:
             "compile() needs a loss, e.g. loss='categorical_crossentropy'; received None"
         )
     if callable(identifier) and not isinstance(identifier, str):
-        raise TypeError(
-            "custom loss functions are not supported: the engines compute losses by name; "
-            f"use one of {', '.join(NAMES)} (received {identifier!r})"
-        )
+        return Loss(_registered_name(identifier))
     return Loss(identifier)
+
+
+def _custom_losses() -> list[str]:
+    return [name for name, entry in engine_custom.PER_SAMPLE.items() if entry.gradient]
+
+
+def _metric_is_no_loss(entry: engine_custom.PerSample) -> str:
+    return (
+        f"{entry.name!r} is a custom metric, without a gradient, so it cannot be a loss; "
+        f"register {engine_custom.describe(entry.function)} with "
+        "dlcore.losses.register(fn, gradient=...) to train with it"
+    )
+
+
+def _registered_name(function: Callable[..., Any]) -> str:
+    """The name ``function`` was last registered under as a loss."""
+    for entry in reversed(engine_custom.PER_SAMPLE.values()):
+        if entry.function is function:
+            if entry.gradient is None:
+                raise TypeError(_metric_is_no_loss(entry))
+            return entry.name
+    raise TypeError(
+        f"the loss function {engine_custom.describe(function)} is not registered: dlcore "
+        "has no automatic differentiation, so register it with its gradient first: "
+        "dlcore.losses.register(fn, gradient=gradient(y_true, y_pred, xp)); "
+        f"or use a built-in loss: {', '.join(NAMES)}"
+    )

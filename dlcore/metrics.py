@@ -1,9 +1,10 @@
 """Metrics by name, resolved against the loss and the output layer as Keras does.
 
-A metric is either an accuracy (the engine counts correct predictions) or a
-loss function used as a metric (``"mae"``, ``"categorical_crossentropy"``, ...).
-Per batch the engine returns one 0-d array per metric; ``EpochTotals`` turns
-them into the averages Keras reports.
+A metric is an accuracy (the engine counts correct predictions), a loss
+function used as a metric (``"mae"``, ``"categorical_crossentropy"``, ...), or
+a function written in Python and registered with ``register``. Per batch the
+engine returns one 0-d array per metric; ``EpochTotals`` turns them into the
+averages Keras reports.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import losses
+from dlcore import custom, losses
+from dlcore.backends import custom as engine_custom
+from dlcore.backends import names
 from dlcore.backends.base import Array, Engine, Workspace
 
-_ACCURACY_NAMES = {
-    "accuracy": None,
-    "acc": None,
-    "binary_accuracy": "binary",
-    "categorical_accuracy": "categorical",
-    "sparse_categorical_accuracy": "sparse",
-}
+ACCURACY_NAMES = names.ACCURACY_NAMES
 
 
 @dataclass(frozen=True)
@@ -35,11 +32,14 @@ class Metric:
         accuracy_kind: ``"binary"``, ``"categorical"`` or ``"sparse"`` for an
             accuracy, else ``None``.
         loss: for a loss used as a metric, that loss.
+        function: for a custom metric or loss (``register``, ``losses.register``),
+            its registered name.
     """
 
     key: str
     accuracy_kind: str | None = None
     loss: losses.Loss | None = None
+    function: str | None = None
 
     def batch_value(
         self, engine: Engine, Y_pred: Array, Y_true: Array, workspace: Workspace | None = None
@@ -48,9 +48,10 @@ class Metric:
         engine takes its temporaries from ``workspace`` when one is given."""
         if self.accuracy_kind is not None:
             return engine.count_correct(self.accuracy_kind, Y_pred, Y_true, workspace=workspace)
+        if self.function is not None:  # the batch mean of its per-sample values
+            return engine.loss(self.function, Y_pred, Y_true, workspace=workspace)
         loss = self.loss
         if loss is None:
-            # AttributeError, as the attribute access on None raised before this check
             raise AttributeError(f"metric {self.key!r} has neither an accuracy kind nor a loss")
         return engine.loss(
             loss.name, Y_pred, Y_true, from_logits=loss.from_logits, workspace=workspace
@@ -61,32 +62,102 @@ class Metric:
         return units if self.accuracy_kind == "binary" else 1
 
 
+def register(
+    function: Callable[..., Any] | None = None, *, name: str | None = None
+) -> Callable[..., Any]:
+    """Register a metric written as a Python function, under a name.
+
+    Its per-sample values are averaged over all the samples of an epoch, as
+    Keras's ``MeanMetricWrapper`` does, and reported under its name in the logs
+    and in ``History.history``. The function uses the functions of the array API
+    namespace ``xp`` it is given (NumPy, CuPy's, ``array_api_strict``), so the
+    numpy, cupy and array_api_strict engines run it; the numba engine cannot call
+    Python and refuses it. A metric needs no gradient. A saved model refers to it
+    by its name. Registering a name again replaces its function.
+
+    Args:
+        function: ``function(y_true, y_pred, xp) -> values``, one value per sample:
+            ``(N,)`` in the dtype of ``y_pred``. Leave it out to use ``register`` as
+            a decorator.
+        name: the name to register and report under; ``function.__name__`` by default.
+
+    Returns:
+        ``function`` itself, which ``compile(metrics=[function])`` then accepts, as
+        it accepts the name; without ``function``, a decorator that registers the
+        function it decorates and returns it.
+
+    Raises:
+        TypeError: ``function`` is not a function.
+        ValueError: the name is not a Python identifier, or is a built-in metric
+            or loss name.
+
+    Example:
+        >>> @register
+        ... def mean_error(y_true, y_pred, xp):
+        ...     return xp.mean(y_pred - y_true, axis=-1)
+        >>> check_names([mean_error])
+        ['mean_error']
+    """
+    if function is None:
+        return lambda decorated: register(decorated, name=name)
+    key = custom.checked_name("metric", function, name, losses.reserved_names())
+    engine_custom.PER_SAMPLE[key] = engine_custom.PerSample(key, function, None, "metric")
+    return function
+
+
 def check_names(metrics: Any) -> list[str]:
-    """Validate ``compile(metrics=...)``: a list of metric names."""
+    """Validate ``compile(metrics=...)``: a list of metric names and registered functions.
+
+    Returns:
+        The names: as given, or for a function (or a name that an enclosing
+        ``custom.custom_object_scope`` maps to one) its registered name.
+    """
     if metrics is None:
         return []
-    if isinstance(metrics, str):
+    if isinstance(metrics, str) or callable(metrics):
         metrics = [metrics]
     if not isinstance(metrics, (list, tuple)):
         raise TypeError(
             f"metrics must be a list of names such as ['accuracy'], received {metrics!r}"
         )
-    names = []
-    for metric in metrics:
-        if not isinstance(metric, str):
-            raise TypeError(
-                f"metrics are given by name (e.g. 'accuracy', 'mae'); received {metric!r}"
-            )
-        if metric.lower() not in _ACCURACY_NAMES:
-            try:
-                losses.canonical_name(metric)
-            except ValueError:
-                valid = sorted(set(_ACCURACY_NAMES) | set(losses.NAMES) | set(losses.ALIASES))
-                raise ValueError(
-                    f"unknown metric {metric!r}; available: {', '.join(valid)}"
-                ) from None
-        names.append(metric)
-    return names
+    return [_checked_name(metric) for metric in metrics]
+
+
+def _checked_name(metric: Any) -> str:
+    if not isinstance(metric, str):
+        if callable(metric):
+            return _registered_name(metric)
+        raise TypeError(
+            "metrics are given by name (e.g. 'accuracy', 'mae') or as functions registered "
+            f"with dlcore.metrics.register; received {metric!r}"
+        )
+    key = metric.lower()
+    if key in ACCURACY_NAMES or losses.ALIASES.get(key, key) in losses.NAMES:
+        return metric
+    function = custom.scoped(metric)
+    if function is not None:
+        return _registered_name(function)
+    if metric in engine_custom.PER_SAMPLE:
+        return metric
+    valid = sorted(
+        set(ACCURACY_NAMES)
+        | set(losses.NAMES)
+        | set(losses.ALIASES)
+        | set(engine_custom.PER_SAMPLE)
+    )
+    hint = custom.unknown_hint("metric", metric, "dlcore.metrics.register(fn)")
+    raise ValueError(f"unknown metric {metric!r}; available: {', '.join(valid)}{hint}")
+
+
+def _registered_name(function: Callable[..., Any]) -> str:
+    """The name ``function`` was last registered under as a metric or a loss."""
+    for entry in reversed(engine_custom.PER_SAMPLE.values()):
+        if entry.function is function:
+            return entry.name
+    raise TypeError(
+        "metrics are given by name (e.g. 'accuracy', 'mae') or as functions registered "
+        f"with dlcore.metrics.register; {engine_custom.describe(function)} is not registered"
+    )
 
 
 def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]:
@@ -102,8 +173,8 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
     resolved = []
     for name in names:
         key = name.lower()
-        if key in _ACCURACY_NAMES:
-            kind = _ACCURACY_NAMES[key]
+        if key in ACCURACY_NAMES:
+            kind = ACCURACY_NAMES[key]
             if kind is None:
                 if units == 1:
                     kind = "binary"
@@ -117,6 +188,8 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
                     "use metrics=['accuracy'], which picks the matching kind"
                 )
             resolved.append(Metric(name, accuracy_kind=kind))
+        elif name in engine_custom.PER_SAMPLE:
+            resolved.append(Metric(name, function=name))
         else:
             metric_loss = losses.Loss(name, from_logits=False)
             if (metric_loss.name == "sparse_categorical_crossentropy") != sparse_targets:
@@ -131,54 +204,83 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
 
 
 class EpochTotals:
-    """Batch-size-weighted averages of the loss and metrics over an epoch.
+    """Batch-size-weighted averages of the losses and metrics over an epoch.
 
-    Engine scalars are kept until ``logs()`` is called, which moves them to the
-    host in one transfer; call it once per epoch, or per batch only when a
-    callback or the progress bar needs the running values.
+    Per batch it keeps each output's mean loss, the penalties and the metric values
+    as engine scalars, and moves them to the host in one transfer when ``logs()`` is
+    called: once per epoch, or per batch only when a callback or the progress bar
+    needs the running values. ``loss`` is the weighted sum of the outputs' losses
+    plus the penalties, as Keras reports it; with ``output_names``, each output's
+    own (unweighted) loss is logged as ``<name>_loss`` too.
+
+    Args:
+        engine: the engine of the scalars.
+        metric_groups: the metrics of each output.
+        units: each output's width.
+        loss_weights: each output's loss weight (1 each by default).
+        output_names: the names of the outputs' ``_loss`` keys; empty for one output.
     """
 
-    def __init__(self, engine: Engine, metrics: Sequence[Metric], units: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metric_groups: Sequence[Sequence[Metric]],
+        units: Sequence[int],
+        *,
+        loss_weights: Sequence[float] | None = None,
+        output_names: Sequence[str] = (),
+    ) -> None:
         self._engine = engine
-        self._metrics = list(metrics)
-        self._units = units
+        self._outputs = len(units)
+        weights = [1.0] * self._outputs if loss_weights is None else list(loss_weights)
+        self._weights = np.asarray(weights, dtype=np.float64)
+        self._names = list(output_names)
+        self._metrics = [
+            (metric, width) for group, width in zip(metric_groups, units) for metric in group
+        ]
         self._pending: list[Array] = []
-        self._pending_sizes: list[int] = []
-        self._per_batch = 0
-        self._sums = np.zeros(1 + len(self._metrics))
+        self._sizes: list[int] = []
+        self._width = 0
+        self._terms = 0
+        self._sums = np.zeros(1 + self._outputs + len(self._metrics))
         self._samples = 0
 
     def add(self, batch_size: int, loss_terms: Sequence[Array], metric_values: Sequence[Array]):
-        """Record one batch: its mean loss terms (loss and penalties) and metric scalars."""
+        """Record one batch: each output's mean loss, then the penalties; the metric values."""
         values = list(loss_terms) + list(metric_values)
-        if self._per_batch == 0:
-            self._per_batch = len(values)
-            self._loss_terms = len(loss_terms)
+        if self._width == 0:
+            self._width = len(values)
+            self._terms = len(loss_terms)
         self._pending.extend(values)
-        self._pending_sizes.append(batch_size)
+        self._sizes.append(batch_size)
 
     def logs(self) -> dict[str, float]:
         """Averages over all batches recorded so far."""
         if self._pending:
-            host = self._engine.scalars_to_numpy(self._pending).reshape(-1, self._per_batch)
-            sizes = np.asarray(self._pending_sizes, dtype=np.float64)
-            losses_per_batch = host[:, : self._loss_terms].sum(axis=1)
-            self._sums[0] += float(losses_per_batch @ sizes)
-            for j, metric in enumerate(self._metrics):
-                column = host[:, self._loss_terms + j]
-                if metric.accuracy_kind is not None:
-                    self._sums[1 + j] += float(column.sum())
-                else:
-                    self._sums[1 + j] += float(column @ sizes)
+            host = self._engine.scalars_to_numpy(self._pending).reshape(-1, self._width)
+            sizes = np.asarray(self._sizes, dtype=np.float64)
+            per_output = host[:, : self._outputs]
+            penalties = host[:, self._outputs : self._terms].sum(axis=1)
+            self._sums[0] += float((per_output @ self._weights + penalties) @ sizes)
+            for k in range(self._outputs):
+                self._sums[1 + k] += float(per_output[:, k] @ sizes)
+            for j, (metric, _) in enumerate(self._metrics):
+                column = host[:, self._terms + j]
+                counts = metric.accuracy_kind is not None
+                self._sums[1 + self._outputs + j] += float(
+                    column.sum() if counts else column @ sizes
+                )
             self._samples += int(sizes.sum())
             self._pending.clear()
-            self._pending_sizes.clear()
+            self._sizes.clear()
         if self._samples == 0:
             return {}
         logs = {"loss": self._sums[0] / self._samples}
-        for j, metric in enumerate(self._metrics):
-            divisor = self._samples * metric.per_sample_divisor(self._units)
-            logs[metric.key] = self._sums[1 + j] / divisor
+        for k, name in enumerate(self._names):
+            logs[f"{name}_loss"] = self._sums[1 + k] / self._samples
+        for j, (metric, width) in enumerate(self._metrics):
+            divisor = self._samples * metric.per_sample_divisor(width)
+            logs[metric.key] = self._sums[1 + self._outputs + j] / divisor
         return {key: float(value) for key, value in logs.items()}
 
 
