@@ -1,7 +1,7 @@
 """dlcore: Keras-style dense neural networks on swappable array engines.
 
-Build a ``Sequential`` of ``Dense`` layers, ``compile``, ``fit``, ``evaluate``,
-``predict``, ``save``; pick the engine that runs the math with
+Build a ``Sequential`` of layers or a functional ``Model(inputs, outputs)``,
+``compile``, ``fit``, ``evaluate``, ``predict``, ``save``; pick the engine that runs the math with
 ``DLCORE_BACKEND``, ``dlcore.set_backend(name)`` or
 ``with dlcore.use_backend(name):``. Importing dlcore imports neither CuPy nor
 Numba: engines are imported when first selected.
@@ -11,6 +11,7 @@ from dlcore import (
     activations,
     backends,
     callbacks,
+    custom,
     initializers,
     layers,
     losses,
@@ -30,14 +31,20 @@ from dlcore.config import (
     set_random_seed,
     use_backend,
 )
+from dlcore.layers import Input
+from dlcore.models import Model, Sequential
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Input",
+    "Model",
+    "Sequential",
     "activations",
     "backend",
     "backends",
     "callbacks",
+    "custom",
     "epsilon",
     "floatx",
     "get_backend",

@@ -1,40 +1,561 @@
-"""``Sequential``: a stack of layers trained with the Keras workflow, and ``load_model``.
+"""``Model`` (the Functional API) and ``Sequential``: the layer graph, its weights, config
+and summary.
 
-The model owns one flat parameter buffer and one flat gradient buffer on its
-engine; every layer's weights are views into them, so an optimizer step is one
-fused pass over one buffer whatever the number of layers. Data moves to the
-engine once per call of ``fit``/``evaluate``/``predict``; during training only
-scalars (loss, metric counts) come back, once per epoch unless a callback or the
-progress bar asks for them per batch.
+A model is a graph of nodes (layer calls) from its input tensors to its output
+tensors; ``Sequential`` is a chain of the same graph, made when the input width
+is known. The model owns one flat parameter buffer and one flat gradient buffer
+on its engine; every layer's weights are views into them, so an optimizer step
+is one fused pass over one buffer whatever the number of layers. Training,
+evaluation and prediction live in ``dlcore.training`` (``Trainer``), saving and
+loading in ``dlcore.saving``.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from dlcore import archive, backends, config, data_checks, losses, optimizers
-from dlcore import callbacks as callbacks_module
-from dlcore import metrics as metrics_module
-from dlcore.backends.base import Array, Engine, Workspace
-from dlcore.layers import LAYER_CLASSES, Dense, Input, Layer, _unique_name, assign_weights
-
-MODEL_FORMAT = "dlcore.Sequential"
-_FIT_OPTIONS = (
-    "x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, "
-    "shuffle, initial_epoch"
-)
+from dlcore import backends, config, custom, saving
+from dlcore.backends.base import Engine, Workspace
+from dlcore.layers import LAYER_CLASSES, CallState, InputLayer, KerasTensor, Layer, Node
+from dlcore.layers.base import assign_weights, unique_name
+from dlcore.layers.core import input_layer_of
+from dlcore.training import Trainer
 
 
-class Sequential:
+class Model(Trainer):
+    """A model built from the layer graph between ``inputs`` and ``outputs`` (Keras's
+    Functional API).
+
+    Args:
+        inputs: a tensor made by ``Input(shape=(features,))``, a list of them, or a
+            dict of them by name (then ``fit``/``predict`` take a dict of arrays).
+        outputs: a layer's output tensor, a list of them, or a dict of them by
+            output name (the names of losses, metrics and history keys).
+        name: the model's name in ``summary()``.
+
+    Example:
+        >>> inputs = Input(shape=(16,))
+        >>> hidden = Dense(32, activation="relu")(inputs)
+        >>> outputs = Dense(3, activation="softmax")(Add()([hidden, Dense(32)(inputs)]))
+        >>> model = Model(inputs, outputs)
+        >>> model.compile(optimizer="adam", loss="categorical_crossentropy")
+
+    Raises:
+        ValueError: an output does not depend on the given inputs, an input is not
+            used by any output, or the graph has a cycle (the message names the layer).
+    """
+
+    def __init__(
+        self,
+        inputs: Any = None,
+        outputs: Any = None,
+        name: str | None = None,
+        trainable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"Model got unexpected keyword argument(s): {', '.join(kwargs)}")
+        if inputs is None or outputs is None:
+            raise TypeError(
+                "Model(inputs, outputs) needs the input and output tensors of a layer graph, "
+                "e.g. inputs = Input(shape=(8,)); outputs = Dense(1)(inputs); "
+                "Model(inputs, outputs). Subclassing Model is not supported; use Sequential "
+                "for a plain stack of layers"
+            )
+        super().__init__()
+        self.name = name or unique_name("functional")
+        input_list, self._input_keys = _flatten(inputs, "inputs")
+        output_list, self._output_keys = _flatten(outputs, "outputs")
+        self._set_graph(input_list, output_list)
+        if not trainable:
+            self.trainable = False
+        self._build_weights()
+
+    # ------------------------------------------------------------------ graph
+    def _set_graph(self, inputs: list[KerasTensor], outputs: list[KerasTensor]) -> None:
+        """Walk the graph from ``outputs`` back to ``inputs``, in topological order."""
+        for tensor in inputs:
+            if input_layer_of(tensor) is None:
+                made_by = tensor.node.layer.name if tensor.node else "?"
+                raise ValueError(
+                    f"model inputs must be tensors made by Input(...); {tensor.name!r} is "
+                    f"the output of layer {made_by!r}"
+                )
+        input_ids = {id(t): i for i, t in enumerate(inputs)}
+        if len(input_ids) != len(inputs):
+            raise ValueError("the same Input tensor is given twice in the model's inputs")
+        nodes: list[Node] = []  # post-order: each node after the nodes it reads from
+        walked: list[Any] = []  # the same, with the model's input tensors where reached
+        first_reached: dict[int, int] = {}  # layer -> the order the walk first reached it
+        status: dict[int, str] = {}
+
+        def reach(layer: Layer) -> None:
+            first_reached.setdefault(id(layer), len(first_reached))
+
+        def visit(tensor: KerasTensor) -> None:
+            if id(tensor) in input_ids:
+                if status.get(id(tensor)) != "done":
+                    status[id(tensor)] = "done"
+                    reach(input_layer_of(tensor))  # type: ignore[arg-type]
+                    walked.append(tensor)
+                return
+            node = tensor.node
+            if node is None:
+                raise ValueError(
+                    f"the model's outputs depend on the input {tensor.name!r}, which is not "
+                    "among the model's inputs; add it to Model(inputs=[...])"
+                )
+            key = id(node)
+            if status.get(key) == "done":
+                return
+            if status.get(key) == "visiting":
+                raise ValueError(f"the layer graph has a cycle through layer {node.layer.name!r}")
+            status[key] = "visiting"
+            reach(node.layer)
+            for source in node.inputs:
+                visit(source)
+            status[key] = "done"
+            nodes.append(node)
+            walked.append(node)
+
+        for tensor in outputs:
+            if not isinstance(tensor, KerasTensor):
+                raise TypeError(f"model outputs must be layer output tensors, received {tensor!r}")
+            visit(tensor)
+        for tensor in inputs:
+            if status.get(id(tensor)) != "done":
+                raise ValueError(
+                    f"input {tensor.name!r} is not connected to any output; remove it from the "
+                    "model's inputs or use it in the graph"
+                )
+        layers = _layers_by_depth(walked, input_ids, first_reached)
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+        self._nodes = nodes
+        self._graph_layers = layers
+        self._slots = {id(t): i for i, t in enumerate(inputs)}
+        for node in nodes:
+            self._slots[id(node.output)] = len(self._slots)
+        self._param_layers: list[Layer] = []
+        for layer in layers:
+            if layer.parameter_shapes() and layer not in self._param_layers:
+                self._param_layers.append(layer)
+        self.output_names = self._output_keys or [_producer_name(t) for t in outputs]
+        if len(set(self.output_names)) != len(self.output_names):
+            raise ValueError(
+                f"the model's outputs need distinct names, received {self.output_names}; "
+                "give the output layers distinct names or pass outputs as a dict"
+            )
+        self.input_names = self._input_keys or [t.name for t in inputs]
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The model's layers in the order of the graph (``InputLayer`` s included)."""
+        return list(self._graph_layers)
+
+    @property
+    def inputs(self) -> list[KerasTensor]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[KerasTensor]:
+        return list(self._outputs)
+
+    @property
+    def input(self) -> Any:
+        return self._inputs[0] if len(self._inputs) == 1 else list(self._inputs)
+
+    @property
+    def output(self) -> Any:
+        return self._outputs[0] if len(self._outputs) == 1 else list(self._outputs)
+
+    @property
+    def input_shape(self) -> Any:
+        """``(None, features)`` per input, as Keras reports it."""
+        shapes = [t.shape for t in self._inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def output_shape(self) -> Any:
+        """``(None, units)`` per output, as Keras reports it."""
+        shapes = [t.shape for t in self._outputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def output_units(self) -> int:
+        """Width of the first output."""
+        return self._outputs[0].features
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """The layer called ``name``, or at position ``index`` of ``layers``."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer needs exactly one of name= and index=")
+        layers = self.layers
+        if index is not None:
+            if not isinstance(index, int) or not -len(layers) <= index < len(layers):
+                raise ValueError(
+                    f"get_layer(index={index!r}) is out of range for a model of "
+                    f"{len(layers)} layers"
+                )
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(
+            f"no layer named {name!r} in model {self.name!r}; its layers are "
+            f"{[layer.name for layer in layers]}"
+        )
+
+    @property
+    def trainable(self) -> bool:
+        return all(layer.trainable for layer in self._param_layers) if self._param_layers else True
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        for layer in self._graph_layers:
+            layer.trainable = bool(value)
+
+    # ------------------------------------------------------------------ weights
+    def _build_weights(self) -> None:
+        """Give every layer its weights: initial values drawn on the host from the seeded
+        generator, in ``floatx``, for the layers that have none yet (a layer shared with
+        another model, or copied, keeps its values). The weights move to an engine,
+        the one current then, when the model is first used (``_claim_layers``)."""
+        dtype = config.floatx()
+        rng = config.rng()
+        for layer in self._param_layers:
+            values = layer.host_values()
+            shapes = [tuple(s) for s in layer.parameter_shapes()]
+            if values is None or [v.shape for v in values] != shapes:
+                layer.carry([np.asarray(v, dtype=dtype) for v in layer.initial_values(rng, dtype)])
+        self.dtype = dtype
+        self.built = True
+        if self.engine is not None:
+            self._place(self.engine, self._host_flat())
+
+    def _host_flat(self) -> np.ndarray:
+        """The current values of every weight, on the host, as one flat array."""
+        parts = []
+        for layer in self._param_layers:
+            values = layer.host_values()
+            if values is None:  # a layer whose model was dropped before it was placed
+                values = [np.zeros(s, dtype=self.dtype) for s in layer.parameter_shapes()]
+            parts += [np.asarray(v).reshape(-1) for v in values]
+        dtype = self._built_dtype()
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    def _activation_names(self) -> list[str]:
+        names = [getattr(layer, "activation", None) for layer in self._graph_layers]
+        return [name for name in names if isinstance(name, str)]
+
+    def _place(self, engine: Engine, flat_host: np.ndarray) -> None:
+        """Put the flat parameters on ``engine`` and hand every layer its views."""
+        self.engine = engine
+        self._plan = None
+        self._workspace = Workspace(engine)
+        self._params = engine.asarray(flat_host, dtype=self.dtype)
+        self._grads = engine.zeros((flat_host.size,), dtype=self.dtype)
+        shapes = [shape for layer in self._param_layers for shape in layer.parameter_shapes()]
+        weights = engine.split_views(self._params, shapes)
+        gradients = engine.split_views(self._grads, shapes)
+        self._layer_ranges: dict[int, tuple[int, int]] = {}
+        start = view = 0
+        for layer in self._param_layers:
+            count = len(layer.parameter_shapes())
+            size = layer.count_params()
+            layer.bind(
+                engine,
+                weights[view : view + count],
+                gradients[view : view + count],
+                self._built_dtype(),
+                owner=self,
+            )
+            self._layer_ranges[id(layer)] = (start, start + size)
+            view += count
+            start += size
+        for layer in self._graph_layers:
+            if not layer.parameter_shapes():
+                layer.bind(engine, [], [], self._built_dtype(), owner=self)
+        self._states = [CallState(engine) for _ in self._nodes]
+        self._reset_plan()
+
+    def _claim_layers(self) -> None:
+        """Put the weights on the current engine if they are on none yet, and make this
+        model's buffer hold its layers' weights again if another model sharing a layer
+        has taken them since (the values move along)."""
+        if not self.built:
+            return
+        if self.engine is None:
+            engine = config.get_backend()
+            if not engine.supports_dtype(self._built_dtype()):
+                raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
+            custom.check_engine(engine, activations=self._activation_names())
+            self._place(engine, self._host_flat())
+        elif not all(layer._owner is self for layer in self._graph_layers):
+            self._place(self.engine, self._host_flat())
+
+    @property
+    def weights(self) -> list[Any]:
+        """Every weight as a ``Variable``, layer by layer."""
+        self._claim_layers()
+        return [w for layer in self._param_layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list[Any]:
+        self._claim_layers()
+        return [w for layer in self._param_layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list[Any]:
+        self._claim_layers()
+        return [w for layer in self._param_layers for w in layer.non_trainable_weights]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of every parameter in Keras's order: per layer kernel ``(in, out)``, bias."""
+        self._ensure_built("get_weights()")
+        self._claim_layers()
+        engine = self._built_engine()
+        return [engine.to_numpy(w) for layer in self._param_layers for w in layer._params]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace every parameter; ``weights`` as returned by ``get_weights``.
+
+        Shapes are checked for all arrays before any is written.
+        """
+        self._ensure_built("set_weights()")
+        self._claim_layers()
+        assign_weights(
+            self._built_engine(),
+            [w for layer in self._param_layers for w in layer._params],
+            [shape for layer in self._param_layers for shape in layer.parameter_shapes()],
+            weights,
+            self._built_dtype(),
+            "set_weights",
+        )
+
+    def count_params(self) -> int:
+        """Number of scalars in the model's weights, trainable or not."""
+        self._ensure_built("count_params()")
+        return sum(layer.count_params() for layer in self._param_layers)
+
+    def to(self, engine_name: str) -> Model:
+        """Move the weights and the optimizer state to another engine; returns ``self``."""
+        engine = backends.get(engine_name)
+        if not self.built:
+            raise ValueError("to(): the model is not built yet; build it or fit it first")
+        if not engine.supports_dtype(self.dtype):
+            raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
+        custom.check_engine(engine, activations=self._activation_names())
+        self._claim_layers()
+        self._place(engine, self._host_flat())
+        if self.optimizer is not None and self.optimizer.built:
+            self.optimizer.to_engine(engine)
+        return self
+
+    def _set_flat(self, flat: np.ndarray) -> None:
+        engine = self._built_engine()
+        engine.assign(self._params, engine.asarray(flat, dtype=self.dtype))
+
+    def _ensure_built(self, what: str) -> None:
+        if not self.built:
+            try:
+                self.build()
+            except ValueError as error:
+                raise ValueError(f"{what}: {error}") from None
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create the weights (a functional model has them from the start)."""
+        if not self.built:
+            self._build_weights()
+
+    # ------------------------------------------------------------------ description
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Print the layers, their output shapes, parameter counts and, for a functional
+        model, what each layer is connected to; then the totals."""
+        self._ensure_built("summary()")
+        print_fn = print_fn or print
+        connected = self._shows_connections()
+        widths = (29, 26, 12, 26) if connected else (29, 26, 12)
+        rule = "_" * sum(widths)
+        header = ["Layer (type)", "Output Shape", "Param #"] + (
+            ["Connected to"] if connected else []
+        )
+        lines = [f'Model: "{self.name}"', rule, _row(header, widths), "=" * sum(widths)]
+        for i, layer in enumerate(self.layers):
+            if i:
+                lines.append("")
+            sources = self._sources_of(layer) if connected else []
+            cells = [
+                f"{layer.name} ({type(layer).__name__})",
+                f"(None, {layer.units})",
+                f"{layer.count_params():,}",
+            ]
+            if connected:
+                cells.append(sources[0] if sources else "-")
+            lines.append(_row(cells, widths))
+            for more in sources[1:]:
+                lines.append(_row(["", "", "", more], widths))
+        lines.append("=" * sum(widths))
+        itemsize = np.dtype(self.dtype).itemsize
+        total = self.count_params()
+        trainable = sum(layer.count_params() for layer in self._param_layers if layer.trainable)
+        lines += [
+            f"Total params: {total:,} ({_human_bytes(total * itemsize)})",
+            f"Trainable params: {trainable:,} ({_human_bytes(trainable * itemsize)})",
+            f"Non-trainable params: {total - trainable:,} "
+            f"({_human_bytes((total - trainable) * itemsize)})",
+            rule,
+        ]
+        for line in lines:
+            print_fn(line)
+
+    def _shows_connections(self) -> bool:
+        """Whether ``summary`` needs the "Connected to" column: not for a plain chain of
+        single-input layers, which Keras prints as it prints a ``Sequential``."""
+        if len(self._inputs) != 1 or len(self._outputs) != 1:
+            return True
+        previous = self._inputs[0]
+        for node in self._nodes:
+            if node.merges or node.inputs[0] is not previous:
+                return True
+            previous = node.output
+        return previous is not self._outputs[0]
+
+    def _sources_of(self, layer: Layer) -> list[str]:
+        """``"dense[0][0]"`` for each tensor each of the layer's calls in this model reads."""
+        indices = self._node_indices()
+        out = []
+        for node in self._nodes:
+            if node.layer is layer:
+                out += [self._tensor_ref(t, indices) + "," for t in node.inputs]
+        if out:
+            out[-1] = out[-1].rstrip(",")
+        return out
+
+    def _node_indices(self) -> dict[int, int]:
+        """Each node's index among this model's calls of its layer."""
+        counts: dict[int, int] = {}
+        indices = {}
+        for node in self._nodes:
+            indices[id(node)] = counts.get(id(node.layer), 0)
+            counts[id(node.layer)] = indices[id(node)] + 1
+        return indices
+
+    def _tensor_ref(self, tensor: KerasTensor, indices: dict[int, int]) -> str:
+        name, node_index, _ = self._tensor_key(tensor, indices)
+        return f"{name}[{node_index}][0]"
+
+    def _tensor_key(self, tensor: KerasTensor, indices: dict[int, int]) -> list[Any]:
+        source = input_layer_of(tensor)
+        if source is not None:
+            return [source.name, 0, 0]
+        node = tensor.node
+        assert node is not None  # every tensor but an Input's has its node
+        return [node.layer.name, indices[id(node)], 0]
+
+    def get_config(self) -> dict[str, Any]:
+        """The graph as JSON-serialisable data: each layer with the tensors each of its
+        calls reads, and the model's input and output tensors (Keras's layout)."""
+        indices = self._node_indices()
+        layers = []
+        for layer in self._graph_layers:
+            calls = [node for node in self._nodes if node.layer is layer]
+            layers.append(
+                {
+                    "class_name": type(layer).__name__,
+                    "name": layer.name,
+                    "config": layer.get_config(),
+                    "inbound_nodes": [
+                        [self._tensor_key(t, indices) for t in node.inputs] for node in calls
+                    ],
+                    "merges": [node.merges for node in calls],
+                }
+            )
+        return {
+            "name": self.name,
+            "layers": layers,
+            "input_layers": [self._tensor_key(t, indices) for t in self._inputs],
+            "output_layers": [self._tensor_key(t, indices) for t in self._outputs],
+            "input_keys": self._input_keys,
+            "output_keys": self._output_keys,
+        }
+
+    @classmethod
+    def from_config(
+        cls, config_dict: Mapping[str, Any], custom_objects: Mapping[str, Any] | None = None
+    ) -> Model:
+        """A new model (fresh weights on the current engine) from ``get_config``'s output."""
+        with custom.custom_object_scope(custom_objects or {}):
+            built: dict[str, Layer] = {}
+            pending = []
+            tensors: dict[tuple[str, int], KerasTensor] = {}
+            for entry in config_dict["layers"]:
+                layer = layer_from_config(entry, custom_objects)
+                if layer.name in built:
+                    raise ValueError(f"two layers are named {layer.name!r}")
+                built[layer.name] = layer
+                if isinstance(layer, InputLayer):
+                    tensors[(layer.name, 0)] = layer.output
+                merges = entry.get("merges") or [False] * len(entry.get("inbound_nodes", []))
+                for index, (refs, merge) in enumerate(zip(entry.get("inbound_nodes", []), merges)):
+                    pending.append((layer, index, refs, merge))
+            while pending:
+                remaining = []
+                for layer, index, refs, merge in pending:
+                    keys = [(ref[0], int(ref[1])) for ref in refs]
+                    ready = all(key in tensors for key in keys) and (
+                        index == 0 or (layer.name, index - 1) in tensors
+                    )
+                    if not ready:
+                        remaining.append((layer, index, refs, merge))
+                        continue
+                    sources = [tensors[key] for key in keys]
+                    tensors[(layer.name, index)] = layer(sources if merge else sources[0])
+                if len(remaining) == len(pending):
+                    names = sorted({item[0].name for item in remaining})
+                    raise ValueError(
+                        f"the layer graph cannot be rebuilt: layers {names} read "
+                        "tensors that no layer makes"
+                    )
+                pending = remaining
+            inputs = [tensors[(ref[0], int(ref[1]))] for ref in config_dict["input_layers"]]
+            outputs = [tensors[(ref[0], int(ref[1]))] for ref in config_dict["output_layers"]]
+            input_keys, output_keys = config_dict.get("input_keys"), config_dict.get("output_keys")
+            return cls(
+                dict(zip(input_keys, inputs)) if input_keys else inputs,
+                dict(zip(output_keys, outputs)) if output_keys else outputs,
+                name=config_dict.get("name"),
+            )
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The architecture as a JSON string; ``model_from_json`` reads it back."""
+        return json.dumps({"class_name": self._class_key(), "config": self.get_config()}, **kwargs)
+
+    @classmethod
+    def _class_key(cls) -> str:
+        return "Functional"
+
+    # ------------------------------------------------------------------ copying
+    def __reduce__(self) -> tuple[Any, ...]:
+        # engines hold modules and device memory: a copy is the model's file, in memory
+        model_config, arrays = saving.model_state(self)
+        return (saving.restore_model, (model_config, arrays))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class Sequential(Model):
     """A linear stack of layers with Keras's ``compile``/``fit``/``evaluate``/``predict``.
+
+    The stack becomes a chain of the layer graph as soon as its input width is
+    known (``input_shape=`` on the first layer, an ``Input`` first, or ``build``),
+    and its weights are made then; otherwise the first ``fit``/``predict`` makes
+    them from the data.
 
     Args:
         layers: optional list of layers (an ``Input`` may come first).
@@ -48,905 +569,295 @@ class Sequential:
         >>> history = model.fit(x, y, epochs=10, validation_split=0.3)
     """
 
-    def __init__(self, layers: Sequence[Any] | None = None, name: str | None = None) -> None:
-        self.name = name or _unique_name("sequential")
-        self.layers: list[Layer] = []
-        self.input_features: int | None = None
-        self.built = False
-        self.engine: Engine | None = None
-        self.dtype: str | None = None
-        self.optimizer: optimizers.Optimizer | None = None
-        self.loss: losses.Loss | None = None
-        self.metric_names: list[str] = []
-        self.stop_training = False
-        self.history: callbacks_module.History | None = None
-        self._params: Array = None
-        self._grads: Array = None
-        self._workspace: Workspace | None = None
-        self._stack: _DenseStack | None = None
-        self._first_trainable = 0
+    def __init__(
+        self, layers: Sequence[Any] | None = None, name: str | None = None, trainable: bool = True
+    ) -> None:
+        Trainer.__init__(self)
+        self.name = name or unique_name("sequential")
+        self._stack_layers: list[Layer] = []
+        self._input_layer: InputLayer | None = None
+        self._inputs, self._outputs, self._nodes = [], [], []
+        self._graph_layers, self._param_layers = [], []
+        self._input_keys = self._output_keys = None
+        self.output_names = []
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
                 raise TypeError(f"Sequential expected a list of layers, received {layers!r}")
             for layer in layers:
                 self.add(layer)
+        if not trainable:
+            self.trainable = False
 
-    # ------------------------------------------------------------------ structure
-    def add(self, layer: Layer | Input) -> None:
-        """Append a layer (or, first of all, an ``Input``)."""
-        if self.built:
-            raise ValueError(
-                f"cannot add {layer!r}: the model is already built with its weights; "
-                "create a new Sequential with all its layers instead"
-            )
-        if isinstance(layer, Input):
-            if self.layers:
+    @property
+    def layers(self) -> list[Layer]:
+        """The stacked layers (the ``InputLayer`` is not listed, as in Keras)."""
+        return list(self._stack_layers)
+
+    @property
+    def input_features(self) -> int | None:
+        """The input width, once known."""
+        return self._input_layer.units if self._input_layer is not None else None
+
+    @property
+    def trainable(self) -> bool:
+        layers = [layer for layer in self._stack_layers if layer.parameter_shapes()]
+        return all(layer.trainable for layer in layers) if layers else True
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        for layer in self._stack_layers:
+            layer.trainable = bool(value)
+
+    def add(self, layer: Any) -> None:
+        """Append a layer (or, first of all, an ``Input``); rebuilds the graph when the
+        input width is known, keeping the weights the other layers have."""
+        source = input_layer_of(layer) if isinstance(layer, KerasTensor) else None
+        if isinstance(layer, InputLayer):
+            source = layer
+        if source is not None:
+            if self._stack_layers or self._input_layer is not None:
                 raise ValueError("Input(...) must come before every other layer of the model")
-            self.input_features = layer.features
+            self._input_layer = source
             return
         if not isinstance(layer, Layer):
             raise TypeError(
                 f"Sequential.add expected a layer such as Dense(10), received {layer!r}"
             )
-        if any(existing is layer for existing in self.layers):
+        if any(existing is layer for existing in self._stack_layers):
             raise ValueError(f"layer {layer.name!r} is already in this model")
-        if not self.layers and layer.input_features is not None:
-            self.input_features = layer.input_features
-        elif self.layers and layer.input_features is not None:
-            previous = self.layers[-1]
-            if previous.units is not None and previous.units != layer.input_features:
+        declared = layer.input_features if isinstance(layer.input_features, int) else None
+        if self._stack_layers and declared is not None:
+            previous = self._stack_layers[-1]
+            if previous.units is not None and previous.units != declared:
                 raise ValueError(
-                    f"layer {layer.name!r} declares input_shape=({layer.input_features},) but "
+                    f"layer {layer.name!r} declares input_shape=({declared},) but "
                     f"the layer before it outputs {previous.units} features"
                 )
-        self.layers.append(layer)
+        if not self._stack_layers and declared is not None and self._input_layer is None:
+            self._input_layer = InputLayer(shape=(declared,))
+        self._stack_layers.append(layer)
+        if self._input_layer is not None:
+            try:
+                self._chain()
+            except ValueError:
+                self._stack_layers.pop()
+                raise
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer; the others keep their weights."""
+        if not self._stack_layers:
+            raise ValueError("pop(): the model has no layers to remove")
+        layer = self._stack_layers.pop()
+        if self._stack_layers and self._input_layer is not None:
+            self._chain()
+        else:
+            self._inputs, self._outputs, self._nodes = [], [], []
+            self._graph_layers, self._param_layers = [], []
+            self.built = False
+        return layer
+
+    def _chain(self) -> None:
+        """Call the layers one after another from the input: the model's graph."""
+        assert self._input_layer is not None  # the callers check it
+        tensor = self._input_layer.output
+        for layer in self._stack_layers:
+            tensor = layer(tensor)
+        self._set_graph([self._input_layer.output], [tensor])
+        self._graph_layers = [self._input_layer, *self._stack_layers]
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            self.optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+        self._build_weights()
 
     def build(self, input_shape: Any = None) -> None:
-        """Create the weights on the current engine for ``input_shape=(None, features)``.
+        """Create the weights for ``input_shape=(None, features)`` on the current engine.
 
         Called by ``fit``/``predict``/``summary`` when needed; weights come from
         the layers' initializers, drawn on the host from the seeded generator so
         that the same seed gives the same weights on every engine.
         """
+        if input_shape is not None:
+            features = int(tuple(input_shape)[-1])
+            if self._input_layer is not None and self._input_layer.units != features:
+                raise ValueError(
+                    f"the model's input width is {self._input_layer.units}, "
+                    f"build received input_shape={tuple(input_shape)}"
+                )
+            if self._input_layer is None:
+                self._input_layer = InputLayer(shape=(features,))
         if self.built:
             return
-        if input_shape is not None:
-            shape = tuple(input_shape)
-            self.input_features = int(shape[-1])
-        if self.input_features is None:
+        if self._input_layer is None:
             raise ValueError(
                 "the model has no input shape yet: give the first layer input_shape=(features,), "
                 "start with Input(shape=(features,)), or call fit/predict, which build it from "
                 "the data"
             )
-        if not self.layers:
+        if not self._stack_layers:
             raise ValueError("the model has no layers; add some with model.add(Dense(...))")
-        engine = config.get_backend()
-        dtype = config.floatx()
-        if not engine.supports_dtype(dtype):
-            raise RuntimeError(f"engine {engine.name!r} does not support {dtype}")
-        width = self.input_features
-        for layer in self.layers:
-            width = layer.build(width)
-        rng = config.rng()
-        host_values = [value for layer in self.layers for value in layer.initial_values(rng, dtype)]
-        flat = (
-            np.concatenate([value.reshape(-1) for value in host_values]).astype(dtype)
-            if host_values
-            else np.zeros(0, dtype=dtype)
-        )
-        self.dtype = dtype
-        self._place(engine, flat)
-        # backprop stops at the first layer with parameters: nothing before it needs a gradient
-        self._first_trainable = next(
-            (i for i, layer in enumerate(self.layers) if layer.parameter_shapes()), len(self.layers)
-        )
-        self.built = True
+        self._chain()
 
-    def _place(self, engine: Engine, flat_host: np.ndarray) -> None:
-        """Put the flat parameters on ``engine`` and hand every layer its views."""
-        self.engine = engine
-        self._workspace = Workspace(engine)  # the batch and the loss gradient of training steps
-        self._stack = None  # made again by the next fit, from the new views
-        self._params = engine.asarray(flat_host, dtype=self.dtype)
-        self._grads = engine.zeros((flat_host.size,), dtype=self.dtype)
-        shapes = [shape for layer in self.layers for shape in layer.parameter_shapes()]
-        weights = engine.split_views(self._params, shapes)
-        gradients = engine.split_views(self._grads, shapes)
-        start = 0
-        for layer in self.layers:
-            count = len(layer.parameter_shapes())
-            layer.bind(
-                engine,
-                weights[start : start + count],
-                gradients[start : start + count],
-                self._built_dtype(),
-            )
-            start += count
-
-    def _ensure_built(self, what: str) -> None:
+    def _build_from_data(self, widths: list[int]) -> None:
         if not self.built:
-            try:
-                self.build()
-            except ValueError as error:
-                raise ValueError(f"{what}: {error}") from None
+            self.build(input_shape=(None, widths[0]))
 
-    # What build() and compile() set. The public methods build the model or check that it
-    # is compiled before they use these, so the raises are reached only by misuse of the
-    # private helpers; AttributeError, as the attribute access on None raised before.
-    def _built_engine(self) -> Engine:
-        if self.engine is None:
-            raise AttributeError("the model is not built yet: it has no engine")
-        return self.engine
-
-    def _built_dtype(self) -> str:
-        if self.dtype is None:
-            raise AttributeError("the model is not built yet: it has no dtype")
-        return self.dtype
-
-    def _compiled_loss(self) -> losses.Loss:
-        if self.loss is None:
-            raise AttributeError("the model is not compiled yet: it has no loss")
-        return self.loss
-
-    def _compiled_optimizer(self) -> optimizers.Optimizer:
-        if self.optimizer is None:
-            raise AttributeError("the model is not compiled yet: it has no optimizer")
-        return self.optimizer
+    def _shows_connections(self) -> bool:
+        return False
 
     @property
     def input_shape(self) -> tuple[None, int]:
         """``(None, features)``, as Keras reports it; the model must know its input width."""
-        if self.input_features is None:
+        if self._input_layer is None:
             raise ValueError(
                 "the model has no input shape yet: give the first layer input_shape=(features,)"
             )
-        return (None, self.input_features)
-
-    @property
-    def output_shape(self) -> tuple[None, int]:
-        """``(None, units)`` of the last layer, as Keras reports it."""
-        return (None, self.output_units)
+        return (None, int(self._input_layer.units or 0))
 
     @property
     def output_units(self) -> int:
         """Number of output features (the last layer's width); the model must be built."""
         self._ensure_built("output_units")
-        units = self.layers[-1].units
-        if units is None:  # every layer has its width once built
-            raise RuntimeError(f"layer {self.layers[-1].name!r} has no output width")
-        return units
+        return self._outputs[0].features
 
-    def count_params(self) -> int:
-        """Number of trainable scalars in the model."""
-        self._ensure_built("count_params()")
-        return sum(layer.count_params() for layer in self.layers)
-
-    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
-        """Print the layers, their output shapes and parameter counts, with totals."""
-        self._ensure_built("summary()")
-        print_fn = print_fn or print
-        widths = (29, 26, 12)
-        rule = "_" * sum(widths)
-        lines = [f'Model: "{self.name}"', rule]
-        lines.append(_row(("Layer (type)", "Output Shape", "Param #"), widths))
-        lines.append("=" * sum(widths))
-        for i, layer in enumerate(self.layers):
-            if i:
-                lines.append("")
-            cells = (
-                f"{layer.name} ({type(layer).__name__})",
-                f"(None, {layer.units})",
-                f"{layer.count_params():,}",
-            )
-            lines.append(_row(cells, widths))
-        lines.append("=" * sum(widths))
-        total = self.count_params()
-        size = _human_bytes(total * np.dtype(self.dtype).itemsize)
-        lines += [
-            f"Total params: {total:,} ({size})",
-            f"Trainable params: {total:,} ({size})",
-            "Non-trainable params: 0 (0.00 B)",
-            rule,
-        ]
-        for line in lines:
-            print_fn(line)
-
-    # ------------------------------------------------------------------ weights
-    def get_weights(self) -> list[np.ndarray]:
-        """Host copies of every parameter in Keras's order: per layer kernel ``(in, out)``, bias."""
-        self._ensure_built("get_weights()")
-        engine = self._built_engine()
-        return [engine.to_numpy(w) for layer in self.layers for w in layer.trainable_weights]
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Replace every parameter; ``weights`` as returned by ``get_weights``.
-
-        Shapes are checked for all arrays before any is written.
-        """
-        self._ensure_built("set_weights()")
-        assign_weights(
-            self._built_engine(),
-            [w for layer in self.layers for w in layer.trainable_weights],
-            [shape for layer in self.layers for shape in layer.parameter_shapes()],
-            weights,
-            self._built_dtype(),
-            "set_weights",
-        )
-
-    def to(self, engine_name: str) -> Sequential:
-        """Move the weights and the optimizer state to another engine; returns ``self``."""
-        engine = backends.get(engine_name)
-        if not self.built:
-            raise ValueError("to(): the model is not built yet; build it or fit it first")
-        if not engine.supports_dtype(self.dtype):
-            raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
-        flat = self._built_engine().to_numpy(self._params)
-        self._place(engine, flat)
-        if self.optimizer is not None and self.optimizer.built:
-            self.optimizer.to_engine(engine)
-        return self
-
-    # ------------------------------------------------------------------ compile
-    def compile(
-        self,
-        optimizer: Any = "rmsprop",
-        loss: Any = None,
-        metrics: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        """Configure training.
-
-        Args:
-            optimizer: a name (``"adam"``, ``"sgd"``, ...) or an optimizer object.
-            loss: a loss name (Keras 3 or Keras 2 spelling) or a loss object.
-            metrics: list of metric names: ``"accuracy"``/``"acc"``, the specific
-                accuracies, or any loss name (``"mae"``, ``"mse"``, ...).
-        """
-        if kwargs:
-            raise TypeError(
-                f"compile() got unsupported argument(s) {', '.join(kwargs)}; "
-                "dlcore supports optimizer, loss and metrics"
-            )
-        new_optimizer = optimizers.get(optimizer)
-        new_loss = losses.get(loss)
-        new_metric_names = metrics_module.check_names(metrics)
-        if self.built:
-            metrics_module.resolve(new_metric_names, new_loss, self.output_units)
-        self.optimizer, self.loss, self.metric_names = new_optimizer, new_loss, new_metric_names
-
-    @property
-    def compiled(self) -> bool:
-        return self.loss is not None
-
-    def _require_compiled(self, what: str) -> None:
-        if not self.compiled:
-            raise RuntimeError(
-                f"you must compile the model before {what}, e.g. "
-                "model.compile(optimizer='adam', loss='categorical_crossentropy', "
-                "metrics=['accuracy'])"
-            )
-
-    # ------------------------------------------------------------------ training
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        epochs: int = 1,
-        verbose: int | str = "auto",
-        callbacks: Sequence[callbacks_module.Callback] | None = None,
-        validation_split: float = 0.0,
-        validation_data: Any = None,
-        shuffle: bool = True,
-        initial_epoch: int = 0,
-        **kwargs: Any,
-    ) -> callbacks_module.History:
-        """Train the model on ``x`` ``(N, features)`` and targets ``y``.
-
-        ``y`` is ``(N, units)`` (one-hot for categorical cross-entropy), or int
-        labels ``(N,)`` for sparse categorical cross-entropy. ``validation_split``
-        holds out the *last* fraction of the samples, before shuffling, as Keras
-        does; the last batch may be smaller than ``batch_size``. Keras 2's
-        ``nb_epoch`` is accepted for ``epochs``.
-
-        Returns:
-            A ``History`` whose ``history`` dict maps ``loss``, the metrics and
-            their ``val_`` versions to one value per epoch.
-        """
-        if "nb_epoch" in kwargs:
-            epochs = kwargs.pop("nb_epoch")
-        if kwargs:
-            raise TypeError(
-                f"fit() got unsupported argument(s) {', '.join(kwargs)}; supported: {_FIT_OPTIONS}"
-            )
-        self._require_compiled("fit()")
-        loss = self._compiled_loss()
-        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
-        epochs = _check_count(epochs, "epochs")
-        initial_epoch = _check_count(initial_epoch, "initial_epoch")
-        verbose = _check_verbose(verbose)
-        if (
-            isinstance(validation_split, bool)
-            # float is listed for mypy, which does not know that float is a numbers.Real
-            or not isinstance(validation_split, (float, numbers.Real))
-            or not (0 <= validation_split < 1)
-        ):
-            raise ValueError(
-                f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
-            )
-        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
-        if y is None:
-            raise ValueError("fit() needs targets y for the loss; received y=None")
-        y_checked = data_checks.check_targets(
-            y, loss.name, self._units_for(x), dtype=self._data_dtype()
-        )
-        data_checks.check_sample_counts(x, y_checked)
-        x_val = y_val = None
-        if validation_data is not None:
-            x_val, y_val = self._check_validation_data(validation_data)
-        elif validation_split:
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(
-                    f"validation_split={validation_split} of {len(x)} samples leaves "
-                    f"{split_at} for training and {len(x) - split_at} for validation; "
-                    "both need at least one sample"
-                )
-            x, x_val = x[:split_at], x[split_at:]
-            y_checked, y_val = y_checked[:split_at], y_checked[split_at:]
-        callback_list = callbacks_module.CallbackList(
-            callbacks,
-            model=self,
-            verbose=verbose,
-            epochs=epochs,
-            steps=math.ceil(len(x) / batch_size),
-        )
-        self.build()
-        metric_list = metrics_module.resolve(self.metric_names, loss, self.output_units)
-        return self._fit_loop(
-            x,
-            y_checked,
-            x_val,
-            y_val,
-            batch_size,
-            epochs,
-            initial_epoch,
-            shuffle,
-            metric_list,
-            callback_list,
-        )
-
-    def _data_dtype(self) -> str:
-        """The float dtype data will have on the engine: the model's, or floatx before build."""
-        return self.dtype or config.floatx()
-
-    def _units_for(self, x: np.ndarray) -> int:
-        if not self.built:
-            self.build(input_shape=(None, x.shape[1]))
-        return self.output_units
-
-    def _check_validation_data(self, validation_data: Any) -> tuple[np.ndarray, np.ndarray]:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError(
-                "validation_data must be a tuple (x_val, y_val); sample weights are not supported"
-            )
-        x_val = data_checks.check_features(
-            validation_data[0], self.input_features, dtype=self._data_dtype(), name="x_val"
-        )
-        y_val = data_checks.check_targets(
-            validation_data[1],
-            self._compiled_loss().name,
-            self.output_units,
-            dtype=self._data_dtype(),
-            name="y_val",
-        )
-        data_checks.check_sample_counts(x_val, y_val, x_name="x_val", y_name="y_val")
-        return x_val, y_val
-
-    def _target_dtype(self) -> str:
-        if self._compiled_loss().name == "sparse_categorical_crossentropy":
-            return "int64"
-        return self._built_dtype()
-
-    def _fit_loop(
-        self,
-        x,
-        y,
-        x_val,
-        y_val,
-        batch_size,
-        epochs,
-        initial_epoch,
-        shuffle,
-        metric_list,
-        callback_list,
-    ) -> callbacks_module.History:
-        engine = self._built_engine()
-        dtype = self._built_dtype()
-        optimizer = self._compiled_optimizer()
-        X = engine.asarray(x, dtype=dtype)
-        Y = engine.asarray(y, dtype=self._target_dtype())
-        X_val = Y_val = None
-        if x_val is not None:
-            X_val = engine.asarray(x_val, dtype=dtype)
-            Y_val = engine.asarray(y_val, dtype=self._target_dtype())
-        if not optimizer.built:
-            optimizer.build(engine, int(self._params.shape[0]), dtype)
-        rng = config.rng()
-        engine.seed(int(rng.integers(2**63 - 1)))
-        self._stack = self._dense_stack()
-        n = len(x)
-        starts = range(0, n, batch_size)
-        self.stop_training = False
-        self.history = callback_list.history
-        callback_list.on_train_begin()
-        epoch_logs: dict[str, float] = {}
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            totals = metrics_module.EpochTotals(engine, metric_list, self.output_units)
-            order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
-            for step, start in enumerate(starts):
-                callback_list.on_train_batch_begin(step)
-                stop = min(start + batch_size, n)
-                if order is None:
-                    X_batch = engine.slice_rows(X, start, stop)
-                    Y_batch = engine.slice_rows(Y, start, stop)
-                else:
-                    rows = engine.slice_rows(order, start, stop)
-                    X_batch = engine.take_rows(
-                        X, rows, out=self._batch_buffer("x", X, stop - start)
-                    )
-                    Y_batch = engine.take_rows(
-                        Y, rows, out=self._batch_buffer("y", Y, stop - start)
-                    )
-                loss_terms, metric_values = self._train_step(X_batch, Y_batch, metric_list)
-                totals.add(stop - start, loss_terms, metric_values)
-                batch_logs = (
-                    metrics_module.LazyLogs(totals.logs) if callback_list.wants_batch_logs else None
-                )
-                callback_list.on_train_batch_end(step, batch_logs)
-                if self.stop_training:
-                    break
-            epoch_logs = totals.logs()
-            if X_val is not None:
-                val_logs = self._evaluate_engine_arrays(
-                    X_val, Y_val, batch_size, metric_list, callback_list
-                )
-                epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
-            callback_list.on_epoch_end(epoch, epoch_logs)
-            if self.stop_training:
-                break
-        callback_list.on_train_end(epoch_logs)
-        return callback_list.history
-
-    def _batch_buffer(self, name: str, data: Array, rows: int) -> Array:
-        """The workspace array that receives ``rows`` shuffled rows of ``data``."""
-        return self._training_workspace().array(name, (rows, *data.shape[1:]), data.dtype)
-
-    def _training_workspace(self) -> Workspace:
-        if self._workspace is None:
-            raise AttributeError("the model is not built yet: it has no workspace")
-        return self._workspace
-
-    def _loss_gradient(self, output: Array, Y: Array) -> tuple[Array, bool]:
-        """Gradient of the loss for backprop, and whether it is already taken through
-        the last layer's activation (the fused softmax/sigmoid cross-entropy path)."""
-        engine, loss = self._built_engine(), self._compiled_loss()
-        last_activation = self.layers[-1].output_activation
-        if not loss.from_logits:
-            if last_activation == "softmax" and loss.name in (
-                "categorical_crossentropy",
-                "sparse_categorical_crossentropy",
-            ):
-                gradient = engine.backprop_softmax_crossentropy(
-                    output, Y, workspace=self._training_workspace()
-                )
-                return gradient, True
-            if last_activation == "sigmoid" and loss.name == "binary_crossentropy":
-                return engine.backprop_sigmoid_crossentropy(output, Y), True
-        return engine.backprop_loss(loss.name, output, Y, from_logits=loss.from_logits), False
-
-    def _dense_stack(self) -> _DenseStack | None:
-        """What ``engine.dense_stack_step`` needs when the model is a stack of biased,
-        unregularised Dense layers ending in softmax and trained with categorical
-        cross-entropy on probabilities; ``None`` for any other model."""
-        engine, loss = self._built_engine(), self._compiled_loss()
-        if loss.from_logits or loss.name not in (
-            "categorical_crossentropy",
-            "sparse_categorical_crossentropy",
-        ):
-            return None
-        dense = [layer for layer in self.layers if type(layer) is Dense]
-        if (
-            not dense
-            or len(dense) != len(self.layers)
-            or dense[-1].activation != "softmax"
-            or any(layer.activation not in engine.STACK_ACTIVATIONS for layer in dense[:-1])
-            or any(
-                not layer.use_bias
-                or layer.kernel_regularizer is not None
-                or layer.bias_regularizer is not None
-                for layer in dense
-            )
-        ):
-            return None
-        return _DenseStack(
-            activations=[layer.activation for layer in dense[:-1]],
-            weights=[layer.trainable_weights[0] for layer in dense],
-            biases=[layer.trainable_weights[1] for layer in dense],
-            weight_grads=[layer.gradients[0] for layer in dense],
-            bias_grads=[layer.gradients[1] for layer in dense],
-            workspaces=[layer.workspace for layer in dense] + [self._training_workspace()],
-        )
-
-    def _train_step(
-        self, X: Array, Y: Array, metric_list: Sequence[metrics_module.Metric]
-    ) -> tuple[list[Array], list[Array]]:
-        engine, loss = self._built_engine(), self._compiled_loss()
-        stack = self._stack
-        if stack is not None:
-            loss_value, output = engine.dense_stack_step(
-                X,
-                Y,
-                stack.weights,
-                stack.biases,
-                stack.weight_grads,
-                stack.bias_grads,
-                stack.activations,
-                workspaces=stack.workspaces,
-            )
-            metric_values = [
-                metric.batch_value(engine, output, Y, self._training_workspace())
-                for metric in metric_list
-            ]
-            self._compiled_optimizer().apply(engine, self._params, self._grads)
-            return [loss_value], metric_values
-        output = X
-        for layer in self.layers:
-            output = layer.forward(output, training=True)
-        loss_terms = [
-            engine.loss(
-                loss.name,
-                output,
-                Y,
-                from_logits=loss.from_logits,
-                workspace=self._training_workspace(),
-            )
-        ]
-        loss_terms += [penalty for layer in self.layers for penalty in layer.penalties()]
-        metric_values = [
-            metric.batch_value(engine, output, Y, self._training_workspace())
-            for metric in metric_list
-        ]
-        gradient, fused = self._loss_gradient(output, Y)
-        first_trainable = self._first_trainable
-        for i in range(len(self.layers) - 1, first_trainable - 1, -1):
-            layer = self.layers[i]
-            need_dX = i > first_trainable
-            if fused and i == len(self.layers) - 1:
-                gradient = layer.backward_from_preactivation(gradient, need_dX=need_dX)
-            else:
-                gradient = layer.backward(gradient, need_dX=need_dX)
-        if first_trainable < len(self.layers):
-            self._compiled_optimizer().apply(engine, self._params, self._grads)
-        return loss_terms, metric_values
-
-    # ------------------------------------------------------------------ inference
-    def _forward(self, X: Array) -> Array:
-        for layer in self.layers:
-            X = layer.forward(X, training=False)
-        return X
-
-    def _evaluate_engine_arrays(
-        self,
-        X: Array,
-        Y: Array,
-        batch_size: int,
-        metric_list: Sequence[metrics_module.Metric],
-        hooks: callbacks_module.CallbackList,
-    ) -> dict[str, float]:
-        """Loss and metrics over engine arrays in batches, with the ``on_test_*`` hooks."""
-        engine, compiled_loss = self._built_engine(), self._compiled_loss()
-        totals = metrics_module.EpochTotals(engine, metric_list, self.output_units)
-        penalties = [penalty for layer in self.layers for penalty in layer.penalties()]
-        n = int(X.shape[0])
-        hooks.on_test_begin()
-        for step, start in enumerate(range(0, n, batch_size)):
-            hooks.on_test_batch_begin(step)
-            stop = min(start + batch_size, n)
-            output = self._forward(engine.slice_rows(X, start, stop))
-            Y_batch = engine.slice_rows(Y, start, stop)
-            loss = engine.loss(
-                compiled_loss.name, output, Y_batch, from_logits=compiled_loss.from_logits
-            )
-            values = [metric.batch_value(engine, output, Y_batch) for metric in metric_list]
-            totals.add(stop - start, [loss, *penalties], values)
-            hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
-        logs = totals.logs()
-        hooks.on_test_end(logs)
-        return logs
-
-    def evaluate(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        verbose: int | str = "auto",
-        return_dict: bool = False,
-        callbacks: Sequence[callbacks_module.Callback] | None = None,
-        **kwargs: Any,
-    ) -> float | list[float] | dict[str, float]:
-        """Loss (and metrics) on ``x``, ``y`` in batches; ``callbacks`` get the
-        ``on_test_*`` hooks.
-
-        Returns:
-            The loss as a float when the model has no metrics, else
-            ``[loss, metric, ...]``; a dict keyed by name with ``return_dict``.
-        """
-        if kwargs:
-            raise TypeError(f"evaluate() got unsupported argument(s) {', '.join(kwargs)}")
-        self._require_compiled("evaluate()")
-        loss = self._compiled_loss()
-        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
-        verbose = _check_verbose(verbose)
-        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
-        if y is None:
-            raise ValueError("evaluate() needs targets y; received y=None")
-        y_checked = data_checks.check_targets(
-            y, loss.name, self._units_for(x), dtype=self._data_dtype()
-        )
-        data_checks.check_sample_counts(x, y_checked)
-        metric_list = metrics_module.resolve(self.metric_names, loss, self.output_units)
-        steps = math.ceil(len(x) / batch_size)
-        hooks = callbacks_module.CallbackList(
-            callbacks, model=self, verbose=0, steps=steps, add_history=False
-        )
-        started = time.perf_counter()
-        engine = self._built_engine()
-        X = engine.asarray(x, dtype=self.dtype)
-        Y = engine.asarray(y_checked, dtype=self._target_dtype())
-        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_list, hooks)
-        if verbose:
-            _print_summary_line(steps, time.perf_counter() - started, logs)
-        if return_dict:
-            return logs
-        if not metric_list:
-            return logs["loss"]
-        return [logs["loss"]] + [logs[metric.key] for metric in metric_list]
-
-    def predict(
-        self,
-        x: Any,
-        batch_size: int | None = None,
-        verbose: int | str = 0,
-        callbacks: Sequence[callbacks_module.Callback] | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Outputs of the model for ``x`` ``(N, features)``: a NumPy array ``(N, units)``
-        in the model's float dtype, computed in batches of ``batch_size`` (32).
-
-        ``callbacks`` get the ``on_predict_*`` hooks, each batch's outputs in
-        ``logs["outputs"]``.
-        """
-        if kwargs:
-            raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
-        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
-        verbose = _check_verbose(verbose)
-        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
-        self._units_for(x)
-        hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
-        started = time.perf_counter()
-        engine = self._built_engine()
-        X = engine.asarray(x, dtype=self.dtype)
-        outputs = []
-        hooks.on_predict_begin()
-        for step, start in enumerate(range(0, len(x), batch_size)):
-            hooks.on_predict_batch_begin(step)
-            stop = min(start + batch_size, len(x))
-            outputs.append(engine.to_numpy(self._forward(engine.slice_rows(X, start, stop))))
-            hooks.on_predict_batch_end(step, {"outputs": outputs[-1]})
-        hooks.on_predict_end()
-        if verbose:
-            _print_summary_line(len(outputs), time.perf_counter() - started, {})
-        return np.concatenate(outputs, axis=0)
-
-    def __call__(self, x: Any) -> np.ndarray:
-        """``predict(x)`` on the whole input at once."""
-        x = data_checks.check_features(x, self.input_features, dtype=self._data_dtype())
-        return self.predict(x, batch_size=len(x))
-
-    # ------------------------------------------------------------------ saving
     def get_config(self) -> dict[str, Any]:
-        """The model's architecture as JSON-serialisable data."""
+        """The stack as JSON-serialisable data."""
         return {
             "name": self.name,
             "input_features": self.input_features,
             "layers": [
                 {"class_name": type(layer).__name__, "config": layer.get_config()}
-                for layer in self.layers
+                for layer in self._stack_layers
             ],
         }
 
-    def save(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
-        """Save architecture, weights, and compile settings with optimizer state to one file.
+    @classmethod
+    def from_config(
+        cls, config_dict: Mapping[str, Any], custom_objects: Mapping[str, Any] | None = None
+    ) -> Sequential:
+        """A new stack (fresh weights, built when the input width is known)."""
+        with custom.custom_object_scope(custom_objects or {}):
+            layers: list[Any] = []
+            features = config_dict.get("input_features")
+            if features is not None:
+                layers.append(InputLayer(shape=(features,)))
+            layers += [layer_from_config(entry, custom_objects) for entry in config_dict["layers"]]
+            return cls(layers, name=config_dict.get("name"))
 
-        Any file name works (``model.h5``, ``model.keras``, ``model.dlcore``); the
-        format is dlcore's own safe archive, read back by ``load_model``. The file
-        is written to a temporary name first and renamed, so an interrupted save
-        never damages an existing file.
-        """
-        self._ensure_built("save()")
-        path = os.fspath(filepath)
-        if not overwrite and os.path.exists(path):
-            raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
-        model_config: dict[str, Any] = {
-            "format": MODEL_FORMAT,
-            "dtype": self.dtype,
-            "model": self.get_config(),
-            "compile": None,
-        }
-        arrays = {"params": self._built_engine().to_numpy(self._params)}
-        if self.compiled:
-            optimizer = self._compiled_optimizer()
-            model_config["compile"] = {
-                "loss": self._compiled_loss().get_config(),
-                "metrics": self.metric_names,
-                "optimizer": {
-                    "class_name": type(optimizer).__name__,
-                    "config": optimizer.get_config(),
-                },
-                "optimizer_built": optimizer.built,
-            }
-            if optimizer.built:
-                for key, value in optimizer.get_state().items():
-                    arrays[f"optimizer/{key}"] = value
-        archive.write_archive(path, model_config, arrays)
-
-    def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
-        """Save only the weights (read back by ``load_weights`` into the same architecture)."""
-        self._ensure_built("save_weights()")
-        path = os.fspath(filepath)
-        if not overwrite and os.path.exists(path):
-            raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
-        shapes = [list(s) for layer in self.layers for s in layer.parameter_shapes()]
-        archive.write_archive(
-            path,
-            {"format": "dlcore.weights", "shapes": shapes},
-            {"params": self._built_engine().to_numpy(self._params)},
-        )
-
-    def load_weights(self, filepath: str | os.PathLike) -> None:
-        """Load weights saved by ``save_weights`` (or a whole model saved by ``save``)."""
-        self._ensure_built("load_weights()")
-        file_config, arrays = archive.read_archive(os.fspath(filepath))
-        if file_config.get("format") == MODEL_FORMAT:
-            layer_shapes = _shapes_of(file_config)
-        elif file_config.get("format") == "dlcore.weights":
-            layer_shapes = [tuple(s) for s in file_config["shapes"]]
-        else:
-            raise ValueError(f"{os.fspath(filepath)} holds no dlcore weights")
-        own = [tuple(s) for layer in self.layers for s in layer.parameter_shapes()]
-        if layer_shapes != own:
-            raise ValueError(
-                f"the weights in {os.fspath(filepath)} have shapes {layer_shapes}, "
-                f"this model has {own}"
-            )
-        try:
-            params = _checked_params(arrays, int(self._params.shape[0]))
-        except (KeyError, ValueError) as error:
-            raise ValueError(
-                f"the weights file {os.fspath(filepath)} is damaged: {error}"
-            ) from None
-        self._set_flat(params)
-
-    def _set_flat(self, flat: np.ndarray) -> None:
-        engine = self._built_engine()
-        engine.assign(self._params, engine.asarray(flat, dtype=self.dtype))
+    @classmethod
+    def _class_key(cls) -> str:
+        return "Sequential"
 
 
-@dataclass(frozen=True)
-class _DenseStack:
-    """A model's Dense layers as ``Engine.dense_stack_step`` takes them."""
-
-    activations: list[str]
-    weights: list[Array]
-    biases: list[Array]
-    weight_grads: list[Array]
-    bias_grads: list[Array]
-    workspaces: list[Workspace]
-
-
-def _shapes_of(model_config: dict[str, Any]) -> list[tuple[int, ...]]:
-    model = _model_from_config(model_config["model"])
-    # read from the file unchecked: a damaged file may hold None (or worse) here, and the
-    # caller's comparison of the shapes then reports the mismatch
-    width: Any = model.input_features
-    shapes = []
-    for layer in model.layers:
-        width = layer.build(width)
-        shapes += [tuple(s) for s in layer.parameter_shapes()]
-    return shapes
-
-
-def _model_from_config(config_dict: dict[str, Any]) -> Sequential:
-    layers = []
-    for entry in config_dict["layers"]:
-        cls = LAYER_CLASSES.get(entry.get("class_name"))
-        if cls is None:
-            raise ValueError(f"unknown layer type {entry.get('class_name')!r} in the model file")
-        layers.append(cls.from_config(dict(entry["config"])))
-    model = Sequential(layers, name=config_dict.get("name"))
-    model.input_features = config_dict["input_features"]
-    return model
-
-
-def load_model(filepath: str | os.PathLike, compile: bool = True) -> Sequential:
-    """Load a model written by ``Sequential.save`` onto the current engine.
-
-    A compiled model comes back compiled with its optimizer state, so ``fit``
-    continues where it stopped. Nothing in the file is unpickled or executed.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a dlcore model, is corrupt, or does not match
-            its own description.
-    """
-    path = os.fspath(filepath)
-    file_config, arrays = archive.read_archive(path)
-    if file_config.get("format") != MODEL_FORMAT:
+def layer_from_config(
+    entry: Mapping[str, Any], custom_objects: Mapping[str, Any] | None = None
+) -> Layer:
+    """A layer from ``{"class_name", "config"}``; custom layer classes come from
+    ``custom_objects``."""
+    name = str(entry.get("class_name"))
+    cls = LAYER_CLASSES.get(name) or (custom_objects or {}).get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise ValueError(
-            f"{path} is a dlcore file but not a saved model (format "
-            f"{file_config.get('format')!r}); load weights with model.load_weights"
+            f"unknown layer type {name!r}; pass its class in custom_objects={{{name!r}: cls}}"
         )
+    return cls.from_config(dict(entry["config"]))
+
+
+MODEL_CLASSES: dict[str, type[Model]] = {
+    "Functional": Model,
+    "Model": Model,
+    "Sequential": Sequential,
+}
+
+
+def model_from_config(
+    config_dict: Mapping[str, Any], custom_objects: Mapping[str, Any] | None = None
+) -> Model:
+    """A model from ``{"class_name": "Sequential" | "Functional", "config": ...}``."""
+    if not isinstance(config_dict, Mapping) or "config" not in config_dict:
+        raise ValueError("a model config is a dict with 'class_name' and 'config'")
+    cls = MODEL_CLASSES.get(config_dict.get("class_name"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(
+            f"unknown model class {config_dict.get('class_name')!r}; "
+            f"known: {', '.join(MODEL_CLASSES)}"
+        )
+    return cls.from_config(config_dict["config"], custom_objects)
+
+
+def model_from_json(json_string: str, custom_objects: Mapping[str, Any] | None = None) -> Model:
+    """A model (fresh weights) from the architecture written by ``to_json``."""
     try:
-        model = _model_from_config(file_config["model"])
-        dtype = file_config["dtype"]
-        previous = config.floatx()
-        config.set_floatx(dtype)
-        try:
-            model.build()
-        finally:
-            config.set_floatx(previous)
-        model._set_flat(_checked_params(arrays, int(model._params.shape[0])))
-        compile_config = file_config.get("compile")
-        if compile and compile_config:
-            model.compile(
-                optimizer=optimizers.get(compile_config["optimizer"]),
-                loss=losses.get(compile_config["loss"]),
-                metrics=compile_config["metrics"],
-            )
-            if compile_config.get("optimizer_built"):
-                state = {
-                    key.split("/", 1)[1]: value
-                    for key, value in arrays.items()
-                    if key.startswith("optimizer/")
-                }
-                size = int(model._params.shape[0])
-                optimizer, engine = model._compiled_optimizer(), model._built_engine()
-                optimizer.build(engine, size, dtype)
-                optimizer.set_state(engine, state, dtype)
-    except KeyError as error:
-        raise ValueError(f"{path} is not a valid dlcore model file: missing {error}") from None
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{path} is not a valid dlcore model file: {error}") from None
-    return model
-
-
-def _checked_params(arrays: dict[str, np.ndarray], expected: int) -> np.ndarray:
-    """The flat ``params`` array of a file, checked against the size the architecture needs."""
-    params = arrays["params"]
-    if params.dtype.kind != "f":
-        raise ValueError(f"params must hold real floats, found dtype {params.dtype}")
-    if params.shape != (expected,):
+        description = json.loads(json_string)
+    except (TypeError, ValueError) as error:
         raise ValueError(
-            f"params has shape {params.shape}; the architecture needs ({expected},): "
-            f"the file holds {params.size} parameters but its architecture needs {expected}"
+            f"model_from_json expected a JSON string from to_json(): {error}"
+        ) from None
+    return model_from_config(description, custom_objects)
+
+
+def load_model(
+    filepath: Any, custom_objects: Mapping[str, Any] | None = None, compile: bool = True
+) -> Model:
+    """Load a model written by ``save`` onto the current engine (see ``dlcore.saving``)."""
+    return saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
+
+
+def _layers_by_depth(
+    walked: list[Any], input_ids: dict[int, int], first_reached: dict[int, int]
+) -> list[Layer]:
+    """The layers in Keras's order: the farthest from the outputs first (a layer's depth
+    is the longest path from any of its calls to an output), ties in the order a walk
+    from the outputs first reached them. ``walked`` holds the nodes and input tensors in
+    post-order."""
+    depth: dict[int, int] = {}
+    layer_depth: dict[int, int] = {}
+    layers: dict[int, Layer] = {}
+    for item in reversed(walked):
+        if isinstance(item, KerasTensor):
+            layer: Layer = input_layer_of(item)  # type: ignore[assignment]
+            parents: list[Any] = []
+        else:
+            layer = item.layer
+            parents = [t if id(t) in input_ids else t.node for t in item.inputs]
+        here = max(depth.get(id(item), 0), layer_depth.get(id(layer), 0))
+        layer_depth[id(layer)] = here
+        layers[id(layer)] = layer
+        for parent in parents:
+            depth[id(parent)] = max(here + 1, depth.get(id(parent), 0))
+    return sorted(layers.values(), key=lambda lay: (-layer_depth[id(lay)], first_reached[id(lay)]))
+
+
+def _flatten(structure: Any, what: str) -> tuple[list[KerasTensor], list[str] | None]:
+    """The tensors of ``inputs``/``outputs`` in order, and their keys when given as a dict."""
+    if isinstance(structure, KerasTensor):
+        return [structure], None
+    if isinstance(structure, Mapping):
+        keys = list(structure)
+        if not keys or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"{what} given as a dict must map names (str) to tensors")
+        tensors = [structure[k] for k in keys]
+    elif isinstance(structure, (list, tuple)) and structure:
+        keys, tensors = None, list(structure)
+    else:
+        raise TypeError(
+            f"Model {what} must be a tensor, a list or a dict of tensors, received {structure!r}"
         )
-    return params
+    for tensor in tensors:
+        if not isinstance(tensor, KerasTensor):
+            raise TypeError(
+                f"Model {what} must be symbolic tensors (from Input(...) or a layer call), "
+                f"received {tensor!r}"
+            )
+    return tensors, keys
 
 
-# ---------------------------------------------------------------------- helpers
+def _producer_name(tensor: KerasTensor) -> str:
+    source = input_layer_of(tensor)
+    if source is not None:
+        return source.name
+    assert tensor.node is not None  # every tensor but an Input's has its node
+    return tensor.node.layer.name
+
+
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
     return "".join(f" {cell:<{width - 1}}" for cell, width in zip(cells, widths)).rstrip()
 
@@ -960,25 +871,6 @@ def _human_bytes(count: int) -> str:
     return f"{value:.2f} GB"
 
 
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, received {name}={value!r}")
-    return int(value)
+saving.register_model_classes(MODEL_CLASSES, model_from_config)
 
-
-def _check_verbose(verbose: Any) -> int:
-    if verbose == "auto":
-        return 1
-    if verbose in (0, 1, 2):  # Keras accepts verbose=False/True too
-        return int(verbose)
-    raise ValueError(f"verbose must be 'auto', 0, 1 or 2; received {verbose!r}")
-
-
-def _print_summary_line(steps: int, seconds: float, logs: dict[str, float]) -> None:
-    per_step = 1000 * seconds / max(steps, 1)
-    parts = [f"{steps}/{steps}", f"{seconds:.0f}s {per_step:.0f}ms/step"]
-    parts += [f"{key}: {value:.4f}" for key, value in logs.items()]
-    print(" - ".join(parts))
-
-
-__all__ = ["Sequential", "load_model"]
+__all__ = ["Model", "Sequential", "load_model", "model_from_config", "model_from_json"]

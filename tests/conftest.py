@@ -33,7 +33,13 @@ SIMULATED_ENGINES = ("numba",) if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" 
 # on two cores; by default they run there only with --full-simulation. The kernel
 # tests, the operation-level conformance modules and tests/test_numba_engine.py (whole
 # fits against numpy) always run on the simulated engine.
-MODEL_LEVEL_MODULES = ("test_models", "test_saving", "test_keras_course", "test_demo_and_cli")
+MODEL_LEVEL_MODULES = (
+    "test_models",
+    "test_saving",
+    "test_keras_course",
+    "test_demo_and_cli",
+    "test_functional",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

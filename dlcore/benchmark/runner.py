@@ -1,6 +1,6 @@
 """Measure training throughput: every case on every engine and peer, side by side.
 
-The protocol (issue 4), for each case: the data and the initial weights are made
+The protocol, for each case: the data and the initial weights are made
 once; every trainer (a dlcore engine through the public ``model.fit``, or a peer
 framework from ``peers.py``) starts from those weights and trains one warm-up epoch;
 then in each of ``repeats`` rounds every trainer trains one timed epoch in turn

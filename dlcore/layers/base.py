@@ -1,0 +1,484 @@
+"""The layer base class, symbolic tensors and the nodes that connect layers into a graph.
+
+A layer declares the shapes of its parameters; the model owns one flat
+parameter buffer and one flat gradient buffer on the engine and hands each
+layer views into them (``bind``). Calling a layer on symbolic tensors
+(``KerasTensor``, made by ``Input``) records a ``Node``: the layer, the tensors
+it read and the tensor it made. A model walks those nodes. Each node keeps its
+own ``CallState`` (the arrays its forward pass kept for the backward pass and
+its workspace), so one layer called twice shares its weights but not its
+intermediate results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dlcore import data_checks
+from dlcore.backends.base import Array, Engine, Workspace
+
+_name_counters: dict[str, itertools.count] = {}
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix``, then ``prefix_1``, ``prefix_2``, ... as Keras names layers and models."""
+    counter = _name_counters.setdefault(prefix, itertools.count())
+    index = next(counter)
+    return prefix if index == 0 else f"{prefix}_{index}"
+
+
+def snake_case(class_name: str) -> str:
+    """``"PReLU"`` -> ``"p_re_lu"``-free Keras-style names: ``"Dense"`` -> ``"dense"``."""
+    out = []
+    for i, char in enumerate(class_name):
+        if char.isupper() and i and not class_name[i - 1].isupper():
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)
+
+
+def features_from_shape(input_shape: Any, input_dim: Any, owner: str) -> int | None:
+    """The feature count of ``input_shape=(features,)`` or ``input_dim=features``."""
+    if input_shape is not None and input_dim is not None:
+        raise ValueError(f"{owner}: give input_shape or input_dim, not both")
+    if input_dim is not None:
+        input_shape = (input_dim,)
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, numbers.Integral):
+        input_shape = (input_shape,)
+    shape = tuple(input_shape)
+    if len(shape) != 1 or not isinstance(shape[0], numbers.Integral) or shape[0] < 1:
+        raise ValueError(
+            f"{owner} expected input_shape=(features,) with a positive integer, for dense "
+            f"networks on flat feature vectors; received input_shape={input_shape!r}"
+        )
+    return int(shape[0])
+
+
+class KerasTensor:
+    """A symbolic batch of feature vectors, shape ``(None, features)``: what ``Input``
+    returns and what calling a layer on symbolic tensors returns."""
+
+    def __init__(self, features: int, node: Node | None, name: str) -> None:
+        self.features = features
+        self.node = node  # the node that made this tensor; set for every tensor but Input's
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[None, int]:
+        return (None, self.features)
+
+    def __repr__(self) -> str:
+        return f"<KerasTensor shape={self.shape}, name={self.name}>"
+
+
+class Node:
+    """One call of a layer in a graph: ``outputs = layer(inputs)``."""
+
+    def __init__(self, layer: Layer, inputs: list[KerasTensor], merges: bool) -> None:
+        self.layer = layer
+        self.inputs = inputs
+        self.merges = merges  # the layer was called on a list of tensors
+        self.index = len(layer.inbound_nodes)  # this call's number among the layer's calls
+        self.output: KerasTensor = KerasTensor(0, self, "")
+
+
+class CallState:
+    """What one node keeps between its forward and backward pass of a training step."""
+
+    __slots__ = ("cache", "workspace")
+
+    def __init__(self, engine: Engine) -> None:
+        self.cache: Any = None
+        self.workspace = Workspace(engine)
+
+    def kept(self, layer: Layer) -> Any:
+        """What ``forward(training=True)`` kept for ``backward``."""
+        if self.cache is None:
+            raise RuntimeError(
+                f"layer {layer.name!r}: backward() needs a forward(..., training=True) call first"
+            )
+        return self.cache
+
+
+class Variable:
+    """A layer's weight as Keras exposes it: ``.numpy()``, ``.assign()``, ``.shape``, ``.path``.
+
+    It reads and writes the layer's view into its model's flat parameter buffer.
+    """
+
+    def __init__(self, layer: Layer, index: int, name: str) -> None:
+        self._layer = layer
+        self._index = index
+        self.name = name
+
+    @property
+    def path(self) -> str:
+        return f"{self._layer.name}/{self.name}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._layer.parameter_shapes()[self._index])
+
+    @property
+    def dtype(self) -> str:
+        carried = self._layer._carried
+        return str(carried[self._index].dtype) if carried is not None else self._layer.dtype
+
+    @property
+    def trainable(self) -> bool:
+        return self._layer.trainable
+
+    @property
+    def value(self) -> Array:
+        """The engine array (a view into the model's flat buffer)."""
+        return self._layer.bound_params()[self._index]
+
+    def numpy(self) -> np.ndarray:
+        """A host copy, ``shape`` in the model's float dtype."""
+        return self._layer.get_weights()[self._index]
+
+    def assign(self, value: Any) -> None:
+        """Overwrite the weight; ``value`` must have this weight's shape."""
+        layer = self._layer
+        if layer._carried is not None:
+            values = layer.get_weights()
+            values[self._index] = value
+            layer.set_weights(values)
+            return
+        assign_weights(
+            layer.bound_engine(), [self.value], [self.shape], [value], layer.dtype, self.path
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+
+
+class Layer:
+    """Base class of layers.
+
+    Args:
+        name: the layer's name in ``summary()`` and in ``get_layer``; unique if omitted.
+        input_shape: ``(features,)``, on a ``Sequential`` model's first layer (Keras style).
+        input_dim: ``features``, the Keras 2 spelling of ``input_shape``.
+        trainable: whether ``fit`` updates the layer's weights.
+    """
+
+    weight_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        input_shape: Any = None,
+        input_dim: int | None = None,
+        trainable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        cls = type(self).__name__
+        kwargs.pop("dtype", None)  # the model's float type is dlcore.floatx() when it is built
+        if kwargs:
+            raise TypeError(f"{cls} got unexpected keyword argument(s): {', '.join(kwargs)}")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"{cls} expected a non-empty name without '/', received {name!r}")
+        self.name = name or unique_name(snake_case(cls))
+        # the input width: an int, or one per input (a list) for a merging layer
+        self.input_features: Any = features_from_shape(input_shape, input_dim, cls)
+        self.units: int | None = None  # output features once the input width is known
+        self.trainable = bool(trainable)
+        self.inbound_nodes: list[Node] = []
+        self.engine: Engine | None = None
+        self.dtype = "float32"  # the model's dtype, set by bind
+        self._params: list[Array] = []
+        self._grads: list[Array] = []
+        self._owner: Any = None  # the model whose buffer the views belong to
+        self._carried: list[np.ndarray] | None = None  # values a copied layer brings along
+
+    # -------------------------------------------------------------- structure
+    def output_features(self, input_features: Any) -> int:
+        """Fix the input width (an int, or a list for merging layers); returns the output width.
+
+        Raises ``ValueError`` naming the layer when the width conflicts with the one it
+        was built with (a shared layer called on tensors of another width).
+        """
+        if self.input_features is not None and self.input_features != input_features:
+            raise ValueError(
+                f"layer {self.name!r} expects inputs with {self.input_features} features, "
+                f"received {input_features}"
+            )
+        self.input_features = input_features
+        self.units = self._width_after(input_features)
+        return self.units
+
+    def _width_after(self, input_features: Any) -> int:
+        return int(input_features)
+
+    def parameter_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the parameters, in Keras's ``get_weights`` order (empty until built)."""
+        return []
+
+    def initial_values(self, rng: np.random.Generator, dtype: str) -> list[np.ndarray]:
+        """Host initial values of the parameters, one per ``parameter_shapes`` entry."""
+        return []
+
+    def bind(
+        self,
+        engine: Engine,
+        params: list[Array],
+        grads: list[Array],
+        dtype: str,
+        owner: Any = None,
+    ) -> None:
+        """Attach the layer to its views into ``owner``'s flat buffers (of ``dtype``)."""
+        self.engine = engine
+        self._params = params
+        self._grads = grads
+        self.dtype = dtype
+        self._owner = owner
+        self._carried = None
+
+    def bound_engine(self) -> Engine:
+        """The engine given by ``bind``; the layer must belong to a built model."""
+        if self.engine is None:
+            raise RuntimeError(
+                f"layer {self.name!r} has no weights yet: they are made when a model holding "
+                "it is built (give the first layer input_shape=(features,), start with "
+                "Input(shape=(features,)), or fit/predict the model)"
+            )
+        return self.engine
+
+    def bound_params(self) -> list[Array]:
+        self.bound_engine()
+        return self._params
+
+    def carry(self, values: list[np.ndarray]) -> None:
+        """Hold ``values`` on the host until a model puts the layer on an engine."""
+        self._carried = values
+
+    def host_values(self) -> list[np.ndarray] | None:
+        """Host copies of the current parameter values, or ``None`` when the layer has none yet."""
+        if self._carried is not None:
+            return [value.copy() for value in self._carried]
+        if self.engine is None or not self._params:
+            return None
+        return [self.engine.to_numpy(param) for param in self._params]
+
+    # -------------------------------------------------------------- weights
+    @property
+    def built(self) -> bool:
+        """Whether the input width, hence every parameter shape, is known."""
+        return self.input_features is not None
+
+    @property
+    def weights(self) -> list[Variable]:
+        """Every weight of the layer as a ``Variable`` (Dense: kernel, then bias)."""
+        if self.engine is None and self._carried is None:
+            return []
+        return [Variable(self, i, name) for i, name in enumerate(self._weight_names())]
+
+    def _weight_names(self) -> list[str]:
+        return list(self.weight_names[: len(self.parameter_shapes())])
+
+    @property
+    def trainable_weights(self) -> list[Variable]:
+        return self.weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self) -> list[Variable]:
+        return [] if self.trainable else self.weights
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of this layer's parameters (Dense: kernel ``(in, out)``, then bias)."""
+        if self._carried is not None:
+            return [value.copy() for value in self._carried]
+        engine = self.bound_engine()
+        return [engine.to_numpy(param) for param in self._params]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace this layer's parameters; every shape is checked before any is written."""
+        if self._carried is not None:
+            self._carried = checked_arrays(
+                self.parameter_shapes(), weights, f"{self.name}.set_weights", self._carried
+            )
+            return
+        assign_weights(
+            self.bound_engine(),
+            self._params,
+            self.parameter_shapes(),
+            weights,
+            self.dtype,
+            f"{self.name}.set_weights",
+        )
+
+    def count_params(self) -> int:
+        """Number of scalars in the layer's parameters (0 before the layer is built)."""
+        return sum(int(np.prod(shape)) for shape in self.parameter_shapes())
+
+    @property
+    def output_activation(self) -> str:
+        """The activation applied last by this layer (``"linear"`` when none)."""
+        return "linear"
+
+    @property
+    def fused_output_ok(self) -> bool:
+        """Whether ``backward_from_preactivation`` is implemented (the fused
+        softmax/sigmoid cross-entropy gradient can enter the layer before its activation)."""
+        return False
+
+    # -------------------------------------------------------------- graph
+    def __call__(self, inputs: Any) -> KerasTensor:
+        """Call the layer on symbolic tensors (``Input(...)`` or another layer's output)."""
+        merges = isinstance(inputs, (list, tuple))
+        tensors = list(inputs) if merges else [inputs]
+        if not tensors or not all(isinstance(t, KerasTensor) for t in tensors):
+            raise TypeError(
+                f"layer {self.name!r} must be called on symbolic tensors made by "
+                f"dlcore.layers.Input(shape=(features,)) or by another layer, received "
+                f"{inputs!r}; to compute on arrays, build a Model and call predict"
+            )
+        self._check_call(tensors, merges)
+        widths = [t.features for t in tensors]
+        features = self.output_features(widths if merges else widths[0])
+        node = Node(self, tensors, merges)
+        node.output = KerasTensor(features, node, f"{self.name}_{node.index}")
+        self.inbound_nodes.append(node)
+        return node.output
+
+    def _check_call(self, tensors: list[KerasTensor], merges: bool) -> None:
+        if merges:
+            raise TypeError(
+                f"layer {self.name!r} ({type(self).__name__}) takes one tensor, received a "
+                f"list of {len(tensors)}; merge them first, e.g. with Concatenate()"
+            )
+
+    # -------------------------------------------------------------- computation
+    def forward(self, X: Any, *, training: bool, state: CallState | None = None) -> Array:
+        """``(N, input_features)`` to ``(N, units)``, float; with ``training``, keeps in
+        ``state`` what ``backward`` needs."""
+        return X
+
+    def backward(
+        self,
+        dY: Array,
+        *,
+        state: CallState,
+        need_dX: bool,
+        param_grads: list[Array] | None,
+    ) -> Any:
+        """Gradient with respect to the input (a list for merging layers, ``None`` without
+        ``need_dX``); writes the parameter gradients into ``param_grads`` unless it is
+        ``None`` (a frozen layer)."""
+        return dY
+
+    def backward_from_preactivation(
+        self,
+        dZ: Array,
+        *,
+        state: CallState,
+        need_dX: bool,
+        param_grads: list[Array] | None,
+    ) -> Any:
+        """Like ``backward`` when the caller already has the gradient with respect
+        to the input of ``output_activation`` (the fused softmax/cross-entropy path)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused output gradient")
+
+    def penalties(self) -> list[Array]:
+        """Regularization penalties of this layer's trainable weights, as 0-d engine arrays."""
+        return []
+
+    def backprop_penalties(self) -> None:
+        """Add the gradients of ``penalties`` to the layer's parameter gradients."""
+
+    @property
+    def regularized(self) -> bool:
+        return False
+
+    # -------------------------------------------------------------- description
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments; ``from_config`` reverses it."""
+        config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
+        if isinstance(self.input_features, int):
+            config["input_shape"] = [self.input_features]
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Layer:
+        """Recreate a layer from ``get_config``'s output."""
+        return cls(**config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # engines hold modules and device memory: a copy carries host values instead
+        state = dict(self.__dict__)
+        state.update(
+            engine=None,
+            _params=[],
+            _grads=[],
+            _owner=None,
+            _carried=self.host_values(),
+            inbound_nodes=[],
+        )
+        return state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def checked_arrays(
+    shapes: Sequence[tuple[int, ...]],
+    weights: Sequence[Any],
+    caller: str,
+    like: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """``weights`` as host arrays, each checked (count, numbers, finite, shape) against
+    ``shapes``; in the dtypes of ``like`` when given."""
+    weights = list(weights)
+    if len(weights) != len(shapes):
+        raise ValueError(
+            f"{caller} expected a list of {len(shapes)} arrays (shapes {list(shapes)}), "
+            f"received {len(weights)}"
+        )
+    arrays = []
+    for i, (value, shape) in enumerate(zip(weights, shapes)):
+        array = data_checks.as_numeric(value, f"weights[{i}]")
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(
+                f"{caller}: weights[{i}] must have shape {tuple(shape)}, "
+                f"received {tuple(array.shape)}"
+            )
+        arrays.append(array if like is None else array.astype(like[i].dtype))
+    return arrays
+
+
+def assign_weights(
+    engine: Engine,
+    targets: Sequence[Array],
+    shapes: Sequence[tuple[int, ...]],
+    weights: Sequence[Any],
+    dtype: str,
+    caller: str,
+) -> None:
+    """Copy host ``weights`` into the engine arrays ``targets`` of ``shapes`` and ``dtype``.
+
+    Every array is checked (count, numbers, finite, shape) before any is written,
+    so a bad call leaves the parameters as they were.
+    """
+    arrays = checked_arrays(shapes, weights, caller)
+    for target, array in zip(targets, arrays):
+        engine.assign(target, engine.asarray(array, dtype=dtype))
+
+
+def serialize(obj: Any) -> Any:
+    """``{"class_name", "config"}`` of an initializer or regularizer, ``None`` for none."""
+    if obj is None:
+        return None
+    return {"class_name": type(obj).__name__, "config": obj.get_config()}

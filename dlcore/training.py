@@ -1,0 +1,1084 @@
+"""Training, evaluation and prediction: ``Trainer``, the part of a model that runs it.
+
+``compile`` fixes one loss (and optional metrics and loss weight) per output.
+``fit`` moves the data to the engine once, then runs the per-step plan chosen
+once per call: a chain of biased Dense layers ending in softmax trained with
+categorical cross-entropy is one ``engine.dense_stack_step`` call; any other
+graph runs node by node, forward in the graph's order and backward in reverse,
+skipping the weight gradients of frozen layers and every gradient nothing
+trainable needs. During training only scalars (losses, metric counts) come back
+to the host, once per epoch unless a callback or the progress bar asks for them
+per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlcore import callbacks as callbacks_module
+from dlcore import config, custom, data_checks, losses, optimizers, saving
+from dlcore import metrics as metrics_module
+from dlcore.backends.base import Array, Engine, Workspace
+from dlcore.layers import Dense
+
+_FIT_OPTIONS = (
+    "x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, "
+    "shuffle, initial_epoch"
+)
+_CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+# compile() options of Keras that change nothing here: dlcore runs every step eagerly
+_NO_OP_COMPILE_OPTIONS = ("run_eagerly", "jit_compile", "steps_per_execution", "auto_scale_loss")
+
+
+@dataclass(frozen=True)
+class _DenseStack:
+    """A model's Dense layers as ``Engine.dense_stack_step`` takes them."""
+
+    activations: list[str]
+    weights: list[Array]
+    biases: list[Array]
+    weight_grads: list[Array]
+    bias_grads: list[Array]
+    workspaces: list[Workspace]
+
+
+@dataclass
+class _NodePlan:
+    """How one node takes part in a training step."""
+
+    in_slots: list[int]
+    out_slot: int
+    active: bool  # something trainable at or before it: its backward pass runs
+    need_dX: bool
+    trains: bool  # its layer's weights get gradients
+    fused_output: bool  # its output's loss gradient enters before its activation
+    sum_workspace: Workspace
+
+
+@dataclass
+class _Plan:
+    stack: _DenseStack | None
+    nodes: list[_NodePlan]
+    needs_grad: list[bool]
+    segments: list[tuple[int, int]] | None
+    updates: bool  # some weight is trainable
+    trained_layers: list[Any]
+
+
+class Trainer:
+    """compile / fit / evaluate / predict and their per-batch versions, for ``Model``."""
+
+    def __init__(self) -> None:
+        self.built = False
+        self.engine: Engine | None = None
+        self.dtype: str | None = None
+        self.optimizer: optimizers.Optimizer | None = None
+        self.loss: Any = None
+        self._losses: list[losses.Loss] = []
+        self._loss_weights: list[float] = []
+        self._metric_names: list[list[str]] = []
+        self.stop_training = False
+        self.history: callbacks_module.History | None = None
+        self._params: Array = None
+        self._grads: Array = None
+        self._workspace: Workspace | None = None
+        self._plan: _Plan | None = None
+
+    # What build() and compile() set; the public methods build or check first.
+    def _built_engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("the model is not built yet: it has no engine")
+        return self.engine
+
+    def _built_dtype(self) -> str:
+        if self.dtype is None:
+            raise RuntimeError("the model is not built yet: it has no dtype")
+        return self.dtype
+
+    def _compiled_optimizer(self) -> optimizers.Optimizer:
+        if self.optimizer is None:
+            raise RuntimeError("the model is not compiled yet: it has no optimizer")
+        return self.optimizer
+
+    def _reset_plan(self) -> None:
+        self._plan = None
+
+    @property
+    def _stack(self) -> _DenseStack | None:
+        """The fused dense-stack step of the current plan, if the model trains through it."""
+        return self._plan.stack if self._plan is not None else None
+
+    # ------------------------------------------------------------------ compile
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        loss: Any = None,
+        metrics: Any = None,
+        loss_weights: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Configure training.
+
+        Args:
+            optimizer: a name (``"adam"``, ``"sgd"``, ...) or an optimizer object.
+            loss: a loss name (Keras 3 or Keras 2 spelling), a loss object or a
+                registered custom loss function; for several outputs, a list (one
+                per output) or a dict by output name, or one loss for all.
+            metrics: metric names (``"accuracy"``/``"acc"``, the specific accuracies,
+                any loss name) or registered custom metric functions; for several
+                outputs, a list of lists or a dict by output name.
+            loss_weights: for several outputs, a list or a dict of floats: the total
+                loss is the weighted sum of the outputs' losses (default 1 each).
+        """
+        unknown = [key for key in kwargs if key not in _NO_OP_COMPILE_OPTIONS]
+        if unknown:
+            raise TypeError(
+                f"compile() got unsupported argument(s) {', '.join(unknown)}; "
+                "dlcore supports optimizer, loss, metrics and loss_weights"
+            )
+        names = self._compile_output_names()
+        new_optimizer = optimizers.get(optimizer)
+        per_output_loss = _per_output(loss, names, "loss", allow_single=True)
+        new_losses = [losses.get(item) for item in per_output_loss]
+        if (
+            len(names) > 1
+            and isinstance(loss_weights, (list, tuple, Mapping))
+            and not isinstance(loss, (list, tuple, Mapping))
+        ):
+            raise ValueError(
+                f"loss_weights must match the number of losses: got 1 loss ({loss!r}) and "
+                f"{len(loss_weights)} weights; give one loss per output, e.g. "
+                f"loss={[loss] * len(names)!r}"
+            )
+        weights = (
+            [1.0] * len(names)
+            if loss_weights is None
+            else [
+                _loss_weight(w, name)
+                for w, name in zip(_per_output(loss_weights, names, "loss_weights"), names)
+            ]
+        )
+        new_metrics = _metrics_per_output(metrics, names)
+        checked = [metrics_module.check_names(item) for item in new_metrics]
+        if self.built:
+            units = self._output_widths()
+            for loss_k, names_k, units_k in zip(new_losses, checked, units):
+                metrics_module.resolve(names_k, loss_k, units_k)
+        if self.engine is not None:
+            custom.check_engine(
+                self.engine,
+                losses=new_losses,
+                metrics=[m for group in checked for m in group],
+            )
+        self.optimizer = new_optimizer
+        self._losses, self._loss_weights, self._metric_names = new_losses, weights, checked
+        self.loss = new_losses[0] if len(new_losses) == 1 else list(new_losses)
+        self._plan = None
+
+    def _compile_output_names(self) -> list[str]:
+        names = getattr(self, "output_names", None)
+        return list(names) if names else ["output"]
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._losses)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metric names given to ``compile`` (the first output's, for several)."""
+        return list(self._metric_names[0]) if self._metric_names else []
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """The names of the values ``evaluate`` returns, in order: ``loss``, each output's
+        loss (several outputs), then the metrics."""
+        if not self.compiled or not self.built:
+            return ["loss"] if self.compiled else []
+        return list(self._log_keys())
+
+    def _require_compiled(self, what: str) -> None:
+        if not self.compiled:
+            raise RuntimeError(
+                f"you must compile the model before {what}, e.g. "
+                "model.compile(optimizer='adam', loss='categorical_crossentropy', "
+                "metrics=['accuracy'])"
+            )
+
+    def _output_widths(self) -> list[int]:
+        return [t.features for t in self._outputs]  # type: ignore[attr-defined]
+
+    def _resolved_metrics(self) -> list[list[metrics_module.Metric]]:
+        resolved = []
+        prefix = len(self._losses) > 1
+        for k, (loss, group, units) in enumerate(
+            zip(self._losses, self._metric_names, self._output_widths())
+        ):
+            metrics_k = metrics_module.resolve(group, loss, units)
+            if prefix:
+                out = self.output_names[k]  # type: ignore[attr-defined]
+                metrics_k = [_renamed(metric, f"{out}_{metric.key}") for metric in metrics_k]
+            resolved.append(metrics_k)
+        return resolved
+
+    def _log_keys(self) -> list[str]:
+        keys = ["loss"]
+        if len(self._losses) > 1:
+            keys += [f"{name}_loss" for name in self.output_names]  # type: ignore[attr-defined]
+        keys += [metric.key for group in self._resolved_metrics() for metric in group]
+        return keys
+
+    # ------------------------------------------------------------------ data
+    def _data_dtype(self) -> str:
+        """The float dtype data will have on the engine: the model's, or floatx before build."""
+        return self.dtype or config.floatx()
+
+    def _build_from_data(self, widths: list[int]) -> None:
+        """Build the model from the widths of the data (``Sequential`` without an input width)."""
+
+    def _check_inputs(self, x: Any, name: str = "x") -> list[np.ndarray]:
+        """The model's inputs as checked ``(N, features)`` arrays, in the inputs' order."""
+        expected = [t.features for t in self._inputs] if self.built else None  # type: ignore[attr-defined]
+        keys = self.input_names if self.built else None  # type: ignore[attr-defined]
+        count = len(expected) if expected is not None else 1
+        arrays = _structured(x, count, keys, name, "input")
+        checked = []
+        for i, array in enumerate(arrays):
+            label = name if count == 1 else f"{name}[{keys[i] if keys else i}]"
+            checked.append(
+                data_checks.check_features(
+                    array,
+                    expected[i] if expected is not None else None,
+                    dtype=self._data_dtype(),
+                    name=label,
+                )
+            )
+        if not self.built:
+            self._build_from_data([a.shape[1] for a in checked])
+        if any(len(array) != len(checked[0]) for array in checked[1:]):
+            raise ValueError(
+                f"every input must hold the same number of samples; received "
+                f"{[len(a) for a in checked]}"
+            )
+        return checked
+
+    def _check_targets(self, y: Any, name: str = "y") -> list[np.ndarray]:
+        names = self.output_names  # type: ignore[attr-defined]
+        arrays = _structured(y, len(names), names, name, "output")
+        return [
+            data_checks.check_targets(
+                array,
+                loss.name,
+                units,
+                dtype=self._data_dtype(),
+                name=name if len(names) == 1 else f"{name}[{out}]",
+            )
+            for array, loss, units, out in zip(arrays, self._losses, self._output_widths(), names)
+        ]
+
+    def _target_dtype(self, k: int) -> str:
+        if self._losses[k].name == "sparse_categorical_crossentropy":
+            return "int64"
+        return self._built_dtype()
+
+    def _checked_pair(
+        self, x: Any, y: Any, caller: str, x_name: str = "x", y_name: str = "y"
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        xs = self._check_inputs(x, x_name)
+        if y is None:
+            raise ValueError(
+                f"{caller} needs targets {y_name} for the loss; received {y_name}=None"
+            )
+        ys = self._check_targets(y, y_name)
+        for target in ys:
+            data_checks.check_sample_counts(xs[0], target, x_name=x_name, y_name=y_name)
+        return xs, ys
+
+    def _to_engine(self, xs: list[np.ndarray], ys: list[np.ndarray] | None) -> tuple[list, list]:
+        engine, dtype = self._built_engine(), self._built_dtype()
+        X = [engine.asarray(x, dtype=dtype) for x in xs]
+        Y = (
+            []
+            if ys is None
+            else [engine.asarray(y, dtype=self._target_dtype(k)) for k, y in enumerate(ys)]
+        )
+        return X, Y
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: int | str = "auto",
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        **kwargs: Any,
+    ) -> callbacks_module.History:
+        """Train the model on inputs ``x`` and targets ``y``.
+
+        ``x`` is an ``(N, features)`` array, or a list (dict by input name) of them
+        for several inputs; ``y`` is ``(N, units)`` (one-hot for categorical
+        cross-entropy) or int labels ``(N,)`` for sparse categorical cross-entropy,
+        or a list (dict by output name) for several outputs. ``validation_split``
+        holds out the *last* fraction of the samples, before shuffling, as Keras
+        does; the last batch may be smaller than ``batch_size``. Keras 2's
+        ``nb_epoch`` is accepted for ``epochs``.
+
+        Returns:
+            A ``History`` whose ``history`` dict maps ``loss``, each output's loss
+            (several outputs), the metrics and their ``val_`` versions to one value
+            per epoch.
+        """
+        if "nb_epoch" in kwargs:
+            epochs = kwargs.pop("nb_epoch")
+        if kwargs:
+            raise TypeError(
+                f"fit() got unsupported argument(s) {', '.join(kwargs)}; supported: {_FIT_OPTIONS}"
+            )
+        self._require_compiled("fit()")
+        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
+        epochs = _check_count(epochs, "epochs")
+        initial_epoch = _check_count(initial_epoch, "initial_epoch")
+        verbose = _check_verbose(verbose)
+        if (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, (float, numbers.Real))
+            or not (0 <= validation_split < 1)
+        ):
+            raise ValueError(
+                f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
+            )
+        xs, ys = self._checked_pair(x, y, "fit()")
+        val: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError(
+                    "validation_data must be a tuple (x_val, y_val); sample weights are not "
+                    "supported"
+                )
+            x_val, y_val = validation_data
+            val = self._checked_pair(x_val, y_val, "fit()", x_name="x_val", y_name="y_val")
+        elif validation_split:
+            n = len(xs[0])
+            split_at = int(math.floor(n * (1.0 - validation_split)))
+            if split_at == 0 or split_at == n:
+                raise ValueError(
+                    f"validation_split={validation_split} of {n} samples leaves "
+                    f"{split_at} for training and {n - split_at} for validation; "
+                    "both need at least one sample"
+                )
+            val = ([a[split_at:] for a in xs], [a[split_at:] for a in ys])
+            xs, ys = [a[:split_at] for a in xs], [a[:split_at] for a in ys]
+        callback_list = callbacks_module.CallbackList(
+            callbacks,
+            model=self,
+            verbose=verbose,
+            epochs=epochs,
+            steps=math.ceil(len(xs[0]) / batch_size),
+        )
+        metric_groups = self._resolved_metrics()
+        self._prepare()
+        return self._fit_loop(
+            xs, ys, val, batch_size, epochs, initial_epoch, shuffle, metric_groups, callback_list
+        )
+
+    def _prepare(self) -> None:
+        """Everything a training step needs, before the first one: weights owned by this
+        model, the optimizer's state, the plan."""
+        self._claim_layers()  # type: ignore[attr-defined]
+        engine, dtype = self._built_engine(), self._built_dtype()
+        custom.check_engine(
+            engine,
+            losses=self._losses,
+            metrics=[m for group in self._metric_names for m in group],
+        )
+        optimizer = self._compiled_optimizer()
+        if not optimizer.built:
+            optimizer.build(engine, int(self._params.shape[0]), dtype)
+        elif optimizer._size != int(self._params.shape[0]):
+            optimizer.build(engine, int(self._params.shape[0]), dtype)  # says what is wrong
+        self._plan = self._make_plan()
+
+    def _fit_loop(
+        self, xs, ys, val, batch_size, epochs, initial_epoch, shuffle, metric_groups, callback_list
+    ):
+        engine = self._built_engine()
+        X, Y = self._to_engine(xs, ys)
+        X_val = Y_val = None
+        if val is not None:
+            X_val, Y_val = self._to_engine(*val)
+        rng = config.rng()
+        engine.seed(int(rng.integers(2**63 - 1)))
+        n = len(xs[0])
+        starts = range(0, n, batch_size)
+        self.stop_training = False
+        self.history = callback_list.history
+        callback_list.on_train_begin()
+        epoch_logs: dict[str, float] = {}
+        workspace = self._model_workspace()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            totals = self._totals(engine, metric_groups)
+            order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
+            for step, start in enumerate(starts):
+                callback_list.on_train_batch_begin(step)
+                stop = min(start + batch_size, n)
+                if order is None:
+                    X_batch = [engine.slice_rows(A, start, stop) for A in X]
+                    Y_batch = [engine.slice_rows(A, start, stop) for A in Y]
+                else:
+                    rows = engine.slice_rows(order, start, stop)
+                    X_batch = _shuffled_rows(engine, workspace, "x", X, rows, stop - start)
+                    Y_batch = _shuffled_rows(engine, workspace, "y", Y, rows, stop - start)
+                loss_terms, metric_values = self._train_step(X_batch, Y_batch, metric_groups)
+                totals.add(stop - start, loss_terms, metric_values)
+                batch_logs = (
+                    metrics_module.LazyLogs(totals.logs) if callback_list.wants_batch_logs else None
+                )
+                callback_list.on_train_batch_end(step, batch_logs)
+                if self.stop_training:
+                    break
+            epoch_logs = totals.logs()
+            if X_val is not None:
+                val_logs = self._evaluate_engine_arrays(
+                    X_val, Y_val, batch_size, metric_groups, callback_list
+                )
+                epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
+            callback_list.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        callback_list.on_train_end(epoch_logs)
+        return callback_list.history
+
+    def _totals(
+        self, engine: Engine, metric_groups: Sequence[Sequence[metrics_module.Metric]]
+    ) -> metrics_module.EpochTotals:
+        return metrics_module.EpochTotals(
+            engine,
+            metric_groups,
+            self._output_widths(),
+            loss_weights=self._loss_weights,
+            output_names=self.output_names if len(self._losses) > 1 else (),  # type: ignore[attr-defined]
+        )
+
+    def _model_workspace(self) -> Workspace:
+        if self._workspace is None:
+            raise RuntimeError("the model is not built yet: it has no workspace")
+        return self._workspace
+
+    # ------------------------------------------------------------------ the plan
+    def _make_plan(self) -> _Plan:
+        nodes = self._nodes  # type: ignore[attr-defined]
+        slots = self._slots  # type: ignore[attr-defined]
+        outputs = self._outputs  # type: ignore[attr-defined]
+        engine = self._built_engine()
+        needs_grad = [False] * len(slots)
+        consumers: dict[int, int] = {}
+        for node in nodes:
+            for tensor in node.inputs:
+                consumers[slots[id(tensor)]] = consumers.get(slots[id(tensor)], 0) + 1
+        for tensor in outputs:
+            consumers[slots[id(tensor)]] = consumers.get(slots[id(tensor)], 0) + 1
+        node_plans = []
+        trained: list[Any] = []
+        for node in nodes:
+            layer = node.layer
+            in_slots = [slots[id(t)] for t in node.inputs]
+            out_slot = slots[id(node.output)]
+            trains = layer.trainable and bool(layer.parameter_shapes())
+            need_dX = any(needs_grad[s] for s in in_slots)
+            needs_grad[out_slot] = trains or need_dX
+            if trains and layer not in trained:
+                trained.append(layer)
+            node_plans.append(
+                _NodePlan(
+                    in_slots,
+                    out_slot,
+                    needs_grad[out_slot],
+                    need_dX,
+                    trains,
+                    False,
+                    Workspace(engine),
+                )
+            )
+        for k, tensor in enumerate(outputs):
+            slot = slots[id(tensor)]
+            if tensor.node is None or consumers.get(slot, 0) != 1:
+                continue
+            index = nodes.index(tensor.node)
+            if node_plans[index].active and self._fused_gradient(k) is not None:
+                node_plans[index].fused_output = True
+        param_layers = self._param_layers  # type: ignore[attr-defined]
+        ranges = self._layer_ranges  # type: ignore[attr-defined]
+        segments: list[tuple[int, int]] = []
+        for layer in param_layers:
+            if layer.trainable:
+                start, stop = ranges[id(layer)]
+                if segments and segments[-1][1] == start:
+                    segments[-1] = (segments[-1][0], stop)
+                else:
+                    segments.append((start, stop))
+        total = int(self._params.shape[0])
+        whole = segments == [(0, total)]
+        return _Plan(
+            stack=self._dense_stack(),
+            nodes=node_plans,
+            needs_grad=needs_grad,
+            segments=None if whole else segments,
+            updates=bool(segments),
+            trained_layers=trained,
+        )
+
+    def _fused_gradient(self, k: int) -> str | None:
+        """The fused loss gradient of output ``k``, entering before its layer's activation:
+        softmax or sigmoid with their cross-entropy on probabilities; else ``None``."""
+        tensor = self._outputs[k]  # type: ignore[attr-defined]
+        loss = self._losses[k]
+        if tensor.node is None or loss.from_logits or not tensor.node.layer.fused_output_ok:
+            return None
+        activation = tensor.node.layer.output_activation
+        if activation == "softmax" and loss.name in _CROSSENTROPIES:
+            return "softmax"
+        if activation == "sigmoid" and loss.name == "binary_crossentropy":
+            return "sigmoid"
+        return None
+
+    def _dense_stack(self) -> _DenseStack | None:
+        """What ``engine.dense_stack_step`` needs when the model is a chain of biased,
+        unregularised, trainable Dense layers ending in softmax, with one output trained
+        with categorical cross-entropy on probabilities; ``None`` for any other model."""
+        engine = self._built_engine()
+        nodes = self._nodes  # type: ignore[attr-defined]
+        if len(self._losses) != 1 or len(self._inputs) != 1:  # type: ignore[attr-defined]
+            return None
+        loss = self._losses[0]
+        if loss.from_logits or loss.name not in _CROSSENTROPIES or self._loss_weights[0] != 1.0:
+            return None
+        if not nodes or self._outputs[0] is not nodes[-1].output:  # type: ignore[attr-defined]
+            return None
+        previous = self._inputs[0]  # type: ignore[attr-defined]
+        layers = []
+        for node in nodes:
+            layer = node.layer
+            if (
+                type(layer) is not Dense
+                or node.merges
+                or node.inputs[0] is not previous
+                or layer in layers
+                or not layer.trainable
+                or not layer.use_bias
+                or layer.regularized
+            ):
+                return None
+            layers.append(layer)
+            previous = node.output
+        if layers[-1].activation != "softmax" or any(
+            layer.activation not in engine.STACK_ACTIVATIONS for layer in layers[:-1]
+        ):
+            return None
+        states = self._states  # type: ignore[attr-defined]
+        return _DenseStack(
+            activations=[layer.activation for layer in layers[:-1]],
+            weights=[layer._params[0] for layer in layers],
+            biases=[layer._params[1] for layer in layers],
+            weight_grads=[layer._grads[0] for layer in layers],
+            bias_grads=[layer._grads[1] for layer in layers],
+            workspaces=[state.workspace for state in states] + [self._model_workspace()],
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(
+        self,
+        X: list[Array],
+        Y: list[Array],
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+    ) -> tuple[list[Array], list[Array]]:
+        engine = self._built_engine()
+        plan = self._plan
+        assert plan is not None  # _prepare made it
+        stack = plan.stack
+        workspace = self._model_workspace()
+        if stack is not None:
+            loss_value, output = engine.dense_stack_step(
+                X[0],
+                Y[0],
+                stack.weights,
+                stack.biases,
+                stack.weight_grads,
+                stack.bias_grads,
+                stack.activations,
+                workspaces=stack.workspaces,
+            )
+            metric_values = [
+                metric.batch_value(engine, output, Y[0], workspace) for metric in metric_groups[0]
+            ]
+            self._compiled_optimizer().apply(engine, self._params, self._grads)
+            return [loss_value], metric_values
+        values = self._run_graph(X, training=True)
+        outputs = [values[self._slots[id(t)]] for t in self._outputs]  # type: ignore[attr-defined]
+        loss_terms = []
+        metric_values = []
+        gradients: list[list[Array]] = [[] for _ in values]
+        for k, (output, target) in enumerate(zip(outputs, Y)):
+            loss = self._losses[k]
+            loss_workspace = self._loss_workspace(k)
+            loss_terms.append(
+                engine.loss(
+                    loss.name,
+                    output,
+                    target,
+                    from_logits=loss.from_logits,
+                    workspace=loss_workspace,
+                )
+            )
+            metric_values += [
+                metric.batch_value(engine, output, target, loss_workspace)
+                for metric in metric_groups[k]
+            ]
+            slot = self._slots[id(self._outputs[k])]  # type: ignore[attr-defined]
+            if plan.needs_grad[slot]:
+                gradients[slot].append(self._loss_gradient(k, output, target, loss_workspace))
+        loss_terms += [penalty for layer in plan.trained_layers for penalty in layer.penalties()]
+        self._backward(plan, gradients)
+        if plan.updates:
+            self._compiled_optimizer().apply(
+                engine, self._params, self._grads, segments=plan.segments
+            )
+        return loss_terms, metric_values
+
+    def _loss_workspace(self, k: int) -> Workspace:
+        if k == 0:
+            return self._model_workspace()
+        workspaces = self.__dict__.setdefault("_output_workspaces", {})
+        if k not in workspaces or workspaces[k].engine is not self.engine:
+            workspaces[k] = Workspace(self._built_engine())
+        return workspaces[k]
+
+    def _loss_gradient(self, k: int, output: Array, target: Array, workspace: Workspace) -> Array:
+        """Gradient of output ``k``'s weighted loss; with the fused path, with respect to
+        the output layer's pre-activation."""
+        engine, loss = self._built_engine(), self._losses[k]
+        fused = self._fused_gradient(k) if self._plan_fuses(k) else None
+        if fused == "softmax":
+            gradient = engine.backprop_softmax_crossentropy(output, target, workspace=workspace)
+        elif fused == "sigmoid":
+            gradient = engine.backprop_sigmoid_crossentropy(output, target)
+        else:
+            gradient = engine.backprop_loss(loss.name, output, target, from_logits=loss.from_logits)
+        weight = self._loss_weights[k]
+        if weight != 1.0:
+            gradient = engine.scale(gradient, weight, workspace=workspace)
+        return gradient
+
+    def _plan_fuses(self, k: int) -> bool:
+        tensor = self._outputs[k]  # type: ignore[attr-defined]
+        if tensor.node is None or self._plan is None:
+            return False
+        return self._plan.nodes[self._nodes.index(tensor.node)].fused_output  # type: ignore[attr-defined]
+
+    def _run_graph(self, X: list[Array], *, training: bool) -> list[Array]:
+        """Every tensor's value for the inputs ``X``, in slot order."""
+        values: list[Any] = [None] * len(self._slots)  # type: ignore[attr-defined]
+        values[: len(X)] = X
+        states = self._states  # type: ignore[attr-defined]
+        slots = self._slots  # type: ignore[attr-defined]
+        for node, state in zip(self._nodes, states):  # type: ignore[attr-defined]
+            args = [values[slots[id(t)]] for t in node.inputs]
+            values[slots[id(node.output)]] = node.layer.forward(
+                args if node.merges else args[0], training=training, state=state
+            )
+        return values
+
+    def _backward(self, plan: _Plan, gradients: list[list[Array]]) -> None:
+        """Backpropagate the output gradients through the active nodes, in reverse order."""
+        engine = self._built_engine()
+        seen: set[int] = set()
+        nodes, states = self._nodes, self._states  # type: ignore[attr-defined]
+        for i in range(len(nodes) - 1, -1, -1):
+            node_plan = plan.nodes[i]
+            if not node_plan.active:
+                continue
+            contributions = gradients[node_plan.out_slot]
+            if not contributions:
+                continue
+            if len(contributions) == 1:
+                dY = contributions[0]
+            else:
+                dY = engine.merge("add", contributions, workspace=node_plan.sum_workspace)
+            layer, state = nodes[i].layer, states[i]
+            param_grads = None
+            accumulate = False
+            if node_plan.trains:
+                if id(layer) in seen:
+                    param_grads = [
+                        state.workspace.array(f"shared_grad{j}", tuple(shape), g.dtype)
+                        for j, (shape, g) in enumerate(zip(layer.parameter_shapes(), layer._grads))
+                    ]
+                    accumulate = True
+                else:
+                    param_grads = layer._grads
+                    seen.add(id(layer))
+            backward = (
+                layer.backward_from_preactivation if node_plan.fused_output else layer.backward
+            )
+            dX = backward(dY, state=state, need_dX=node_plan.need_dX, param_grads=param_grads)
+            if accumulate and param_grads is not None:
+                for total, part in zip(layer._grads, param_grads):
+                    engine.accumulate(total, part)
+            if not node_plan.need_dX:
+                continue
+            parts = dX if nodes[i].merges else [dX]
+            for slot, part in zip(node_plan.in_slots, parts):
+                if plan.needs_grad[slot]:
+                    gradients[slot].append(part)
+        for layer in plan.trained_layers:
+            if layer.regularized:
+                layer.backprop_penalties()
+
+    # ------------------------------------------------------------------ evaluate
+    def _evaluate_engine_arrays(
+        self,
+        X: list[Array],
+        Y: list[Array],
+        batch_size: int,
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        hooks: callbacks_module.CallbackList,
+    ) -> dict[str, float]:
+        """Loss and metrics over engine arrays in batches, with the ``on_test_*`` hooks."""
+        engine = self._built_engine()
+        totals = self._totals(engine, metric_groups)
+        penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
+        n = int(X[0].shape[0])
+        hooks.on_test_begin()
+        for step, start in enumerate(range(0, n, batch_size)):
+            hooks.on_test_batch_begin(step)
+            stop = min(start + batch_size, n)
+            loss_terms, values = self._test_batch(
+                [engine.slice_rows(A, start, stop) for A in X],
+                [engine.slice_rows(A, start, stop) for A in Y],
+                metric_groups,
+            )
+            totals.add(stop - start, loss_terms + penalties, values)
+            hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
+        logs = totals.logs()
+        hooks.on_test_end(logs)
+        return logs
+
+    def _trained_layers(self) -> list[Any]:
+        seen: list[Any] = []
+        for layer in self._param_layers:  # type: ignore[attr-defined]
+            if layer.trainable and layer not in seen:
+                seen.append(layer)
+        return seen
+
+    def _test_batch(self, X, Y, metric_groups) -> tuple[list[Array], list[Array]]:
+        engine = self._built_engine()
+        outputs = self._forward(X)
+        loss_terms, values = [], []
+        for k, (output, target) in enumerate(zip(outputs, Y)):
+            loss = self._losses[k]
+            loss_terms.append(engine.loss(loss.name, output, target, from_logits=loss.from_logits))
+            values += [metric.batch_value(engine, output, target) for metric in metric_groups[k]]
+        return loss_terms, values
+
+    def _forward(self, X: list[Array]) -> list[Array]:
+        values = self._run_graph(X, training=False)
+        return [values[self._slots[id(t)]] for t in self._outputs]  # type: ignore[attr-defined]
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: int | str = "auto",
+        return_dict: bool = False,
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
+        **kwargs: Any,
+    ) -> float | list[float] | dict[str, float]:
+        """Loss (and metrics) on ``x``, ``y`` in batches; ``callbacks`` get the
+        ``on_test_*`` hooks.
+
+        Returns:
+            The loss as a float when the model has one output and no metrics, else
+            ``[loss, <output>_loss..., metric, ...]`` in the order of ``metrics_names``;
+            a dict keyed by those names with ``return_dict``.
+        """
+        if kwargs:
+            raise TypeError(f"evaluate() got unsupported argument(s) {', '.join(kwargs)}")
+        self._require_compiled("evaluate()")
+        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
+        verbose = _check_verbose(verbose)
+        xs, ys = self._checked_pair(x, y, "evaluate()")
+        self._claim_layers()  # type: ignore[attr-defined]
+        metric_groups = self._resolved_metrics()
+        steps = math.ceil(len(xs[0]) / batch_size)
+        hooks = callbacks_module.CallbackList(
+            callbacks, model=self, verbose=0, steps=steps, add_history=False
+        )
+        started = time.perf_counter()
+        X, Y = self._to_engine(xs, ys)
+        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_groups, hooks)
+        if verbose:
+            _print_summary_line(steps, time.perf_counter() - started, logs)
+        return self._returned(logs, return_dict)
+
+    def _returned(self, logs: dict[str, float], return_dict: bool) -> Any:
+        if return_dict:
+            return logs
+        keys = self._log_keys()
+        if len(keys) == 1:
+            return logs["loss"]
+        return [logs[key] for key in keys]
+
+    def predict(
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: int | str = 0,
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Outputs of the model for ``x``: a NumPy array ``(N, units)`` in the model's
+        float dtype, or a list (dict, when the outputs were given as a dict) of them for
+        several outputs; computed in batches of ``batch_size`` (32).
+
+        ``callbacks`` get the ``on_predict_*`` hooks, each batch's outputs in
+        ``logs["outputs"]``.
+        """
+        if kwargs:
+            raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
+        batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
+        verbose = _check_verbose(verbose)
+        xs = self._check_inputs(x)
+        self._claim_layers()  # type: ignore[attr-defined]
+        hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
+        started = time.perf_counter()
+        engine = self._built_engine()
+        X, _ = self._to_engine(xs, None)
+        n = len(xs[0])
+        batches: list[list[np.ndarray]] = []
+        hooks.on_predict_begin()
+        for step, start in enumerate(range(0, n, batch_size)):
+            hooks.on_predict_batch_begin(step)
+            stop = min(start + batch_size, n)
+            outputs = self._forward([engine.slice_rows(A, start, stop) for A in X])
+            batches.append([engine.to_numpy(out) for out in outputs])
+            hooks.on_predict_batch_end(step, {"outputs": self._structure(batches[-1])})
+        hooks.on_predict_end()
+        if verbose:
+            _print_summary_line(len(batches), time.perf_counter() - started, {})
+        joined = [np.concatenate(parts, axis=0) for parts in zip(*batches)]
+        return self._structure(joined)
+
+    def _structure(self, arrays: list[np.ndarray]) -> Any:
+        keys = self._output_keys  # type: ignore[attr-defined]
+        if keys:
+            return dict(zip(keys, arrays))
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    def __call__(self, x: Any) -> Any:
+        """``predict(x)`` on the whole input at once."""
+        xs = self._check_inputs(x)
+        return self.predict(xs if len(xs) > 1 else xs[0], batch_size=len(xs[0]))
+
+    # ------------------------------------------------------------------ per batch
+    def train_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+        """One training step on the whole of ``x``, ``y`` as one batch.
+
+        Returns:
+            That batch's loss, or ``[loss, ...]`` / a dict as ``evaluate`` returns them.
+        """
+        self._require_compiled("train_on_batch()")
+        xs, ys = self._checked_pair(x, y, "train_on_batch()")
+        metric_groups = self._resolved_metrics()
+        self._prepare()
+        X, Y = self._to_engine(xs, ys)
+        totals = self._totals(self._built_engine(), metric_groups)
+        loss_terms, values = self._train_step(X, Y, metric_groups)
+        totals.add(len(xs[0]), loss_terms, values)
+        return self._returned(totals.logs(), return_dict)
+
+    def test_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+        """Loss (and metrics) of ``x``, ``y`` as one batch, without training."""
+        self._require_compiled("test_on_batch()")
+        xs, ys = self._checked_pair(x, y, "test_on_batch()")
+        self._claim_layers()  # type: ignore[attr-defined]
+        X, Y = self._to_engine(xs, ys)
+        metric_groups = self._resolved_metrics()
+        totals = self._totals(self._built_engine(), metric_groups)
+        penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
+        loss_terms, values = self._test_batch(X, Y, metric_groups)
+        totals.add(len(xs[0]), loss_terms + penalties, values)
+        return self._returned(totals.logs(), return_dict)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """The model's outputs for ``x`` as one batch (NumPy arrays, as ``predict``)."""
+        xs = self._check_inputs(x)
+        return self.predict(xs if len(xs) > 1 else xs[0], batch_size=len(xs[0]))
+
+    # ------------------------------------------------------------------ saving
+    def save(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
+        """Save the architecture, the weights, and the compile settings with the
+        optimizer state to one file (see ``dlcore.saving.save_model``)."""
+        saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
+        """Save only the weights (read back by ``load_weights`` into the same architecture)."""
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath: str | os.PathLike) -> None:
+        """Load weights saved by ``save_weights`` (or a whole model saved by ``save``)."""
+        saving.load_weights(self, filepath)
+
+
+# ---------------------------------------------------------------------- helpers
+def _renamed(metric: metrics_module.Metric, key: str) -> metrics_module.Metric:
+    return dataclasses.replace(metric, key=key)
+
+
+def _shuffled_rows(
+    engine: Engine, workspace: Workspace, prefix: str, arrays: list[Array], rows: Array, count: int
+) -> list[Array]:
+    """The rows ``rows`` of each array, gathered into workspace arrays reused every batch."""
+    return [
+        engine.take_rows(
+            A, rows, out=workspace.array(f"{prefix}{i}", (count, *A.shape[1:]), A.dtype)
+        )
+        for i, A in enumerate(arrays)
+    ]
+
+
+def _per_output(value: Any, names: list[str], what: str, allow_single: bool = True) -> list[Any]:
+    """``value`` given once, as a list (one per output) or a dict by output name."""
+    count = len(names)
+    if isinstance(value, Mapping):
+        unknown = [key for key in value if key not in names]
+        missing = [name for name in names if name not in value]
+        if unknown or missing:
+            raise ValueError(
+                f"{what} given as a dict must have one entry per output {names}; "
+                f"received keys {list(value)}"
+                + (f" (unknown: {unknown})" if unknown else "")
+                + (f" (missing: {missing})" if missing else "")
+            )
+        return [value[name] for name in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(
+                f"{what} given as a list must have one entry per output ({count}: {names}); "
+                f"received {len(value)}"
+            )
+        return list(value)
+    if count > 1 and not allow_single:
+        raise ValueError(f"{what} must be a list or a dict with one entry per output {names}")
+    return [value] * count
+
+
+def _loss_weight(value: Any, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"loss_weights must be non-negative numbers; received {value!r} for output {name!r}"
+        )
+    return float(value)
+
+
+def _metrics_per_output(metrics: Any, names: list[str]) -> list[Any]:
+    """``compile(metrics=...)`` as one list of metrics per output (Keras 3's rules)."""
+    if metrics is None:
+        return [[] for _ in names]
+    if len(names) == 1:
+        if isinstance(metrics, Mapping):
+            return [_per_output(metrics, names, "metrics")[0]]
+        if (
+            isinstance(metrics, (list, tuple))
+            and len(metrics) == 1
+            and isinstance(metrics[0], (list, tuple))
+        ):
+            return [list(metrics[0])]
+        return [metrics]
+    if isinstance(metrics, Mapping):
+        unknown = [key for key in metrics if key not in names]
+        if unknown:
+            raise ValueError(
+                f"metrics given as a dict are keyed by output name {names}; unknown: {unknown}"
+            )
+        return [metrics.get(name) or [] for name in names]
+    if isinstance(metrics, (list, tuple)) and len(metrics) == len(names):
+        # one entry per output: a list of metrics, or a single one
+        return [
+            list(item) if isinstance(item, (list, tuple)) else ([] if item is None else [item])
+            for item in metrics
+        ]
+    raise ValueError(
+        f"a model with several outputs {names} takes metrics as a dict by output name or a "
+        f"list with one entry per output, e.g. metrics={{{names[0]!r}: ['accuracy']}}; "
+        f"received metrics={metrics!r}"
+    )
+
+
+def _structured(data: Any, count: int, keys: list[str] | None, name: str, what: str) -> list[Any]:
+    """The arrays of ``data`` in the model's order: one array, a list, or a dict by name."""
+    if isinstance(data, Mapping):
+        if keys is None:
+            raise ValueError(f"{name} given as a dict needs a built model to know its {what} names")
+        unknown = [key for key in data if key not in keys]
+        missing = [key for key in keys if key not in data]
+        if unknown or missing:
+            raise ValueError(
+                f"{name} given as a dict must have one array per model {what} {keys}; "
+                f"received keys {list(data)}"
+            )
+        return [data[key] for key in keys]
+    if isinstance(data, (list, tuple)) and count > 1:
+        if len(data) != count:
+            raise ValueError(
+                f"the model has {count} {what}s {keys}; {name} must be a list of {count} "
+                f"arrays, received {len(data)}"
+            )
+        return list(data)
+    if count > 1:
+        raise ValueError(
+            f"the model has {count} {what}s {keys}; pass {name} as a list or a dict of arrays"
+        )
+    if isinstance(data, (list, tuple)) and len(data) == 1 and np.ndim(data[0]) == 2:
+        return [data[0]]
+    return [data]
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, received {name}={value!r}")
+    return int(value)
+
+
+def _check_verbose(verbose: Any) -> int:
+    if verbose == "auto":
+        return 1
+    if verbose in (0, 1, 2):  # Keras accepts verbose=False/True too
+        return int(verbose)
+    raise ValueError(f"verbose must be 'auto', 0, 1 or 2; received {verbose!r}")
+
+
+def _print_summary_line(steps: int, seconds: float, logs: dict[str, float]) -> None:
+    per_step = 1000 * seconds / max(steps, 1)
+    parts = [f"{steps}/{steps}", f"{seconds:.0f}s {per_step:.0f}ms/step"]
+    parts += [f"{key}: {value:.4f}" for key, value in logs.items()]
+    print(" - ".join(parts))
