@@ -1,11 +1,12 @@
 """dlcore against Keras 3 itself: the same model, weights and data give the same numbers.
 
-Runs only where Keras can train (``pip install keras "jax[cpu]"``); elsewhere the module
-is skipped. Every comparison starts both models from identical weights (kernels drawn
-here, biases and PReLU slopes from initializers that must agree, then copied with
-``set_weights``: kernel ``(in, out)`` then bias in both libraries) and trains with
-``shuffle=False`` and the same batch size on a fixed dataset of 37 samples, so that
-batches of 8 end with a partial batch of 5.
+Runs only where Keras can train (``make parity``, which CI runs); elsewhere the module is
+skipped, except under ``DLCORE_REQUIRE_KERAS=1`` (set by ``make parity``): a failure there.
+Every comparison starts both models from identical weights (kernels drawn here, biases
+and PReLU slopes from initializers that must agree, then copied with ``set_weights``:
+kernel ``(in, out)`` then bias in both libraries) and trains with ``shuffle=False`` and
+the same batch size on a fixed dataset of 37 samples, so that batches of 8 end with a
+partial batch of 5. Functional models: ``tests/test_keras_parity_functional.py``.
 
 Precision. The checks run in float64, which Keras's JAX backend computes once
 ``jax_enable_x64`` is on, with two exceptions: Keras's dtype promotion maps float64 to
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pytest
@@ -35,15 +36,23 @@ from dlcore import regularizers as dl_regularizers
 from dlcore.layers import Dense, Dropout, PReLU
 from dlcore.models import Sequential
 
+
+def _keras_unavailable(reason: str) -> NoReturn:
+    """Skip this module, or fail it where Keras is required: ``make parity`` (run by CI)
+    sets ``DLCORE_REQUIRE_KERAS=1``, so that a broken parity environment is not a pass."""
+    if os.environ.get("DLCORE_REQUIRE_KERAS") == "1":
+        pytest.fail(f"DLCORE_REQUIRE_KERAS=1, but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 os.environ.setdefault("KERAS_BACKEND", "jax")
 try:
-    keras = pytest.importorskip("keras")
-except Exception as error:  # a Keras whose backend cannot start must not fail collection
-    pytest.skip(f"keras could not be imported: {error!r}", allow_module_level=True)
+    import keras
+except Exception as error:  # absent, or a Keras whose backend cannot start
+    _keras_unavailable(f"keras could not be imported: {error!r}")
 if keras.backend.backend() not in ("jax", "tensorflow", "torch"):
-    pytest.skip(
-        f"Keras's {keras.backend.backend()} backend cannot train; use KERAS_BACKEND=jax",
-        allow_module_level=True,
+    _keras_unavailable(
+        f"Keras's {keras.backend.backend()} backend cannot train; use KERAS_BACKEND=jax"
     )
 
 pytestmark = [
