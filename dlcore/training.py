@@ -28,7 +28,7 @@ from dlcore import callbacks as callbacks_module
 from dlcore import config, custom, data_checks, losses, optimizers, saving
 from dlcore import metrics as metrics_module
 from dlcore.backends.base import Array, Engine, Workspace
-from dlcore.layers import Dense
+from dlcore.layers import CallState, Dense, KerasTensor, Layer, Node
 
 _FIT_OPTIONS = (
     "x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, "
@@ -72,10 +72,30 @@ class _Plan:
     segments: list[tuple[int, int]] | None
     updates: bool  # some weight is trainable
     trained_layers: list[Any]
+    fused_outputs: list[str | None]  # per output: the fused loss gradient it takes, if any
+    loss_workspaces: list[Workspace]  # of the outputs after the first
 
 
 class Trainer:
-    """compile / fit / evaluate / predict and their per-batch versions, for ``Model``."""
+    """compile / fit / evaluate / predict and their per-batch versions, for ``Model``.
+
+    ``Model`` provides the graph these run: the attributes declared here and
+    ``_claim_layers``, which puts the weights on the engine before they are used.
+    """
+
+    _inputs: list[KerasTensor]
+    _outputs: list[KerasTensor]
+    _nodes: list[Node]
+    _states: list[CallState]
+    _slots: dict[int, int]  # id of a tensor -> its index in a step's list of values
+    _param_layers: list[Layer]
+    _layer_ranges: dict[int, tuple[int, int]]  # id of a layer -> its range of the buffers
+    _output_keys: list[str] | None
+    output_names: list[str]
+    input_names: list[str]
+
+    def _claim_layers(self) -> None:
+        raise NotImplementedError
 
     def __init__(self) -> None:
         self.built = False
@@ -214,7 +234,7 @@ class Trainer:
             )
 
     def _output_widths(self) -> list[int]:
-        return [t.features for t in self._outputs]  # type: ignore[attr-defined]
+        return [t.features for t in self._outputs]
 
     def _resolved_metrics(self) -> list[list[metrics_module.Metric]]:
         resolved = []
@@ -224,7 +244,7 @@ class Trainer:
         ):
             metrics_k = metrics_module.resolve(group, loss, units)
             if prefix:
-                out = self.output_names[k]  # type: ignore[attr-defined]
+                out = self.output_names[k]
                 metrics_k = [_renamed(metric, f"{out}_{metric.key}") for metric in metrics_k]
             resolved.append(metrics_k)
         return resolved
@@ -232,7 +252,7 @@ class Trainer:
     def _log_keys(self) -> list[str]:
         keys = ["loss"]
         if len(self._losses) > 1:
-            keys += [f"{name}_loss" for name in self.output_names]  # type: ignore[attr-defined]
+            keys += [f"{name}_loss" for name in self.output_names]
         keys += [metric.key for group in self._resolved_metrics() for metric in group]
         return keys
 
@@ -246,8 +266,8 @@ class Trainer:
 
     def _check_inputs(self, x: Any, name: str = "x") -> list[np.ndarray]:
         """The model's inputs as checked ``(N, features)`` arrays, in the inputs' order."""
-        expected = [t.features for t in self._inputs] if self.built else None  # type: ignore[attr-defined]
-        keys = self.input_names if self.built else None  # type: ignore[attr-defined]
+        expected = [t.features for t in self._inputs] if self.built else None
+        keys = self.input_names if self.built else None
         count = len(expected) if expected is not None else 1
         arrays = _structured(x, count, keys, name, "input")
         checked = []
@@ -271,7 +291,7 @@ class Trainer:
         return checked
 
     def _check_targets(self, y: Any, name: str = "y") -> list[np.ndarray]:
-        names = self.output_names  # type: ignore[attr-defined]
+        names = self.output_names
         arrays = _structured(y, len(names), names, name, "output")
         return [
             data_checks.check_targets(
@@ -398,7 +418,7 @@ class Trainer:
     def _prepare(self) -> None:
         """Everything a training step needs, before the first one: weights owned by this
         model, the optimizer's state, the plan."""
-        self._claim_layers()  # type: ignore[attr-defined]
+        self._claim_layers()
         engine, dtype = self._built_engine(), self._built_dtype()
         custom.check_engine(
             engine,
@@ -413,13 +433,20 @@ class Trainer:
         self._plan = self._make_plan()
 
     def _fit_loop(
-        self, xs, ys, val, batch_size, epochs, initial_epoch, shuffle, metric_groups, callback_list
-    ):
+        self,
+        xs: list[np.ndarray],
+        ys: list[np.ndarray],
+        val: tuple[list[np.ndarray], list[np.ndarray]] | None,
+        batch_size: int,
+        epochs: int,
+        initial_epoch: int,
+        shuffle: bool,
+        metric_groups: list[list[metrics_module.Metric]],
+        callback_list: callbacks_module.CallbackList,
+    ) -> callbacks_module.History:
         engine = self._built_engine()
         X, Y = self._to_engine(xs, ys)
-        X_val = Y_val = None
-        if val is not None:
-            X_val, Y_val = self._to_engine(*val)
+        validation = None if val is None else self._to_engine(*val)
         rng = config.rng()
         engine.seed(int(rng.integers(2**63 - 1)))
         n = len(xs[0])
@@ -452,9 +479,9 @@ class Trainer:
                 if self.stop_training:
                     break
             epoch_logs = totals.logs()
-            if X_val is not None:
+            if validation is not None:
                 val_logs = self._evaluate_engine_arrays(
-                    X_val, Y_val, batch_size, metric_groups, callback_list
+                    *validation, batch_size, metric_groups, callback_list
                 )
                 epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
             callback_list.on_epoch_end(epoch, epoch_logs)
@@ -471,7 +498,7 @@ class Trainer:
             metric_groups,
             self._output_widths(),
             loss_weights=self._loss_weights,
-            output_names=self.output_names if len(self._losses) > 1 else (),  # type: ignore[attr-defined]
+            output_names=self.output_names if len(self._losses) > 1 else (),
         )
 
     def _model_workspace(self) -> Workspace:
@@ -481,9 +508,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the plan
     def _make_plan(self) -> _Plan:
-        nodes = self._nodes  # type: ignore[attr-defined]
-        slots = self._slots  # type: ignore[attr-defined]
-        outputs = self._outputs  # type: ignore[attr-defined]
+        nodes = self._nodes
+        slots = self._slots
+        outputs = self._outputs
         engine = self._built_engine()
         needs_grad = [False] * len(slots)
         consumers: dict[int, int] = {}
@@ -514,15 +541,16 @@ class Trainer:
                     Workspace(engine),
                 )
             )
+        fused_outputs: list[str | None] = [None] * len(outputs)
         for k, tensor in enumerate(outputs):
             slot = slots[id(tensor)]
             if tensor.node is None or consumers.get(slot, 0) != 1:
                 continue
             index = nodes.index(tensor.node)
-            if node_plans[index].active and self._fused_gradient(k) is not None:
-                node_plans[index].fused_output = True
-        param_layers = self._param_layers  # type: ignore[attr-defined]
-        ranges = self._layer_ranges  # type: ignore[attr-defined]
+            fused_outputs[k] = self._fused_gradient(k) if node_plans[index].active else None
+            node_plans[index].fused_output = fused_outputs[k] is not None
+        param_layers = self._param_layers
+        ranges = self._layer_ranges
         segments: list[tuple[int, int]] = []
         for layer in param_layers:
             if layer.trainable:
@@ -540,12 +568,14 @@ class Trainer:
             segments=None if whole else segments,
             updates=bool(segments),
             trained_layers=trained,
+            fused_outputs=fused_outputs,
+            loss_workspaces=[Workspace(engine) for _ in outputs[1:]],
         )
 
     def _fused_gradient(self, k: int) -> str | None:
         """The fused loss gradient of output ``k``, entering before its layer's activation:
         softmax or sigmoid with their cross-entropy on probabilities; else ``None``."""
-        tensor = self._outputs[k]  # type: ignore[attr-defined]
+        tensor = self._outputs[k]
         loss = self._losses[k]
         if tensor.node is None or loss.from_logits or not tensor.node.layer.fused_output_ok:
             return None
@@ -561,15 +591,15 @@ class Trainer:
         unregularised, trainable Dense layers ending in softmax, with one output trained
         with categorical cross-entropy on probabilities; ``None`` for any other model."""
         engine = self._built_engine()
-        nodes = self._nodes  # type: ignore[attr-defined]
-        if len(self._losses) != 1 or len(self._inputs) != 1:  # type: ignore[attr-defined]
+        nodes = self._nodes
+        if len(self._losses) != 1 or len(self._inputs) != 1:
             return None
         loss = self._losses[0]
         if loss.from_logits or loss.name not in _CROSSENTROPIES or self._loss_weights[0] != 1.0:
             return None
-        if not nodes or self._outputs[0] is not nodes[-1].output:  # type: ignore[attr-defined]
+        if not nodes or self._outputs[0] is not nodes[-1].output:
             return None
-        previous = self._inputs[0]  # type: ignore[attr-defined]
+        previous = self._inputs[0]
         layers = []
         for node in nodes:
             layer = node.layer
@@ -589,7 +619,7 @@ class Trainer:
             layer.activation not in engine.STACK_ACTIVATIONS for layer in layers[:-1]
         ):
             return None
-        states = self._states  # type: ignore[attr-defined]
+        states = self._states
         return _DenseStack(
             activations=[layer.activation for layer in layers[:-1]],
             weights=[layer._params[0] for layer in layers],
@@ -628,7 +658,7 @@ class Trainer:
             self._compiled_optimizer().apply(engine, self._params, self._grads)
             return [loss_value], metric_values
         values = self._run_graph(X, training=True)
-        outputs = [values[self._slots[id(t)]] for t in self._outputs]  # type: ignore[attr-defined]
+        outputs = [values[self._slots[id(t)]] for t in self._outputs]
         loss_terms = []
         metric_values = []
         gradients: list[list[Array]] = [[] for _ in values]
@@ -648,7 +678,7 @@ class Trainer:
                 metric.batch_value(engine, output, target, loss_workspace)
                 for metric in metric_groups[k]
             ]
-            slot = self._slots[id(self._outputs[k])]  # type: ignore[attr-defined]
+            slot = self._slots[id(self._outputs[k])]
             if plan.needs_grad[slot]:
                 gradients[slot].append(self._loss_gradient(k, output, target, loss_workspace))
         loss_terms += [penalty for layer in plan.trained_layers for penalty in layer.penalties()]
@@ -660,18 +690,20 @@ class Trainer:
         return loss_terms, metric_values
 
     def _loss_workspace(self, k: int) -> Workspace:
+        """Where output ``k``'s loss and its gradient take their arrays from."""
         if k == 0:
             return self._model_workspace()
-        workspaces = self.__dict__.setdefault("_output_workspaces", {})
-        if k not in workspaces or workspaces[k].engine is not self.engine:
-            workspaces[k] = Workspace(self._built_engine())
-        return workspaces[k]
+        plan = self._plan
+        assert plan is not None  # _prepare made it
+        return plan.loss_workspaces[k - 1]
 
     def _loss_gradient(self, k: int, output: Array, target: Array, workspace: Workspace) -> Array:
         """Gradient of output ``k``'s weighted loss; with the fused path, with respect to
         the output layer's pre-activation."""
         engine, loss = self._built_engine(), self._losses[k]
-        fused = self._fused_gradient(k) if self._plan_fuses(k) else None
+        plan = self._plan
+        assert plan is not None  # _prepare made it
+        fused = plan.fused_outputs[k]
         if fused == "softmax":
             gradient = engine.backprop_softmax_crossentropy(output, target, workspace=workspace)
         elif fused == "sigmoid":
@@ -683,19 +715,13 @@ class Trainer:
             gradient = engine.scale(gradient, weight, workspace=workspace)
         return gradient
 
-    def _plan_fuses(self, k: int) -> bool:
-        tensor = self._outputs[k]  # type: ignore[attr-defined]
-        if tensor.node is None or self._plan is None:
-            return False
-        return self._plan.nodes[self._nodes.index(tensor.node)].fused_output  # type: ignore[attr-defined]
-
     def _run_graph(self, X: list[Array], *, training: bool) -> list[Array]:
         """Every tensor's value for the inputs ``X``, in slot order."""
-        values: list[Any] = [None] * len(self._slots)  # type: ignore[attr-defined]
+        values: list[Any] = [None] * len(self._slots)
         values[: len(X)] = X
-        states = self._states  # type: ignore[attr-defined]
-        slots = self._slots  # type: ignore[attr-defined]
-        for node, state in zip(self._nodes, states):  # type: ignore[attr-defined]
+        states = self._states
+        slots = self._slots
+        for node, state in zip(self._nodes, states):
             args = [values[slots[id(t)]] for t in node.inputs]
             values[slots[id(node.output)]] = node.layer.forward(
                 args if node.merges else args[0], training=training, state=state
@@ -706,7 +732,7 @@ class Trainer:
         """Backpropagate the output gradients through the active nodes, in reverse order."""
         engine = self._built_engine()
         seen: set[int] = set()
-        nodes, states = self._nodes, self._states  # type: ignore[attr-defined]
+        nodes, states = self._nodes, self._states
         for i in range(len(nodes) - 1, -1, -1):
             node_plan = plan.nodes[i]
             if not node_plan.active:
@@ -779,12 +805,17 @@ class Trainer:
 
     def _trained_layers(self) -> list[Any]:
         seen: list[Any] = []
-        for layer in self._param_layers:  # type: ignore[attr-defined]
+        for layer in self._param_layers:
             if layer.trainable and layer not in seen:
                 seen.append(layer)
         return seen
 
-    def _test_batch(self, X, Y, metric_groups) -> tuple[list[Array], list[Array]]:
+    def _test_batch(
+        self,
+        X: list[Array],
+        Y: list[Array],
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+    ) -> tuple[list[Array], list[Array]]:
         engine = self._built_engine()
         outputs = self._forward(X)
         loss_terms, values = [], []
@@ -796,7 +827,7 @@ class Trainer:
 
     def _forward(self, X: list[Array]) -> list[Array]:
         values = self._run_graph(X, training=False)
-        return [values[self._slots[id(t)]] for t in self._outputs]  # type: ignore[attr-defined]
+        return [values[self._slots[id(t)]] for t in self._outputs]
 
     def evaluate(
         self,
@@ -822,7 +853,7 @@ class Trainer:
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
         xs, ys = self._checked_pair(x, y, "evaluate()")
-        self._claim_layers()  # type: ignore[attr-defined]
+        self._claim_layers()
         metric_groups = self._resolved_metrics()
         steps = math.ceil(len(xs[0]) / batch_size)
         hooks = callbacks_module.CallbackList(
@@ -863,7 +894,7 @@ class Trainer:
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
         xs = self._check_inputs(x)
-        self._claim_layers()  # type: ignore[attr-defined]
+        self._claim_layers()
         hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
         started = time.perf_counter()
         engine = self._built_engine()
@@ -884,7 +915,7 @@ class Trainer:
         return self._structure(joined)
 
     def _structure(self, arrays: list[np.ndarray]) -> Any:
-        keys = self._output_keys  # type: ignore[attr-defined]
+        keys = self._output_keys
         if keys:
             return dict(zip(keys, arrays))
         return arrays[0] if len(arrays) == 1 else arrays
@@ -915,7 +946,7 @@ class Trainer:
         """Loss (and metrics) of ``x``, ``y`` as one batch, without training."""
         self._require_compiled("test_on_batch()")
         xs, ys = self._checked_pair(x, y, "test_on_batch()")
-        self._claim_layers()  # type: ignore[attr-defined]
+        self._claim_layers()
         X, Y = self._to_engine(xs, ys)
         metric_groups = self._resolved_metrics()
         totals = self._totals(self._built_engine(), metric_groups)

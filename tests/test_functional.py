@@ -420,3 +420,13 @@ def test_summary_of_layers_in_keras_order(engine, capsys):
     chain = Model(a, Dense(2)(Dense(3)(a)))
     chain.summary()
     assert "Connected to" not in capsys.readouterr().out  # a chain prints like a Sequential
+
+
+def test_layers_without_an_input_width_have_no_weights_yet(engine, rng):
+    layer = Dense(3)
+    model = Sequential([layer])
+    assert layer.get_weights() == [] and layer.weights == []  # as Keras before build
+    xs, y, _ = data(rng)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    model.fit(xs[0], y, epochs=1, verbose=0)
+    assert [w.shape for w in layer.get_weights()] == [(4, 3), (3,)]

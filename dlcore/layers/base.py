@@ -298,7 +298,10 @@ class Layer:
         return [] if self.trainable else self.weights
 
     def get_weights(self) -> list[np.ndarray]:
-        """Host copies of this layer's parameters (Dense: kernel ``(in, out)``, then bias)."""
+        """Host copies of this layer's parameters (Dense: kernel ``(in, out)``, then bias);
+        empty for a layer without weights, or whose input width is not known yet."""
+        if not self.parameter_shapes():
+            return []
         if self._carried is not None:
             return [value.copy() for value in self._carried]
         engine = self.bound_engine()
