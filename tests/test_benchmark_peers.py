@@ -196,3 +196,23 @@ def test_importing_the_peers_module_imports_no_peer():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_peers_compute_float32_products_without_tf32():
+    """On NVIDIA GPUs torch and JAX default to TF32 for float32 matrix products; the
+    peers turn it off so that the float32 table compares the same arithmetic."""
+    from types import SimpleNamespace
+
+    calls = []
+    torch = SimpleNamespace(
+        backends=SimpleNamespace(
+            cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=True)),
+            cudnn=SimpleNamespace(allow_tf32=True),
+        ),
+        set_float32_matmul_precision=lambda value: calls.append(("torch", value)),
+    )
+    peers.full_float32_torch(torch)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    jax = SimpleNamespace(config=SimpleNamespace(update=lambda *a: calls.append(("jax", *a))))
+    peers.full_float32_jax(jax)
+    assert calls == [("torch", "highest"), ("jax", "jax_default_matmul_precision", "highest")]

@@ -23,13 +23,18 @@ once per trainer and epoch ``k`` (from 0) visits the rows in the order of the ``
 (when ``n`` is not a multiple of the batch size) is trained as a smaller batch, and the
 epoch's loss is the mean over samples, as ``model.fit`` reports it.
 
+Both peers compute their matrix products in full float32, as dlcore does: on NVIDIA
+GPUs torch and JAX would otherwise use TF32 (10-bit mantissas) for float32 products, and
+the float32 table would compare unlike arithmetic (``full_float32_torch``,
+``full_float32_jax``).
+
 torch and jax are imported only inside ``peer_versions`` and ``make_trainer``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -158,6 +163,18 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(batch_size, n - start)) for start in range(0, n, batch_size)]
 
 
+def full_float32_torch(torch: Any) -> None:
+    """Turn TF32 off in ``torch``: float32 matrix products and convolutions in float32."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def full_float32_jax(jax: Any) -> None:
+    """Make ``jax`` compute float32 matrix products at ``"highest"`` precision (no TF32)."""
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
 class _JaxTrainer:
     """Keras's training step as one jitted JAX function per batch size."""
 
@@ -170,6 +187,7 @@ class _JaxTrainer:
         import jax.numpy as jnp
         from jax import lax
 
+        full_float32_jax(jax)
         self._jax = jax
         self._jnp = jnp
         self._rng = np.random.default_rng(seed)
@@ -234,6 +252,7 @@ class _TorchTrainer:
         from torch import nn
         from torch.nn import functional as F
 
+        full_float32_torch(torch)
         self._torch = torch
         self._rng = np.random.default_rng(seed)
         self._n = len(x)
