@@ -34,18 +34,26 @@ def register_model_classes(classes: Mapping[str, Any], from_config: Callable[...
 
 
 def model_state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The description and arrays that ``save_model`` writes and ``restore_model`` reads."""
-    model._ensure_built("save()")
-    model._claim_layers()
+    """The description and arrays that ``save_model`` writes and ``restore_model`` reads.
+
+    A model without weights yet (a ``Sequential`` whose input width is unknown) has a
+    description with ``"built": False`` and no arrays: ``copy.deepcopy`` and ``pickle``
+    copy it that way; ``save`` refuses it.
+    """
     class_key = model._class_key()
     description: dict[str, Any] = {
         "format": MODEL_FORMATS[class_key],
-        "dtype": model.dtype,
         "model": model.get_config(),
-        "trainable": [layer.trainable for layer in model._param_layers],
         "compile": None,
     }
-    arrays = {"params": model._built_engine().to_numpy(model._params)}
+    arrays: dict[str, np.ndarray] = {}
+    if model.built:
+        model._claim_layers()
+        description["dtype"] = model.dtype
+        description["trainable"] = [layer.trainable for layer in model._param_layers]
+        arrays["params"] = model._built_engine().to_numpy(model._params)
+    else:
+        description["built"] = False
     if model.compiled:
         optimizer = model._compiled_optimizer()
         description["compile"] = {
@@ -56,9 +64,9 @@ def model_state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 "class_name": type(optimizer).__name__,
                 "config": optimizer.get_config(),
             },
-            "optimizer_built": optimizer.built,
+            "optimizer_built": optimizer.built and model.built,
         }
-        if optimizer.built:
+        if optimizer.built and model.built:
             for key, value in optimizer.get_state().items():
                 arrays[f"optimizer/{key}"] = value
     return description, arrays
@@ -78,20 +86,24 @@ def restore_model(
             f"not a saved model (format {description.get('format')!r}); load weights "
             "with model.load_weights"
         )
-    dtype = description["dtype"]
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, found {dtype!r}")
-    if class_key == "Sequential":
-        features = description["model"].get("input_features")
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"input_features must be a positive integer, found {features!r}")
+    architecture = {"class_name": class_key, "config": description["model"]}
     with custom.custom_object_scope(custom_objects or {}):
+        if description.get("built", True) is False:
+            model = _from_config[0](architecture, custom_objects)
+            if compile and description.get("compile"):
+                _restore_compile(model, description["compile"], arrays)
+            return model
+        dtype = description["dtype"]
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, found {dtype!r}")
+        if class_key == "Sequential":
+            features = description["model"].get("input_features")
+            if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+                raise ValueError(f"input_features must be a positive integer, found {features!r}")
         previous = config.floatx()
         config.set_floatx(dtype)
         try:
-            model = _from_config[0](
-                {"class_name": class_key, "config": description["model"]}, custom_objects
-            )
+            model = _from_config[0](architecture, custom_objects)
             model.build()
         finally:
             config.set_floatx(previous)
@@ -103,31 +115,33 @@ def restore_model(
             for layer, flag in zip(model._param_layers, trainable):
                 layer.trainable = bool(flag)
         model._set_flat(_checked_params(arrays, int(model._params.shape[0])))
-        compiled = description.get("compile")
-        if compile and compiled:
-            loss = compiled["loss"]
-            metrics = compiled["metrics"]
-            many = len(model.output_names) > 1
-            model.compile(
-                optimizer=optimizers.get(compiled["optimizer"]),
-                loss=[losses.get(item) for item in loss]
-                if isinstance(loss, list)
-                else losses.get(loss),
-                metrics=metrics
-                if many or not metrics or not isinstance(metrics[0], list)
-                else metrics[0],
-                loss_weights=compiled.get("loss_weights") if many else None,
-            )
-            if compiled.get("optimizer_built"):
-                state = {
-                    key.split("/", 1)[1]: value
-                    for key, value in arrays.items()
-                    if key.startswith("optimizer/")
-                }
-                optimizer, engine = model._compiled_optimizer(), model._built_engine()
-                optimizer.build(engine, int(model._params.shape[0]), dtype)
-                optimizer.set_state(engine, state, dtype)
+        if compile and description.get("compile"):
+            _restore_compile(model, description["compile"], arrays)
     return model
+
+
+def _restore_compile(
+    model: Any, compiled: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Compile ``model`` as described, with the optimizer's state when there is one."""
+    loss = compiled["loss"]
+    metrics = compiled["metrics"]
+    many = len(model.output_names) > 1
+    model.compile(
+        optimizer=optimizers.get(compiled["optimizer"]),
+        loss=[losses.get(item) for item in loss] if isinstance(loss, list) else losses.get(loss),
+        metrics=metrics if many or not metrics or not isinstance(metrics[0], list) else metrics[0],
+        loss_weights=compiled.get("loss_weights") if many else None,
+    )
+    if compiled.get("optimizer_built"):
+        state = {
+            key.split("/", 1)[1]: value
+            for key, value in arrays.items()
+            if key.startswith("optimizer/")
+        }
+        optimizer, engine = model._compiled_optimizer(), model._built_engine()
+        optimizer.build(engine, int(model._params.shape[0]), model.dtype)
+        optimizer.set_state(engine, state, model.dtype)
 
 
 def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) -> None:
@@ -138,6 +152,7 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     is written to a temporary name first and renamed, so an interrupted save
     never damages an existing file.
     """
+    model._ensure_built("save()")
     path = os.fspath(filepath)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
@@ -168,7 +183,7 @@ def load_model(
     """
     path = os.fspath(filepath)
     description, arrays = archive.read_archive(path)
-    if description.get("format") not in MODEL_FORMATS.values():
+    if description.get("format") not in MODEL_FORMATS.values() or "built" in description:
         raise ValueError(
             f"{path} is a dlcore file but not a saved model (format "
             f"{description.get('format')!r}); load weights with model.load_weights"

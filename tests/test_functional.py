@@ -430,3 +430,15 @@ def test_layers_without_an_input_width_have_no_weights_yet(engine, rng):
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     model.fit(xs[0], y, epochs=1, verbose=0)
     assert [w.shape for w in layer.get_weights()] == [(4, 3), (3,)]
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_copies_of_a_model_without_weights_yet(engine, rng, copier):
+    model = Sequential([Dense(5, activation="relu"), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    clone = copy.deepcopy(model) if copier == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert not clone.built and clone.compiled and clone.metric_names == ["accuracy"]
+    xs, y, _ = data(rng)
+    history = clone.fit(xs[0], y, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "accuracy"}
+    assert not model.built  # the original is untouched
