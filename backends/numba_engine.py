@@ -6,6 +6,14 @@ batches are copied as they are needed), and per batch only scalars come back.
 Scalar results (losses, penalties, accuracy counts) are written into slots of
 a device buffer, so reading all of an epoch's scalars is one transfer.
 
+A training step allocates no device memory after the first batches: operations
+given a ``Workspace`` take their outputs and temporaries from it, the kernels'
+scratch is reused (``kernels.common.scratch``), and the results of operations
+that take no workspace (activation and dropout layers, loss gradients) come from
+memory the engine recycles once the array returned is no longer referenced
+(``_recycled``). Every ``cuda.device_array`` freed would be released by a
+``cuMemFree`` every few frees, which synchronizes the device.
+
 Without a GPU the engine runs in Numba's CUDA simulator when
 ``NUMBA_ENABLE_CUDASIM=1`` is set before Numba is imported: slowly, one
 operating-system thread per CUDA thread, which is how the kernels are tested
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,6 +123,8 @@ class NumbaEngine(Engine):
         self._k_softmax = softmax
         self._scalar_buffer = cuda.device_array(SCALAR_SLOTS, dtype=np.float64)
         self._next_slot = 0
+        # device arrays whose last user is gone, by (shape, dtype), for _recycled
+        self._free: dict[tuple[tuple[int, ...], str], list[Any]] = {}
         self._seed: int | None = None
         self._generator: Any = None
         self._device = _device_name(cuda)
@@ -225,7 +236,7 @@ class NumbaEngine(Engine):
     def gemm(self, A: Array, B: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
         M = A.shape[1] if trans_a else A.shape[0]
         N = B.shape[0] if trans_b else B.shape[1]
-        C = self._empty((M, N), A.dtype)
+        C = self._recycled((M, N), A.dtype)
         self._k_gemm.gemm(A, B, C, trans_a=trans_a, trans_b=trans_b)
         return C
 
@@ -292,7 +303,7 @@ class NumbaEngine(Engine):
         if name == "linear":
             return Z
         custom.refuse(self.name, custom.ACTIVATIONS, name)
-        Y = self._empty(Z.shape, Z.dtype)
+        Y = self._recycled(Z.shape, Z.dtype)
         if name == "softmax":
             self._k_softmax.softmax(Z, Y)
         else:
@@ -303,7 +314,7 @@ class NumbaEngine(Engine):
         if name == "linear":
             return dY
         custom.refuse(self.name, custom.ACTIVATIONS, name)
-        dZ = self._empty(dY.shape, dY.dtype)
+        dZ = self._recycled(dY.shape, dY.dtype)
         if name == "softmax":
             self._k_softmax.softmax_backward(dY, Y, dZ)
         else:
@@ -311,12 +322,12 @@ class NumbaEngine(Engine):
         return dZ
 
     def prelu(self, X: Array, alpha: Array) -> Array:
-        Y = self._empty(X.shape, X.dtype)
+        Y = self._recycled(X.shape, X.dtype)
         self._k_prelu.prelu_forward(X, alpha, Y)
         return Y
 
     def backprop_prelu(self, dY: Array, X: Array, alpha: Array, *, dalpha: Array | None) -> Array:
-        dX = self._empty(X.shape, X.dtype)
+        dX = self._recycled(X.shape, X.dtype)
         self._k_prelu.prelu_backward(dY, X, alpha, dX, dalpha)
         return dX
 
@@ -379,7 +390,7 @@ class NumbaEngine(Engine):
         self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
     ) -> Array:
         custom.refuse(self.name, custom.PER_SAMPLE, name)
-        dP = self._empty(Y_pred.shape, Y_pred.dtype)
+        dP = self._recycled(Y_pred.shape, Y_pred.dtype)
         self._k_losses.loss_gradient(name, Y_pred, Y_true, dP, from_logits=from_logits)
         return dP
 
@@ -391,7 +402,7 @@ class NumbaEngine(Engine):
         return dZ
 
     def backprop_sigmoid_crossentropy(self, P: Array, Y_true: Array) -> Array:
-        dZ = self._empty(P.shape, P.dtype)
+        dZ = self._recycled(P.shape, P.dtype)
         self._k_softmax.sigmoid_crossentropy_gradient(P, Y_true, dZ)
         return dZ
 
@@ -422,13 +433,13 @@ class NumbaEngine(Engine):
             if seed is None:  # no seed given: as unpredictable as NumPy's default generator
                 seed = int(np.random.default_rng().integers(2**63 - 1))
             self._generator = self._k_dropout.DropoutGenerator(seed % 2**63)
-        Y = self._empty(X.shape, X.dtype)
-        mask = self._empty(X.shape, X.dtype)
+        Y = self._recycled(X.shape, X.dtype)
+        mask = self._recycled(X.shape, X.dtype)
         self._k_dropout.dropout(self._generator, X, Y, mask, rate=rate)
         return Y, mask
 
     def backprop_dropout(self, dY: Array, mask: Array) -> Array:
-        dX = self._empty(dY.shape, dY.dtype)
+        dX = self._recycled(dY.shape, dY.dtype)
         self._k_dropout.backprop_dropout(dY, mask, dX)
         return dX
 
@@ -452,11 +463,30 @@ class NumbaEngine(Engine):
         self, workspace: Workspace | None, name: str, shape: tuple[int, ...], dtype: Any
     ) -> Array:
         if workspace is None:
-            return self._empty(shape, dtype)
+            return self._recycled(shape, dtype)
         return workspace.array(name, shape, dtype)
 
     def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         return self._cuda.device_array(tuple(int(n) for n in shape), dtype=np.dtype(dtype))
+
+    def _recycled(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A new array of ``shape`` and ``dtype`` that no one else holds, in device memory
+        that an earlier result of that shape and dtype held until its last reference went.
+
+        Returned as a view of the memory: when the view is collected, the memory goes back
+        on the free list (never to the driver), and the next request reuses it. Kernels
+        still queued on it are ordered before any later launch on the default stream. Only
+        results used as they are returned come from here: a view taken of one (a slice, a
+        reshape) does not keep its memory from being reused.
+        """
+        key = (tuple(int(n) for n in shape), np.dtype(dtype).str)
+        if not key[0]:
+            return self._empty(key[0], dtype)
+        free = self._free.setdefault(key, [])
+        memory = free.pop() if free else self._empty(key[0], dtype)
+        result = memory[:]
+        weakref.finalize(result, free.append, memory).atexit = False
+        return result
 
     def _new_scalar(self, dtype: Any) -> tuple[DeviceScalar, Array]:
         """A fresh scalar slot, and the float64 ``(1,)`` device view a kernel writes it through."""

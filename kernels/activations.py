@@ -174,6 +174,8 @@ def forward(name: str, Z: Any, Y: Any) -> None:
         Z: C-contiguous float32 or float64 device array of any shape.
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     z, y = Z.reshape(Z.size), Y.reshape(Y.size)
     _forward_kernel(Z.dtype, name)[grid_for(Z.size)](z, y)
 
@@ -187,6 +189,8 @@ def backward(name: str, dY: Any, Z: Any, dZ: Any) -> None:
         Z: the activation's input, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype (may be ``dY`` itself).
     """
+    if dZ.size == 0:  # nothing to write: launch nothing
+        return
     dy, z, dz = dY.reshape(dY.size), Z.reshape(Z.size), dZ.reshape(dZ.size)
     _backward_kernel(Z.dtype, name)[grid_for(Z.size)](dy, z, dz)
 

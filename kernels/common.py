@@ -69,6 +69,28 @@ def grid_for(n: int) -> tuple[int, int]:
     return blocks_for(n), THREADS
 
 
+# Scratch buffers by (purpose, dtype, device), each grown to the largest size asked for.
+_scratch: dict[tuple[str, str, int], Any] = {}
+
+
+def scratch(purpose: str, size: int, dtype: Any) -> Any:
+    """A device vector of ``size`` elements of ``dtype`` for a launcher's temporaries.
+
+    One buffer per ``purpose``, dtype and device, allocated at the first request and
+    again only when a larger one is asked for, so repeated calls allocate nothing (a
+    fresh ``cuda.device_array`` per call would make numba-cuda free memory every few
+    calls, and each ``cuMemFree`` synchronizes the device). Every launch goes to the
+    default stream, so a call's kernels have read the buffer before the next call's
+    kernels overwrite it; a launcher must not hold two live uses of one ``purpose``.
+    """
+    device = getattr(cuda.get_current_device(), "id", 0)
+    key = (purpose, np.dtype(dtype).str, device)
+    buffer = _scratch.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch[key] = cuda.device_array(max(size, 1), dtype=np.dtype(dtype))
+    return buffer[:size]
+
+
 def device_function(function: Callable) -> Any:
     """Compile ``function`` as a CUDA device function (inlined by the compiler)."""
     return cuda.jit(device=True)(function)

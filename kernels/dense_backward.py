@@ -33,6 +33,7 @@ from .common import (
     device_function,
     numba_type,
     scalar,
+    scratch,
 )
 
 # Columns per block: one warp reads 32 consecutive elements of a row, a whole
@@ -123,19 +124,9 @@ def _activation_bias_kernel(dtype: Any, name: str) -> Any:
     return activation_gradient_bias_kernel
 
 
-# One scratch buffer of partial sums per dtype and device, grown as needed. Every
-# launch goes to the default stream, so a call's second pass has read the
-# partials before the next call's first pass can overwrite them.
-_partials: dict[tuple[str, int], Any] = {}
-
-
 def _partials_buffer(dtype: Any, R: int, O: int) -> Any:
-    device = getattr(cuda.get_current_device(), "id", 0)
-    key = (dtype.str, device)
-    buffer = _partials.get(key)
-    if buffer is None or buffer.size < R * O:
-        buffer = _partials[key] = cuda.device_array(R * O, dtype=dtype)
-    return buffer[: R * O].reshape(R, O)
+    """The first pass's ``(R, O)`` partial sums, in a scratch buffer reused by every call."""
+    return scratch("column_partials", R * O, dtype).reshape(R, O)
 
 
 def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out: Any) -> None:
@@ -146,9 +137,12 @@ def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out:
             blocks that ends with ``strip_fold(...)(acc, partial, j)``.
         args: its arguments before ``partial``.
         shape: ``(N, O)``, the rows and columns it walks.
-        out: float device array ``(O,)``; receives the column sums.
+        out: float device array ``(O,)``; receives the column sums (zeros when
+            ``N == 0``). Nothing is launched when ``O == 0``.
     """
     N, O = shape
+    if O == 0:  # a (0, R) grid is invalid on a GPU; out and the kernel's outputs are empty
+        return
     R = row_blocks(N, O)
     strips = -(-O // STRIP)
     threads = (STRIP, ROW_THREADS)

@@ -157,6 +157,8 @@ def dropout(generator: DropoutGenerator, X: Any, Y: Any, mask: Any, *, rate: flo
             dropped element and ``1 / (1 - rate)`` for a kept one.
         rate: the probability of dropping an element, ``0 <= rate < 1``.
     """
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     f = scalar(X.dtype)
     kernel = _dropout_kernel(X.dtype)
     flat = (X.reshape(X.size), Y.reshape(Y.size), mask.reshape(mask.size))
@@ -174,6 +176,8 @@ def backprop_dropout(dY: Any, mask: Any, dX: Any) -> None:
         mask: device array of the shape and dtype of ``dY``.
         dX: device array of the shape and dtype of ``dY`` (may be ``dY`` itself).
     """
+    if dX.size == 0:  # nothing to write: launch nothing
+        return
     flat = (dY.reshape(dY.size), mask.reshape(mask.size), dX.reshape(dX.size))
     backprop_dropout_kernel[grid_for(dY.size)](*flat)
 

@@ -20,7 +20,8 @@ L1 instead of launching a second kernel.
 
 ``hinge`` and ``squared_hinge`` turn 0/1 labels into -1/1 only when every label
 of the batch is 0 or 1: ``reductions.count_nonbinary`` counts the other labels
-into a float64 scratch ``(1,)`` on the device, and the loss kernels read it.
+into a float64 scratch ``(1,)`` on the device (``common.scratch``, reused by every
+call), and the loss kernels read it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .common import (
     grid_for,
     numba_type,
     scalar,
+    scratch,
 )
 from .rows import first_max, group_reductions, row_grid
 
@@ -540,7 +542,7 @@ def _nonbinary_labels(name: str, Y_true: Any) -> Any:
     """
     if name not in _HINGES:
         return _unread_flag()
-    count = cuda.device_array(1, np.float64)
+    count = scratch("nonbinary_labels", 1, np.float64)
     reductions.count_nonbinary(Y_true, count)
     return count
 
@@ -572,11 +574,11 @@ def loss(
         from_logits: for the three cross-entropies, ``Y_pred`` holds logits;
             ignored by the other losses, as in Keras.
         per_sample: float64 device array ``(N,)`` for the per-sample values, or
-            ``None`` to allocate it here.
+            ``None`` for a reused scratch.
 
-    Scratch allocated here with ``cuda.device_array``: ``per_sample`` when not
-    given; for the hinge losses a float64 ``(1,)`` for the label count; more in
-    ``reductions`` above 2048 rows or labels.
+    Scratch, reused from call to call (``common.scratch``): ``per_sample`` when not
+    given; for the hinge losses a float64 ``(1,)`` for the label count; the
+    partial sums of ``reductions`` above 2048 rows or labels.
 
     Raises:
         KeyError: ``name`` is not one of ``LOSSES``.
@@ -585,11 +587,14 @@ def loss(
     N, O = Y_pred.shape
     dtype = Y_pred.dtype
     if per_sample is None:
-        per_sample = cuda.device_array(N, np.float64)
+        per_sample = scratch("per_sample", N, np.float64)
     blocks, threads, width = row_grid(N, O)
     if (name, logits) in _ELEMENTWISE:
         factor, _, per_output = _ELEMENTWISE[name, logits]
-        scale = scalar(dtype)(factor / O if per_output else factor)
+        # a mean over no outputs is NaN, as NumPy's
+        scale = (
+            scalar(dtype)(factor / O if O else math.nan) if per_output else scalar(dtype)(factor)
+        )
         nonbinary = _nonbinary_labels(name, Y_true)
         kernel = _elementwise_value_kernel(dtype, name, logits)
         kernel[blocks, threads](Y_pred, Y_true, nonbinary, scale, width, per_sample)
@@ -616,12 +621,14 @@ def loss_gradient(
         dY_pred: device array of the shape and dtype of ``Y_pred``.
         from_logits: as in ``loss``.
 
-    Scratch allocated here with ``cuda.device_array``: for the elementwise
-    losses a float64 ``(1,)`` for the hinge label count.
+    Scratch, reused from call to call (``common.scratch``): for the hinges a
+    float64 ``(1,)`` for the label count.
 
     Raises:
         KeyError: ``name`` is not one of ``LOSSES``.
     """
+    if dY_pred.size == 0:  # nothing to write: launch nothing
+        return
     name, logits = _variant(name, from_logits)
     N, O = Y_pred.shape
     dtype = Y_pred.dtype

@@ -75,6 +75,8 @@ def fill(A: Any, value: float) -> None:
         A: C-contiguous device array of any shape and dtype.
         value: converted to ``A``'s dtype (as NumPy converts it) before launch.
     """
+    if A.size == 0:  # nothing to write: launch nothing
+        return
     fill_kernel[grid_for(A.size)](_flat(A), A.dtype.type(value))
 
 
@@ -85,6 +87,8 @@ def copy(src: Any, dst: Any) -> None:
         src: C-contiguous device array of any shape and dtype.
         dst: device array of the shape and dtype of ``src``.
     """
+    if dst.size == 0:  # nothing to write: launch nothing
+        return
     copy_kernel[grid_for(src.size)](_flat(src), _flat(dst))
 
 
@@ -100,6 +104,8 @@ def take_rows(A: Any, indices: Any, out: Any) -> None:
         indices: int64 device array ``(M,)``, each in ``[0, N)``.
         out: device array ``(M,)`` or ``(M, ...)``, the dtype and row shape of ``A``.
     """
+    if out.size == 0:  # nothing to write: launch nothing
+        return
     grid = grid_for(out.size)
     if A.ndim == 1:
         take_kernel[grid](A, indices, out)

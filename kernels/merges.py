@@ -194,16 +194,22 @@ def _accumulate_kernel(dtype: Any) -> Any:
 
 
 def _pair(op: str, A: Any, B: Any, Y: Any) -> None:
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads = grid_2d(*Y.shape)
     _pair_kernel(Y.dtype, op)[blocks, threads](A, B, Y)
 
 
 def _copy_columns_into(X: Any, Y: Any, offset: int) -> None:
+    if X.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads = grid_2d(*X.shape)
     _columns_into_kernel(X.dtype)[blocks, threads](X, Y, offset)
 
 
 def _copy_columns_from(dY: Any, offset: int, dX: Any) -> None:
+    if dX.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads = grid_2d(*dX.shape)
     _columns_from_kernel(dX.dtype)[blocks, threads](dY, offset, dX)
 
@@ -216,6 +222,8 @@ def scale(A: Any, factor: float, out: Any) -> None:
         factor: the multiplier.
         out: device array of the shape and dtype of ``A`` (may be ``A`` itself).
     """
+    if out.size == 0:  # nothing to write: launch nothing
+        return
     grid = grid_for(A.size)
     _scale_kernel(A.dtype)[grid](A.reshape(A.size), A.dtype.type(factor), out.reshape(out.size))
 
@@ -227,6 +235,8 @@ def accumulate(dst: Any, src: Any) -> None:
         dst: C-contiguous float32 or float64 device array of any shape.
         src: device array of the shape and dtype of ``dst``.
     """
+    if dst.size == 0:  # nothing to write: launch nothing
+        return
     _accumulate_kernel(dst.dtype)[grid_for(dst.size)](dst.reshape(dst.size), src.reshape(src.size))
 
 
@@ -298,6 +308,8 @@ def merge_backward(op: str, dY: Any, inputs: Sequence[Any], Y: Any, grads: Seque
 
 
 def _route_to_first_matches(dY: Any, inputs: Sequence[Any], Y: Any, grads: Sequence[Any]) -> None:
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads = grid_2d(*Y.shape)
     remaining = grads[-1]  # what is not yet routed; it ends as the last input's gradient
     source = dY

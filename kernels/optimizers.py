@@ -84,6 +84,8 @@ def sgd(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, fl
         slots: ``(velocity,)``, ``(P,)`` updated in place, or ``None`` without momentum.
         h: ``learning_rate``, ``momentum``, ``nesterov``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     (velocity,) = slots
     f = scalar(params.dtype)
     grid = grid_for(params.size)
@@ -145,6 +147,8 @@ def adam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, f
         h: ``alpha`` (the step size with both bias corrections), ``beta_1``, ``beta_2``,
             ``epsilon``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     m, v, v_max = slots
     f = scalar(params.dtype)
     constants = f(h["alpha"]), f(1.0 - h["beta_1"]), f(1.0 - h["beta_2"]), f(h["epsilon"])
@@ -284,6 +288,8 @@ def rmsprop(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str
             place; the last two may be ``None``.
         h: ``learning_rate``, ``rho``, ``momentum``, ``epsilon``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     velocity, average_grad, momentum_buffer = slots
     f = scalar(params.dtype)
     rho = h["rho"]
@@ -346,6 +352,8 @@ def adagrad(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str
         slots: ``(accumulator,)``, ``(P,)`` updated in place.
         h: ``learning_rate``, ``epsilon``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     (accumulator,) = slots
     f = scalar(params.dtype)
     _adagrad_kernel()[grid_for(params.size)](
@@ -382,6 +390,8 @@ def adamax(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str,
         slots: ``(m, u)``, each ``(P,)`` updated in place.
         h: ``learning_rate``, ``beta_1``, ``beta_2``, ``epsilon``, ``bias_correction``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     m, u = slots
     f = scalar(params.dtype)
     _adamax_kernel()[grid_for(params.size)](
@@ -440,6 +450,8 @@ def nadam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, 
         h: ``learning_rate``, ``beta_1``, ``beta_2``, ``epsilon`` and the step's
             schedule ``m_weight``, ``g_weight``, ``v_correction``.
     """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
     m, v = slots
     f = scalar(params.dtype)
     _nadam_kernel()[grid_for(params.size)](

@@ -89,6 +89,8 @@ def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
         alpha: device array ``(O,)`` of the dtype of ``X``.
         Y: device array of the shape and dtype of ``X`` (may be ``X`` itself).
     """
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     _forward_kernel(X.dtype)[grid_for(X.size)](X, alpha, Y)
 
 
@@ -106,6 +108,8 @@ def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> 
             rows; or None.
     """
     if dalpha is None:
+        if dX.size == 0:  # nothing to write: launch nothing
+            return
         _input_gradient_kernel(X.dtype)[grid_for(X.size)](dY, X, alpha, dX)
         return
     launch_with_column_sums(_backward_kernel(X.dtype), (dY, X, alpha, dX), X.shape, dalpha)

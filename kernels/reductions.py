@@ -6,8 +6,9 @@ grid-stride share of the elements to float64 and sums it, and each block sums
 its threads by a shared-memory tree into one partial. An array of at most
 ``THREADS * ITEMS_PER_THREAD`` elements takes one block, which writes the result
 itself (with just enough warps for ``ITEMS_PER_THREAD`` elements a thread); a
-larger one writes a partial per block into a float64 scratch array, which the
-same kernel, on one block, then sums into ``out``. The grid depends
+larger one writes a partial per block into a float64 scratch vector
+(``common.scratch``, allocated once and reused), which the same kernel, on one
+block, then sums into ``out``. The grid depends
 only on the size and every sum runs in a fixed order, so a result is
 bit-identical from run to run (no atomics).
 
@@ -35,6 +36,7 @@ from .common import (
     grid_for,
     numba_type,
     scalar,
+    scratch,
 )
 from .rows import block_threads, first_max, group_reductions, row_grid
 
@@ -158,8 +160,8 @@ def map_sum(
     ``term`` is ``mapping``: ``"sum"`` (``A``), ``"penalty"`` (``c1 * |A| + c2 * A**2``),
     ``"nonbinary"`` (1 where ``A`` is neither 0 nor 1) or ``"agree"`` (1 where
     ``A > 0.5`` equals ``B > 0.5``). Arrays above ``THREADS * ITEMS_PER_THREAD``
-    elements need a float64 scratch of one partial per block, allocated here
-    with ``cuda.device_array``.
+    elements need a float64 scratch of one partial per block (at most ``MAX_BLOCKS``),
+    the reused ``common.scratch("reduce_partials")``: nothing is allocated per call.
 
     Args:
         mapping: one of the four above.
@@ -176,7 +178,7 @@ def map_sum(
     if blocks == 1:
         kernel[1, block_threads(-(-A.size // ITEMS_PER_THREAD))](a, b, c1, c2, scale, out)
         return
-    partials = cuda.device_array(blocks, np.float64)
+    partials = scratch("reduce_partials", blocks, _F64)
     kernel[blocks, THREADS](a, b, c1, c2, np.float64(1.0), partials)
     zero = np.float64(0.0)
     threads = block_threads(-(-blocks // ITEMS_PER_THREAD))
@@ -190,7 +192,7 @@ def sum_all(A: Any, out: Any) -> None:
         A: C-contiguous float32 or float64 device array of any shape.
         out: float64 device array ``(1,)``.
 
-    Large arrays use a float64 scratch allocated here (see ``map_sum``).
+    Large arrays use a reused float64 scratch (see ``map_sum``).
     """
     map_sum("sum", A, A, out)
 
@@ -202,7 +204,7 @@ def mean_all(A: Any, out: Any) -> None:
         A: C-contiguous float32 or float64 device array of any shape.
         out: float64 device array ``(1,)``.
 
-    Large arrays use a float64 scratch allocated here (see ``map_sum``).
+    Large arrays use a reused float64 scratch (see ``map_sum``).
     """
     map_sum("sum", A, A, out, scale=1.0 / A.size if A.size else math.nan)
 
@@ -215,7 +217,7 @@ def penalty(W: Any, out: Any, *, l1: float, l2: float) -> None:
         out: float64 device array ``(1,)``.
         l1, l2: the penalty's factors.
 
-    Large arrays use a float64 scratch allocated here (see ``map_sum``).
+    Large arrays use a reused float64 scratch (see ``map_sum``).
     """
     map_sum("penalty", W, W, out, c1=l1, c2=l2)
 
@@ -227,7 +229,7 @@ def count_nonbinary(A: Any, out: Any) -> None:
         A: C-contiguous float32 or float64 device array of any shape.
         out: float64 device array ``(1,)``.
 
-    Large arrays use a float64 scratch allocated here (see ``map_sum``).
+    Large arrays use a reused float64 scratch (see ``map_sum``).
     """
     map_sum("nonbinary", A, A, out)
 
@@ -256,6 +258,8 @@ def backprop_penalty(W: Any, dW: Any, *, l1: float, l2: float) -> None:
         dW: device array of the shape and dtype of ``W``.
         l1, l2: the penalty's factors.
     """
+    if dW.size == 0:  # nothing to write: launch nothing
+        return
     f = scalar(W.dtype)
     w, dw = W.reshape(W.size), dW.reshape(dW.size)
     _penalty_gradient_kernel(W.dtype)[grid_for(W.size)](w, dw, f(l1), f(2.0 * l2))
@@ -274,7 +278,7 @@ def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any, *, hits: Any = 
             labels ``(N,)`` for ``"sparse"``.
         out: float64 device array ``(1,)``.
         hits: float64 device array ``(N,)`` for the row kinds' per-row hits, or
-            ``None`` to allocate it here with ``cuda.device_array``.
+            ``None`` for a reused scratch (``common.scratch``).
 
     The row kinds write per-row hits into ``hits``, then sum it.
 
@@ -288,7 +292,7 @@ def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any, *, hits: Any = 
         raise KeyError(f"unknown accuracy kind {kind!r}; available: {', '.join(ACCURACY_KINDS)}")
     N, O = Y_pred.shape
     if hits is None:
-        hits = cuda.device_array(N, np.float64)
+        hits = scratch("row_hits", N, _F64)
     blocks, threads, width = row_grid(N, O)
     _argmax_match_kernel(Y_pred.dtype, kind == "sparse")[blocks, threads](
         Y_pred, Y_true, width, hits

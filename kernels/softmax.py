@@ -146,6 +146,8 @@ def softmax(Z: Any, Y: Any) -> None:
         Z: float32 or float64 device array ``(N, O)``, C-contiguous.
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads, width = row_grid(*Z.shape)
     _softmax_kernel(Z.dtype, False)[blocks, threads](Z, Y, width)
 
@@ -157,6 +159,8 @@ def log_softmax(Z: Any, Y: Any) -> None:
         Z: float32 or float64 device array ``(N, O)``, C-contiguous.
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
+    if Y.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads, width = row_grid(*Z.shape)
     _softmax_kernel(Z.dtype, True)[blocks, threads](Z, Y, width)
 
@@ -169,6 +173,8 @@ def softmax_backward(dY: Any, Y: Any, dZ: Any) -> None:
         Y: the softmax output, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype (may be ``dY`` itself).
     """
+    if dZ.size == 0:  # nothing to write: launch nothing
+        return
     blocks, threads, width = row_grid(*Y.shape)
     _softmax_backward_kernel(Y.dtype)[blocks, threads](dY, Y, dZ, width)
 
@@ -182,6 +188,8 @@ def softmax_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
             class labels ``(N,)``.
         dZ: device array of the shape and dtype of ``P`` (may be ``P`` itself).
     """
+    if dZ.size == 0:  # nothing to write: launch nothing
+        return
     N = P.shape[0]
     scale = scalar(P.dtype)(1.0 / N)
     if Y_true.ndim == 1:
@@ -200,6 +208,8 @@ def sigmoid_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
         Y_true: float targets of the shape and dtype of ``P``.
         dZ: device array of the shape and dtype of ``P`` (may be ``P`` itself).
     """
+    if dZ.size == 0:  # nothing to write: launch nothing
+        return
     scale = scalar(P.dtype)(1.0 / P.size)
     p, y, dz = P.reshape(P.size), Y_true.reshape(Y_true.size), dZ.reshape(dZ.size)
     _difference_kernel(P.dtype)[grid_for(P.size)](p, y, scale, dz)

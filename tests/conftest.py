@@ -15,6 +15,11 @@ import sys
 # of a block meet at cuda.syncthreads() about ten times sooner.
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and ctypes.util.find_library("cuda") is None:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+# On a GPU, numba-cuda warns (NumbaPerformanceWarning) at every launch of fewer than 128
+# blocks, which is most launches of the tests' small shapes, and the tests turn warnings
+# into errors. Numba reads this when it is first imported, so it is set here too
+# (pyproject.toml also ignores that one message).
+os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.setswitchinterval(1e-4)
 

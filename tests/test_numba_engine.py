@@ -240,3 +240,85 @@ def test_a_training_step_allocates_no_device_array_after_the_first_epoch(monkeyp
     # both batch sizes, the second nothing
     assert all(count > 0 for count in counter.per_step[:1])
     assert counter.per_step[3:] == [0, 0, 0]
+
+
+def _hinge_model(inputs: int, hidden: int | None):
+    """A linear unit trained with the hinge loss (no fused gradient: ``backprop_loss``);
+    with ``hidden``, after an L1-L2 regularised layer of ``inputs * hidden`` weights."""
+    layers = []
+    if hidden is not None:
+        regularizer = l1_l2(1e-3, 1e-3)
+        layers.append(
+            Dense(hidden, activation="tanh", input_shape=(inputs,), kernel_regularizer=regularizer)
+        )
+        layers.append(Dense(1))
+    else:
+        layers.append(Dense(1, input_shape=(inputs,)))
+    return Sequential(layers)
+
+
+# (inputs, hidden units, batch size). More than 2048 elements take the reductions'
+# two-pass path with its partial sums: 65 * 32 = 2080 regularised weights (the
+# penalty), and 2050 rows (the loss's per-sample mean, the hinge label count and the
+# binary accuracy). Widths stay near the kernels' 32-wide tiles: in the simulator a
+# product costs its padded size, one OS thread per CUDA thread.
+ALLOCATION_CASES = {"penalty-over-2048-weights": (65, 32, 4), "batch-over-2048": (1, None, 2050)}
+
+
+@pytest.mark.parametrize("case", list(ALLOCATION_CASES))
+def test_hinge_penalty_and_binary_accuracy_allocate_nothing_after_the_first_batch(
+    case, monkeypatch
+):
+    inputs, hidden, batch = ALLOCATION_CASES[case]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2 * batch, inputs)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)  # 0/1 labels: the hinge turns them into -1/1
+    with dlcore.use_backend("numba"):
+        dlcore.set_random_seed(0)
+        model = _hinge_model(inputs, hidden)
+        model.compile(optimizer="sgd", loss="hinge", metrics=["binary_accuracy"])
+        counter = _CountDeviceAllocations(monkeypatch)
+        history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[counter])
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert counter.per_step[0] > 0
+    assert counter.per_step[1:] == [0]
+
+
+def test_results_without_a_workspace_reuse_memory_only_once_released(monkeypatch):
+    from dlcore.backends import numba_engine
+    from numba import cuda
+
+    engine = numba_engine.NumbaEngine()
+    Z = engine.asarray(np.array([[-1.0, 2.0]]), dtype="float64")
+    allocations = []
+    original = cuda.device_array
+
+    def counting(*args, **kwargs):
+        allocations.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cuda, "device_array", counting)
+    first = engine.activation("relu", Z)
+    second = engine.activation("tanh", Z)  # `first` is still held: new memory
+    assert len(allocations) == 2
+    np.testing.assert_array_equal(engine.to_numpy(first), [[0.0, 2.0]])
+    del first
+    third = engine.activation("relu", Z)  # the memory `first` released
+    assert len(allocations) == 2
+    np.testing.assert_array_equal(engine.to_numpy(third), [[0.0, 2.0]])
+    np.testing.assert_allclose(engine.to_numpy(second), np.tanh([[-1.0, 2.0]]))
+
+
+def test_low_occupancy_warnings_are_off_in_the_tests():
+    """On a GPU, numba-cuda warns at every launch of fewer than 128 blocks; with warnings
+    as errors every small test would fail. tests/conftest.py turns them off before numba
+    is imported, and pyproject.toml ignores that message and no other."""
+    import warnings
+
+    from numba.core.errors import NumbaPerformanceWarning
+
+    assert os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] == "0"
+    message = "Grid size 1 will likely result in GPU under-utilization due to low occupancy."
+    warnings.warn(NumbaPerformanceWarning(message), stacklevel=1)  # ignored
+    with pytest.raises(NumbaPerformanceWarning):
+        warnings.warn(NumbaPerformanceWarning("another performance warning"), stacklevel=1)
