@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENGINE ?=
 
 .PHONY: demo test test-fast test-cudasim ptx-report lint bench bench-compare bench-report parity \
-	clean
+	gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,10 +64,22 @@ parity: $(PARITY_VENV)/.parity-installed
 lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy dlcore backends
+	$(BIN)/mypy dlcore backends tools
+
+# The first thing to run on a machine with a CUDA GPU (CONTRIBUTING.md, "Running the GPU
+# check"): versions, the GPU tests, large shapes, timings, the benchmark and
+# compute-sanitizer, within 8 minutes, with the machine's own python3 and no virtual
+# environment (nothing can be installed there). Report: $(OUT)/report.md and report.json
+# (default gpu-check-out/). GPU_CHECK_ARGS passes options, e.g. "--only probe timings".
+# Without a GPU every GPU step is skipped at once.
+OUT ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(if $(OUT),--out "$(OUT)") $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-parity build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks
+	rm -rf $(VENV) .venv-parity build *.egg-info .pytest_cache .ruff_cache .mypy_cache .benchmarks \
+		gpu-check-out
 
 # Throughput benchmarks (bench/): one model.fit epoch per engine and case, real sizes, timed.
 # On a CPU the large case takes minutes per epoch: BENCH_ARGS="-k 'not large'" leaves it out.
