@@ -22,7 +22,6 @@ from dlcore import backends, config, custom, saving
 from dlcore.backends.base import Engine, Workspace
 from dlcore.layers import LAYER_CLASSES, CallState, InputLayer, KerasTensor, Layer, Node
 from dlcore.layers.base import assign_weights, unique_name
-from dlcore.layers.core import input_layer_of
 from dlcore.training import Trainer
 
 
@@ -79,7 +78,7 @@ class Model(Trainer):
     def _set_graph(self, inputs: list[KerasTensor], outputs: list[KerasTensor]) -> None:
         """Walk the graph from ``outputs`` back to ``inputs``, in topological order."""
         for tensor in inputs:
-            if input_layer_of(tensor) is None:
+            if tensor.input_layer is None:
                 made_by = tensor.node.layer.name if tensor.node else "?"
                 raise ValueError(
                     f"model inputs must be tensors made by Input(...); {tensor.name!r} is "
@@ -100,7 +99,7 @@ class Model(Trainer):
             if id(tensor) in input_ids:
                 if status.get(id(tensor)) != "done":
                     status[id(tensor)] = "done"
-                    reach(input_layer_of(tensor))  # type: ignore[arg-type]
+                    reach(tensor.input_layer)  # type: ignore[arg-type]
                     walked.append(tensor)
                 return
             node = tensor.node
@@ -450,7 +449,7 @@ class Model(Trainer):
         return f"{name}[{node_index}][0]"
 
     def _tensor_key(self, tensor: KerasTensor, indices: dict[int, int]) -> list[Any]:
-        source = input_layer_of(tensor)
+        source = tensor.input_layer
         if source is not None:
             return [source.name, 0, 0]
         node = tensor.node
@@ -611,10 +610,8 @@ class Sequential(Model):
     def add(self, layer: Any) -> None:
         """Append a layer (or, first of all, an ``Input``); rebuilds the graph when the
         input width is known, keeping the weights the other layers have."""
-        source = input_layer_of(layer) if isinstance(layer, KerasTensor) else None
-        if isinstance(layer, InputLayer):
-            source = layer
-        if source is not None:
+        source = layer.input_layer if isinstance(layer, KerasTensor) else layer
+        if isinstance(source, InputLayer):
             if self._stack_layers or self._input_layer is not None:
                 raise ValueError("Input(...) must come before every other layer of the model")
             self._input_layer = source
@@ -695,10 +692,6 @@ class Sequential(Model):
         if not self._stack_layers:
             raise ValueError("the model has no layers; add some with model.add(Dense(...))")
         self._chain()
-
-    def _build_from_data(self, widths: list[int]) -> None:
-        if not self.built:
-            self.build(input_shape=(None, widths[0]))
 
     def _shows_connections(self) -> bool:
         return False
@@ -813,7 +806,7 @@ def _layers_by_depth(
     layers: dict[int, Layer] = {}
     for item in reversed(walked):
         if isinstance(item, KerasTensor):
-            layer: Layer = input_layer_of(item)  # type: ignore[assignment]
+            layer: Layer = item.input_layer  # type: ignore[assignment]
             parents: list[Any] = []
         else:
             layer = item.layer
@@ -851,7 +844,7 @@ def _flatten(structure: Any, what: str) -> tuple[list[KerasTensor], list[str] | 
 
 
 def _producer_name(tensor: KerasTensor) -> str:
-    source = input_layer_of(tensor)
+    source = tensor.input_layer
     if source is not None:
         return source.name
     assert tensor.node is not None  # every tensor but an Input's has its node

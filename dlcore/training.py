@@ -13,6 +13,7 @@ per batch.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import numbers
@@ -76,7 +77,7 @@ class _Plan:
     loss_workspaces: list[Workspace]  # of the outputs after the first
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """compile / fit / evaluate / predict and their per-batch versions, for ``Model``.
 
     ``Model`` provides the graph these run: the attributes declared here and
@@ -94,8 +95,14 @@ class Trainer:
     output_names: list[str]
     input_names: list[str]
 
+    @abc.abstractmethod
+    def build(self, input_shape: Any = None) -> None:
+        """Create the weights; a model that does not know its input width yet takes it
+        from ``input_shape`` (the data's, on first use)."""
+
+    @abc.abstractmethod
     def _claim_layers(self) -> None:
-        raise NotImplementedError
+        """Put the weights on the engine, owned by this model, before they are used."""
 
     def __init__(self) -> None:
         self.built = False
@@ -261,9 +268,6 @@ class Trainer:
         """The float dtype data will have on the engine: the model's, or floatx before build."""
         return self.dtype or config.floatx()
 
-    def _build_from_data(self, widths: list[int]) -> None:
-        """Build the model from the widths of the data (``Sequential`` without an input width)."""
-
     def _check_inputs(self, x: Any, name: str = "x") -> list[np.ndarray]:
         """The model's inputs as checked ``(N, features)`` arrays, in the inputs' order."""
         expected = [t.features for t in self._inputs] if self.built else None
@@ -282,7 +286,7 @@ class Trainer:
                 )
             )
         if not self.built:
-            self._build_from_data([a.shape[1] for a in checked])
+            self.build(input_shape=(None, checked[0].shape[1]))
         if any(len(array) != len(checked[0]) for array in checked[1:]):
             raise ValueError(
                 f"every input must hold the same number of samples; received "
@@ -921,9 +925,8 @@ class Trainer:
         return arrays[0] if len(arrays) == 1 else arrays
 
     def __call__(self, x: Any) -> Any:
-        """``predict(x)`` on the whole input at once."""
-        xs = self._check_inputs(x)
-        return self.predict(xs if len(xs) > 1 else xs[0], batch_size=len(xs[0]))
+        """``predict(x)`` on the whole input at once (``predict_on_batch``)."""
+        return self.predict_on_batch(x)
 
     # ------------------------------------------------------------------ per batch
     def train_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:

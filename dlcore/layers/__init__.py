@@ -6,7 +6,7 @@ that join several tensors.
 """
 
 from .base import CallState, KerasTensor, Layer, Node, Variable, assign_weights
-from .core import Activation, Dense, Dropout, Input, InputLayer, PReLU, input_layer_of
+from .core import Activation, Dense, Dropout, Input, InputLayer, PReLU
 from .merging import Add, Average, Concatenate, Maximum, Merge, Minimum, Multiply, Subtract
 
 LAYER_CLASSES: dict[str, type[Layer]] = {
@@ -49,5 +49,4 @@ __all__ = [
     "Subtract",
     "Variable",
     "assign_weights",
-    "input_layer_of",
 ]

@@ -65,10 +65,13 @@ class KerasTensor:
     """A symbolic batch of feature vectors, shape ``(None, features)``: what ``Input``
     returns and what calling a layer on symbolic tensors returns."""
 
-    def __init__(self, features: int, node: Node | None, name: str) -> None:
+    def __init__(
+        self, features: int, node: Node | None, name: str, input_layer: Layer | None = None
+    ) -> None:
         self.features = features
         self.node = node  # the node that made this tensor; set for every tensor but Input's
         self.name = name
+        self.input_layer = input_layer  # the InputLayer that made it, for an Input's tensor
 
     @property
     def shape(self) -> tuple[None, int]:
@@ -392,8 +395,12 @@ class Layer:
         param_grads: list[Array] | None,
     ) -> Any:
         """Like ``backward`` when the caller already has the gradient with respect
-        to the input of ``output_activation`` (the fused softmax/cross-entropy path)."""
-        raise NotImplementedError(f"{type(self).__name__} has no fused output gradient")
+        to the input of ``output_activation`` (the fused softmax/cross-entropy path);
+        only layers whose ``fused_output_ok`` is true take it."""
+        raise TypeError(
+            f"layer {self.name!r} ({type(self).__name__}) takes no gradient before its "
+            "activation: the trainer asks only layers whose fused_output_ok is true"
+        )
 
     def penalties(self) -> list[Array]:
         """Regularization penalties of this layer's trainable weights, as 0-d engine arrays."""

@@ -40,8 +40,7 @@ class InputLayer(Layer):
         super().__init__(name=name or unique_name("input_layer"), **kwargs)
         self.input_features = features
         self.units = features
-        self.output = KerasTensor(features, None, self.name)
-        self.output.input_layer = self  # type: ignore[attr-defined]
+        self.output = KerasTensor(features, None, self.name, input_layer=self)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "batch_shape": [None, self.units]}
@@ -61,11 +60,6 @@ def Input(  # noqa: N802  (Keras's spelling: a function that returns a tensor)
         >>> model = Model(inputs, outputs)
     """
     return InputLayer(shape, batch_size=batch_size, name=name, **kwargs).output
-
-
-def input_layer_of(tensor: KerasTensor) -> InputLayer | None:
-    """The ``InputLayer`` that made ``tensor``, or ``None`` for a layer's output."""
-    return getattr(tensor, "input_layer", None)
 
 
 class Dense(Layer):

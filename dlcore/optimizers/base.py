@@ -11,6 +11,7 @@ the number of layers, or one call per range of the buffer when only some layers 
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 import numbers
@@ -62,7 +63,7 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class of the optimizers: learning rate, step count, state slots.
 
     A subclass names its engine rule in ``rule`` (one of
@@ -146,22 +147,23 @@ class Optimizer:
         return f"{type(self).__name__}({arguments})"
 
     # ------------------------------------------------------------------ the subclass's part
+    @abc.abstractmethod
     def _slot_init(self) -> dict[str, float | None]:
         """The rule's slots in its order: each one's initial value, or ``None`` for a
         slot not in use."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _step_hyperparameters(self) -> dict[str, float]:
         """The numbers of the rule for step ``self.iterations`` (counting from 1), by the
         names the rule reads; called once per step, so it may advance host state."""
-        raise NotImplementedError
 
     def _host_state(self) -> dict[str, float]:
         """Host scalars saved with the state besides ``iterations``."""
         return {}
 
     def _set_host_state(self, values: dict[str, float]) -> None:
-        """Restore the scalars returned by ``_host_state``."""
+        """Restore the scalars returned by ``_host_state`` (none by default)."""
+        return None
 
     # ------------------------------------------------------------------ state
     def _set_slots(self, slots: dict[str, Array | None]) -> None:
