@@ -32,6 +32,7 @@ from .common import (
     array,
     device_function,
     grid_for,
+    launch,
     scalar,
 )
 
@@ -177,7 +178,7 @@ def forward(name: str, Z: Any, Y: Any) -> None:
     if Y.size == 0:  # nothing to write: launch nothing
         return
     z, y = Z.reshape(Z.size), Y.reshape(Y.size)
-    _forward_kernel(Z.dtype, name)[grid_for(Z.size)](z, y)
+    launch(_forward_kernel(Z.dtype, name), grid_for(Z.size), z, y)
 
 
 def backward(name: str, dY: Any, Z: Any, dZ: Any) -> None:
@@ -192,7 +193,7 @@ def backward(name: str, dY: Any, Z: Any, dZ: Any) -> None:
     if dZ.size == 0:  # nothing to write: launch nothing
         return
     dy, z, dz = dY.reshape(dY.size), Z.reshape(Z.size), dZ.reshape(dZ.size)
-    _backward_kernel(Z.dtype, name)[grid_for(Z.size)](dy, z, dz)
+    launch(_backward_kernel(Z.dtype, name), grid_for(Z.size), dy, z, dz)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:

@@ -31,6 +31,7 @@ from .common import (
     PtxVariant,
     array,
     device_function,
+    launch,
     numba_type,
     scalar,
     scratch,
@@ -148,9 +149,9 @@ def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out:
     threads = (STRIP, ROW_THREADS)
     final = out.reshape(1, O)
     partial = final if R == 1 else _partials_buffer(out.dtype, R, O)
-    kernel[(strips, R), threads](*args, partial)
+    launch(kernel, ((strips, R), threads), *args, partial)
     if R > 1:
-        _column_sum_kernel(out.dtype)[(strips, 1), threads](partial, final)
+        launch(_column_sum_kernel(out.dtype), ((strips, 1), threads), partial, final)
 
 
 def column_sums(A: Any, out: Any) -> None:

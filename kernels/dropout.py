@@ -36,8 +36,10 @@ from .common import (
     PtxVariant,
     array,
     grid_for,
+    launch,
     numba_type,
     scalar,
+    stream,
 )
 
 _SIMULATED = bool(config.ENABLE_CUDASIM)
@@ -95,7 +97,9 @@ class DropoutGenerator:
         self.threads_per_block = min(THREADS, threads)
         self.blocks = -(-threads // self.threads_per_block)
         with _quiet_simulator():
-            self.states = create_xoroshiro128p_states(self.blocks * self.threads_per_block, seed)
+            self.states = create_xoroshiro128p_states(
+                self.blocks * self.threads_per_block, seed, stream=stream()
+            )
 
 
 # xoroshiro128p_uniform_float64 is (x >> 11) * 2**-53 for the generator's next
@@ -163,8 +167,13 @@ def dropout(generator: DropoutGenerator, X: Any, Y: Any, mask: Any, *, rate: flo
     kernel = _dropout_kernel(X.dtype)
     flat = (X.reshape(X.size), Y.reshape(Y.size), mask.reshape(mask.size))
     with _quiet_simulator():
-        kernel[generator.blocks, generator.threads_per_block](
-            generator.states, *flat, keep_threshold(rate), f(1.0 / (1.0 - rate))
+        launch(
+            kernel,
+            (generator.blocks, generator.threads_per_block),
+            generator.states,
+            *flat,
+            keep_threshold(rate),
+            f(1.0 / (1.0 - rate)),
         )
 
 
@@ -179,7 +188,7 @@ def backprop_dropout(dY: Any, mask: Any, dX: Any) -> None:
     if dX.size == 0:  # nothing to write: launch nothing
         return
     flat = (dY.reshape(dY.size), mask.reshape(mask.size), dX.reshape(dX.size))
-    backprop_dropout_kernel[grid_for(dY.size)](*flat)
+    launch(backprop_dropout_kernel, grid_for(dY.size), *flat)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:

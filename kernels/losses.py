@@ -18,6 +18,11 @@ or norms: one row kernel each reduces them within the row's group and then
 writes the row's gradient with the same lanes, which reads the row again from
 L1 instead of launching a second kernel.
 
+``softmax_crossentropy_batch`` is what a training step on a softmax output
+trained with (sparse) categorical cross-entropy needs, in one row kernel: the
+per-sample losses, the per-row accuracy hits and the fused gradient ``(P - Y) / N``,
+then the two float64 reductions (three launches instead of five).
+
 ``hinge`` and ``squared_hinge`` turn 0/1 labels into -1/1 only when every label
 of the batch is 0 or 1: ``reductions.count_nonbinary`` counts the other labels
 into a float64 scratch ``(1,)`` on the device (``common.scratch``, reused by every
@@ -27,6 +32,7 @@ call), and the loss kernels read it.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +49,7 @@ from .common import (
     array,
     device_function,
     grid_for,
+    launch,
     numba_type,
     scalar,
     scratch,
@@ -522,6 +529,103 @@ def _cosine_kernels(dtype: Any) -> tuple[Any, Any]:
     return cosine_similarity_kernel, cosine_similarity_gradient_kernel
 
 
+@functools.cache
+def _softmax_crossentropy_batch_kernel(dtype: Any, sparse: bool, count: bool) -> Any:
+    """Per-sample cross-entropy, per-row argmax hits (where ``count``) and ``(P - Y) / N``."""
+    f = scalar(dtype)
+    zero, neg_inf = f(0.0), f(-np.inf)
+    eps, high = f(EPSILON), f(1.0 - EPSILON)
+    zero64, one64 = np.float64(0.0), np.float64(1.0)
+    element = numba_type(dtype)
+    group_sum, _, _, group_argmax = group_reductions(dtype)
+    target = _target(dtype, sparse)
+
+    @cuda.jit
+    def softmax_crossentropy_batch_kernel(P, Y, scale, width, per_sample, hits, dZ):
+        """As the crossentropy, argmax_match and scaled difference kernels, in one pass."""
+        s = cuda.shared.array(THREADS, element)
+        si = cuda.shared.array(THREADS, types.int64)
+        N, O = P.shape
+        t = cuda.threadIdx.x
+        lane, group = t % width, t // width
+        rows = cuda.blockDim.x // width
+        for first in range(cuda.blockIdx.x * rows, N, cuda.gridDim.x * rows):
+            i = first + group
+            total = zero
+            if i < N:
+                for j in range(lane, O, width):
+                    total += P[i, j]
+            total = group_sum(s, t, lane, width, total)
+            acc = zero
+            best, at, label_best, label_at = neg_inf, O, neg_inf, O
+            if i < N:
+                for j in range(lane, O, width):
+                    p, y = P[i, j], target(Y, i, j)
+                    acc += y * math.log(min(max(p / total, eps), high))
+                    dZ[i, j] = (p - y) * scale
+                    if count and first_max(p, j, best, at):
+                        best, at = p, j
+                    if count and not sparse and first_max(y, j, label_best, label_at):
+                        label_best, label_at = y, j
+            acc = group_sum(s, t, lane, width, acc)
+            predicted = expected = 0
+            if count:
+                predicted = group_argmax(s, si, t, lane, width, best, at)[1]
+                if sparse:
+                    expected = Y[i] if i < N else O
+                else:
+                    expected = group_argmax(s, si, t, lane, width, label_best, label_at)[1]
+            if i < N and lane == 0:
+                per_sample[i] = -acc
+                if count:
+                    hits[i] = one64 if predicted == expected else zero64
+
+    return softmax_crossentropy_batch_kernel
+
+
+def softmax_crossentropy_batch(
+    P: Any,
+    Y_true: Any,
+    dZ: Any,
+    loss_out: Any,
+    count_out: Any = None,
+    *,
+    per_sample: Any = None,
+    hits: Any = None,
+) -> None:
+    """Loss, accuracy count and gradient of softmax + categorical cross-entropy, one row kernel.
+
+    Writes what ``loss``, ``reductions.count_correct`` and
+    ``softmax.softmax_crossentropy_gradient`` write, bit for bit, reading the rows once:
+    the row kernel writes per-sample losses, per-row hits and ``dZ``, then
+    ``reductions.mean_all`` and ``reductions.sum_all`` reduce the first two.
+
+    Args:
+        P: C-contiguous float32 or float64 device array ``(N, O)``, softmax probabilities.
+        Y_true: float one-hot ``(N, O)`` of the dtype of ``P``, or int64 labels ``(N,)``.
+        dZ: device array of the shape and dtype of ``P``, receives ``(P - Y) / N``.
+        loss_out: float64 device array ``(1,)``, receives the batch-mean cross-entropy.
+        count_out: float64 device array ``(1,)`` for the number of rows whose argmax is
+            the label's (``"categorical"`` or ``"sparse"`` accuracy), or ``None``.
+        per_sample, hits: float64 device arrays ``(N,)`` for the per-sample losses and
+            per-row hits, or ``None`` for reused scratch (``common.scratch``).
+    """
+    N, O = P.shape
+    sparse, count = Y_true.ndim == 1, count_out is not None
+    if per_sample is None:
+        per_sample = scratch("per_sample", N, np.float64)
+    if hits is None:
+        hits = scratch("row_hits", N, np.float64) if count else _unread_flag()
+    if N:  # else every output is empty: launch nothing
+        blocks, threads, width = row_grid(N, O)
+        kernel = _softmax_crossentropy_batch_kernel(P.dtype, sparse, count)
+        scale = scalar(P.dtype)(1.0 / N)
+        launch(kernel, (blocks, threads), P, Y_true, scale, width, per_sample, hits, dZ)
+    reductions.mean_all(per_sample, loss_out)
+    if count:
+        reductions.sum_all(hits, count_out)
+
+
 def _row_kernels(dtype: Any, name: str, logits: bool) -> tuple[Any, Any]:
     """``(value kernel, gradient kernel)`` of a loss that is not elementwise."""
     if name == "categorical_hinge":
@@ -597,10 +701,10 @@ def loss(
         )
         nonbinary = _nonbinary_labels(name, Y_true)
         kernel = _elementwise_value_kernel(dtype, name, logits)
-        kernel[blocks, threads](Y_pred, Y_true, nonbinary, scale, width, per_sample)
+        launch(kernel, (blocks, threads), Y_pred, Y_true, nonbinary, scale, width, per_sample)
     else:
         kernel = _row_kernels(dtype, name, logits)[0]
-        kernel[blocks, threads](Y_pred, Y_true, width, per_sample)
+        launch(kernel, (blocks, threads), Y_pred, Y_true, width, per_sample)
     reductions.mean_all(per_sample, out)
 
 
@@ -642,11 +746,11 @@ def loss_gradient(
             dY_pred.reshape(dY_pred.size),
         )
         kernel = _elementwise_gradient_kernel(dtype, name, logits)
-        kernel[grid_for(Y_pred.size)](p, y, nonbinary, scale, dp)
+        launch(kernel, grid_for(Y_pred.size), p, y, nonbinary, scale, dp)
     else:
         blocks, threads, width = row_grid(N, O)
         kernel = _row_kernels(dtype, name, logits)[1]
-        kernel[blocks, threads](Y_pred, Y_true, scalar(dtype)(1.0 / N), width, dY_pred)
+        launch(kernel, (blocks, threads), Y_pred, Y_true, scalar(dtype)(1.0 / N), width, dY_pred)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
@@ -670,3 +774,9 @@ def ptx_variants() -> Iterator[PtxVariant]:
                 value, gradient = _row_kernels(dtype, name, logits)
                 yield f"loss[{label}]", value, (rows, targets, i64, flat64)
                 yield f"loss_gradient[{label}]", gradient, (rows, targets, real, i64, rows)
+        for sparse, count in itertools.product((False, True), repeat=2):
+            targets = labels if sparse else rows
+            label = f"{'sparse,' if sparse else ''}{'count,' if count else ''}{short}"
+            kernel = _softmax_crossentropy_batch_kernel(dtype, sparse, count)
+            argtypes = (rows, targets, real, i64, flat64, flat64, rows)
+            yield f"softmax_crossentropy_batch[{label}]", kernel, argtypes

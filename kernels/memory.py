@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, numba_type
+from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, launch, numba_type
 
 # Every dtype the engine fills or copies: float buffers, int64 labels and indices.
 _DTYPES = (*FLOAT_DTYPES, np.dtype(np.int64))
@@ -77,7 +77,7 @@ def fill(A: Any, value: float) -> None:
     """
     if A.size == 0:  # nothing to write: launch nothing
         return
-    fill_kernel[grid_for(A.size)](_flat(A), A.dtype.type(value))
+    launch(fill_kernel, grid_for(A.size), _flat(A), A.dtype.type(value))
 
 
 def copy(src: Any, dst: Any) -> None:
@@ -85,11 +85,12 @@ def copy(src: Any, dst: Any) -> None:
 
     Args:
         src: C-contiguous device array of any shape and dtype.
-        dst: device array of the shape and dtype of ``src``.
+        dst: device array of the shape of ``src``, of its dtype or, for a conversion
+            (``NumbaEngine.cast``), of the other float dtype: values round to nearest.
     """
     if dst.size == 0:  # nothing to write: launch nothing
         return
-    copy_kernel[grid_for(src.size)](_flat(src), _flat(dst))
+    launch(copy_kernel, grid_for(src.size), _flat(src), _flat(dst))
 
 
 def take_rows(A: Any, indices: Any, out: Any) -> None:
@@ -108,14 +109,15 @@ def take_rows(A: Any, indices: Any, out: Any) -> None:
         return
     grid = grid_for(out.size)
     if A.ndim == 1:
-        take_kernel[grid](A, indices, out)
+        launch(take_kernel, grid, A, indices, out)
         return
     row_size = math.prod(A.shape[1:])
-    take_rows_kernel[grid](A.reshape(A.shape[0], row_size), indices, _flat(out))
+    launch(take_rows_kernel, grid, A.reshape(A.shape[0], row_size), indices, _flat(out))
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Fill, copy and both gathers, for float32, float64 and int64, as launched."""
+    """Fill, copy and both gathers, for float32, float64 and int64, as launched, and the
+    converting copies of ``NumbaEngine.cast``."""
     index = array(np.int64, 1)
     for dtype in _DTYPES:
         flat, rows = array(dtype, 1), array(dtype, 2)
@@ -124,3 +126,7 @@ def ptx_variants() -> Iterator[PtxVariant]:
         yield f"copy[{short}]", copy_kernel, (flat, flat)
         yield f"take_rows[{short}]", take_rows_kernel, (rows, index, flat)
         yield f"take[{short}]", take_kernel, (flat, index, flat)
+    # the engine's cast: a copy between the float dtypes, converting as it stores
+    f32, f64 = array(np.float32, 1), array(np.float64, 1)
+    yield "copy[f32->f64]", copy_kernel, (f32, f64)
+    yield "copy[f64->f32]", copy_kernel, (f64, f32)

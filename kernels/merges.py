@@ -31,6 +31,7 @@ from .common import (
     array,
     device_function,
     grid_for,
+    launch,
     numba_type,
     scalar,
 )
@@ -197,21 +198,21 @@ def _pair(op: str, A: Any, B: Any, Y: Any) -> None:
     if Y.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads = grid_2d(*Y.shape)
-    _pair_kernel(Y.dtype, op)[blocks, threads](A, B, Y)
+    launch(_pair_kernel(Y.dtype, op), (blocks, threads), A, B, Y)
 
 
 def _copy_columns_into(X: Any, Y: Any, offset: int) -> None:
     if X.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads = grid_2d(*X.shape)
-    _columns_into_kernel(X.dtype)[blocks, threads](X, Y, offset)
+    launch(_columns_into_kernel(X.dtype), (blocks, threads), X, Y, offset)
 
 
 def _copy_columns_from(dY: Any, offset: int, dX: Any) -> None:
     if dX.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads = grid_2d(*dX.shape)
-    _columns_from_kernel(dX.dtype)[blocks, threads](dY, offset, dX)
+    launch(_columns_from_kernel(dX.dtype), (blocks, threads), dY, offset, dX)
 
 
 def scale(A: Any, factor: float, out: Any) -> None:
@@ -225,7 +226,9 @@ def scale(A: Any, factor: float, out: Any) -> None:
     if out.size == 0:  # nothing to write: launch nothing
         return
     grid = grid_for(A.size)
-    _scale_kernel(A.dtype)[grid](A.reshape(A.size), A.dtype.type(factor), out.reshape(out.size))
+    launch(
+        _scale_kernel(A.dtype), grid, A.reshape(A.size), A.dtype.type(factor), out.reshape(out.size)
+    )
 
 
 def accumulate(dst: Any, src: Any) -> None:
@@ -237,7 +240,12 @@ def accumulate(dst: Any, src: Any) -> None:
     """
     if dst.size == 0:  # nothing to write: launch nothing
         return
-    _accumulate_kernel(dst.dtype)[grid_for(dst.size)](dst.reshape(dst.size), src.reshape(src.size))
+    launch(
+        _accumulate_kernel(dst.dtype),
+        grid_for(dst.size),
+        dst.reshape(dst.size),
+        src.reshape(src.size),
+    )
 
 
 def merge(op: str, inputs: Sequence[Any], Y: Any) -> None:
@@ -314,9 +322,9 @@ def _route_to_first_matches(dY: Any, inputs: Sequence[Any], Y: Any, grads: Seque
     remaining = grads[-1]  # what is not yet routed; it ends as the last input's gradient
     source = dY
     for X, grad in zip(inputs[:-1], grads[:-1]):
-        _route_kernel(Y.dtype)[blocks, threads](source, X, Y, grad, remaining)
+        launch(_route_kernel(Y.dtype), (blocks, threads), source, X, Y, grad, remaining)
         source = remaining
-    _keep_matches_kernel(Y.dtype)[blocks, threads](source, inputs[-1], Y, remaining)
+    launch(_keep_matches_kernel(Y.dtype), (blocks, threads), source, inputs[-1], Y, remaining)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:

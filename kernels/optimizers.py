@@ -32,6 +32,7 @@ from .common import (
     array,
     device_function,
     grid_for,
+    launch,
     numba_type,
     scalar,
 )
@@ -90,10 +91,10 @@ def sgd(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, fl
     f = scalar(params.dtype)
     grid = grid_for(params.size)
     if velocity is None:
-        _sgd_kernel()[grid](params, grads, f(h["learning_rate"]))
+        launch(_sgd_kernel(), grid, params, grads, f(h["learning_rate"]))
     else:
         kernel = _sgd_momentum_kernel(bool(h["nesterov"]))
-        kernel[grid](params, grads, velocity, f(h["learning_rate"]), f(h["momentum"]))
+        launch(kernel, grid, params, grads, velocity, f(h["learning_rate"]), f(h["momentum"]))
 
 
 # ---------------------------------------------------------------------- Adam
@@ -154,9 +155,9 @@ def adam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, f
     constants = f(h["alpha"]), f(1.0 - h["beta_1"]), f(1.0 - h["beta_2"]), f(h["epsilon"])
     grid = grid_for(params.size)
     if v_max is None:
-        _adam_kernel()[grid](params, grads, m, v, *constants)
+        launch(_adam_kernel(), grid, params, grads, m, v, *constants)
     else:
-        _amsgrad_kernel()[grid](params, grads, m, v, v_max, *constants)
+        launch(_amsgrad_kernel(), grid, params, grads, m, v, v_max, *constants)
 
 
 # ---------------------------------------------------------------------- RMSprop
@@ -296,13 +297,24 @@ def rmsprop(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str
     lr, rho_, one_minus_rho, eps = f(h["learning_rate"]), f(rho), f(1.0 - rho), f(h["epsilon"])
     grid = grid_for(params.size)
     if average_grad is None and momentum_buffer is None:
-        _rmsprop_kernel()[grid](params, grads, velocity, lr, rho_, one_minus_rho, eps)
+        launch(_rmsprop_kernel(), grid, params, grads, velocity, lr, rho_, one_minus_rho, eps)
     elif momentum_buffer is None:
-        _rmsprop_centered_kernel()[grid](
-            params, grads, velocity, average_grad, lr, rho_, one_minus_rho, eps
+        launch(
+            _rmsprop_centered_kernel(),
+            grid,
+            params,
+            grads,
+            velocity,
+            average_grad,
+            lr,
+            rho_,
+            one_minus_rho,
+            eps,
         )
     elif average_grad is None:
-        _rmsprop_momentum_kernel()[grid](
+        launch(
+            _rmsprop_momentum_kernel(),
+            grid,
             params,
             grads,
             velocity,
@@ -314,7 +326,9 @@ def rmsprop(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str
             eps,
         )
     else:
-        _rmsprop_centered_momentum_kernel()[grid](
+        launch(
+            _rmsprop_centered_momentum_kernel(),
+            grid,
             params,
             grads,
             velocity,
@@ -356,8 +370,14 @@ def adagrad(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str
         return
     (accumulator,) = slots
     f = scalar(params.dtype)
-    _adagrad_kernel()[grid_for(params.size)](
-        params, grads, accumulator, f(h["learning_rate"]), f(h["epsilon"])
+    launch(
+        _adagrad_kernel(),
+        grid_for(params.size),
+        params,
+        grads,
+        accumulator,
+        f(h["learning_rate"]),
+        f(h["epsilon"]),
     )
 
 
@@ -394,7 +414,9 @@ def adamax(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str,
         return
     m, u = slots
     f = scalar(params.dtype)
-    _adamax_kernel()[grid_for(params.size)](
+    launch(
+        _adamax_kernel(),
+        grid_for(params.size),
         params,
         grads,
         m,
@@ -454,7 +476,9 @@ def nadam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, 
         return
     m, v = slots
     f = scalar(params.dtype)
-    _nadam_kernel()[grid_for(params.size)](
+    launch(
+        _nadam_kernel(),
+        grid_for(params.size),
         params,
         grads,
         m,

@@ -15,7 +15,7 @@ from typing import Any
 
 from numba import cuda
 
-from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, scalar
+from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, launch, scalar
 from .dense_backward import ROW_THREADS, STRIP, launch_with_column_sums, strip_fold
 
 
@@ -91,7 +91,7 @@ def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
     """
     if Y.size == 0:  # nothing to write: launch nothing
         return
-    _forward_kernel(X.dtype)[grid_for(X.size)](X, alpha, Y)
+    launch(_forward_kernel(X.dtype), grid_for(X.size), X, alpha, Y)
 
 
 def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> None:
@@ -110,7 +110,7 @@ def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> 
     if dalpha is None:
         if dX.size == 0:  # nothing to write: launch nothing
             return
-        _input_gradient_kernel(X.dtype)[grid_for(X.size)](dY, X, alpha, dX)
+        launch(_input_gradient_kernel(X.dtype), grid_for(X.size), dY, X, alpha, dX)
         return
     launch_with_column_sums(_backward_kernel(X.dtype), (dY, X, alpha, dX), X.shape, dalpha)
 

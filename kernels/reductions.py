@@ -34,6 +34,7 @@ from .common import (
     blocks_for,
     device_function,
     grid_for,
+    launch,
     numba_type,
     scalar,
     scratch,
@@ -176,13 +177,13 @@ def map_sum(
     kernel = _reduce_kernel(A.dtype, mapping)
     blocks = blocks_for(A.size, THREADS * ITEMS_PER_THREAD)
     if blocks == 1:
-        kernel[1, block_threads(-(-A.size // ITEMS_PER_THREAD))](a, b, c1, c2, scale, out)
+        launch(kernel, (1, block_threads(-(-A.size // ITEMS_PER_THREAD))), a, b, c1, c2, scale, out)
         return
     partials = scratch("reduce_partials", blocks, _F64)
-    kernel[blocks, THREADS](a, b, c1, c2, np.float64(1.0), partials)
+    launch(kernel, (blocks, THREADS), a, b, c1, c2, np.float64(1.0), partials)
     zero = np.float64(0.0)
     threads = block_threads(-(-blocks // ITEMS_PER_THREAD))
-    _reduce_kernel(_F64, "sum")[1, threads](partials, partials, zero, zero, scale, out)
+    launch(_reduce_kernel(_F64, "sum"), (1, threads), partials, partials, zero, zero, scale, out)
 
 
 def sum_all(A: Any, out: Any) -> None:
@@ -262,7 +263,7 @@ def backprop_penalty(W: Any, dW: Any, *, l1: float, l2: float) -> None:
         return
     f = scalar(W.dtype)
     w, dw = W.reshape(W.size), dW.reshape(dW.size)
-    _penalty_gradient_kernel(W.dtype)[grid_for(W.size)](w, dw, f(l1), f(2.0 * l2))
+    launch(_penalty_gradient_kernel(W.dtype), grid_for(W.size), w, dw, f(l1), f(2.0 * l2))
 
 
 def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any, *, hits: Any = None) -> None:
@@ -294,8 +295,13 @@ def count_correct(kind: str, Y_pred: Any, Y_true: Any, out: Any, *, hits: Any = 
     if hits is None:
         hits = scratch("row_hits", N, _F64)
     blocks, threads, width = row_grid(N, O)
-    _argmax_match_kernel(Y_pred.dtype, kind == "sparse")[blocks, threads](
-        Y_pred, Y_true, width, hits
+    launch(
+        _argmax_match_kernel(Y_pred.dtype, kind == "sparse"),
+        (blocks, threads),
+        Y_pred,
+        Y_true,
+        width,
+        hits,
     )
     sum_all(hits, out)
 

@@ -32,6 +32,7 @@ from .common import (
     PtxVariant,
     array,
     grid_for,
+    launch,
     numba_type,
     scalar,
 )
@@ -149,7 +150,7 @@ def softmax(Z: Any, Y: Any) -> None:
     if Y.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads, width = row_grid(*Z.shape)
-    _softmax_kernel(Z.dtype, False)[blocks, threads](Z, Y, width)
+    launch(_softmax_kernel(Z.dtype, False), (blocks, threads), Z, Y, width)
 
 
 def log_softmax(Z: Any, Y: Any) -> None:
@@ -162,7 +163,7 @@ def log_softmax(Z: Any, Y: Any) -> None:
     if Y.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads, width = row_grid(*Z.shape)
-    _softmax_kernel(Z.dtype, True)[blocks, threads](Z, Y, width)
+    launch(_softmax_kernel(Z.dtype, True), (blocks, threads), Z, Y, width)
 
 
 def softmax_backward(dY: Any, Y: Any, dZ: Any) -> None:
@@ -176,7 +177,7 @@ def softmax_backward(dY: Any, Y: Any, dZ: Any) -> None:
     if dZ.size == 0:  # nothing to write: launch nothing
         return
     blocks, threads, width = row_grid(*Y.shape)
-    _softmax_backward_kernel(Y.dtype)[blocks, threads](dY, Y, dZ, width)
+    launch(_softmax_backward_kernel(Y.dtype), (blocks, threads), dY, Y, dZ, width)
 
 
 def softmax_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
@@ -194,10 +195,10 @@ def softmax_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
     scale = scalar(P.dtype)(1.0 / N)
     if Y_true.ndim == 1:
         kernel = _label_difference_kernel(P.dtype)
-        kernel[grid_for(P.size)](P, Y_true, scale, dZ)
+        launch(kernel, grid_for(P.size), P, Y_true, scale, dZ)
     else:
         flat = P.reshape(P.size), Y_true.reshape(Y_true.size), dZ.reshape(dZ.size)
-        _difference_kernel(P.dtype)[grid_for(P.size)](flat[0], flat[1], scale, flat[2])
+        launch(_difference_kernel(P.dtype), grid_for(P.size), flat[0], flat[1], scale, flat[2])
 
 
 def sigmoid_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
@@ -212,7 +213,7 @@ def sigmoid_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
         return
     scale = scalar(P.dtype)(1.0 / P.size)
     p, y, dz = P.reshape(P.size), Y_true.reshape(Y_true.size), dZ.reshape(dZ.size)
-    _difference_kernel(P.dtype)[grid_for(P.size)](p, y, scale, dz)
+    launch(_difference_kernel(P.dtype), grid_for(P.size), p, y, scale, dz)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:

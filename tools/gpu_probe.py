@@ -9,7 +9,8 @@ dlcore importable (installed, or laid out as an install would be)::
 
 ``shapes`` checks large and odd shapes against float64 NumPy through the numba
 engine's operations and the kernels' launchers; ``timings`` measures gemm
-GFLOP/s, Adam's GB/s and the cost of a kernel launch; ``sanitize`` launches every
+GFLOP/s, Adam's GB/s and the cost of a kernel launch (plain, and through
+``kernels.common.launch`` with and without prepared arguments); ``sanitize`` launches every
 kernel family once on small arrays, for ``compute-sanitizer``. ``--small`` shrinks
 every size so that the code paths can be tried in Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``); its numbers mean nothing.
@@ -482,8 +483,43 @@ def run_timings(small: bool, save: Save) -> dict[str, Any]:
         f"back to back, {synced * 1e6:.2f} us with a synchronize after each",
         flush=True,
     )
+    for label, prepared in (("dispatcher", False), ("prepared", True)):
+        result["launch"][label] = library_launch_microseconds(
+            empty_kernel, arrays, prepared, launches, sync, min_sample
+        )
+    print(
+        f"the same through kernels.common.launch on the library stream: "
+        f"{result['launch']['dispatcher']:.2f} us per launch through numba-cuda's dispatcher, "
+        f"{result['launch']['prepared']:.2f} us with prepared arguments",
+        flush=True,
+    )
     result["complete"] = True
     return result
+
+
+def library_launch_microseconds(
+    kernel: Any,
+    arrays: list[Any],
+    prepared: bool,
+    launches: int,
+    sync: Callable[[], Any],
+    min_sample: float,
+) -> float:
+    """Host microseconds per back-to-back ``kernels.common.launch`` of ``kernel`` on one
+    block of 32 threads, with the prepared-launch cache on or off (left on afterwards)."""
+    from dlcore.kernels import common
+
+    common.set_prepared_launches(prepared)
+    try:
+
+        def launch_many() -> None:
+            for _ in range(launches):
+                common.launch(kernel, (1, 32), *arrays)
+
+        seconds, _ = best_seconds(launch_many, sync, min_sample=min_sample, max_calls=1)
+    finally:
+        common.set_prepared_launches(True)
+    return seconds / launches * 1e6
 
 
 def _cupy() -> Any:
