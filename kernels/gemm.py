@@ -5,49 +5,84 @@ slabs ``BK`` wide: the threads copy an ``BM x BK`` slab of ``op(A)`` and a
 ``BK x BN`` slab of ``op(B)`` into shared memory, then each thread multiplies
 them into its own ``TM x TN`` register tile of accumulators. While a slab is
 being multiplied, the next one is already on its way from global memory into
-registers. Thread ``(tx, ty)`` owns rows ``ty + i * BM/TM`` and columns
-``tx + j * BN/TN`` of the tile: strided rather than contiguous, so that for every
-``(i, j)`` neighbouring threads read neighbouring shared-memory words (no bank
-conflicts) and write neighbouring addresses of ``C`` (coalesced stores).
+registers.
+
+A thread owns groups of ``V`` neighbouring rows and columns of the tile, ``V`` the
+elements in 16 bytes (4 floats, 2 doubles) or the register tile's side if smaller:
+thread ``(tx, ty)`` of the 128 x 128 tile owns rows ``4 ty .. 4 ty + 3`` and
+``64 + 4 ty .. 64 + 4 ty + 3``, and the same columns with ``tx``. Per step of k it
+reads its fragments of both slabs (``As[k, 4 ty : 4 ty + 4]``, ...) as whole
+16-byte vectors: the shared arrays are declared 16-byte aligned and their rows
+padded by ``V`` elements, so NVVM can prove the alignment and emits
+``ld.shared.v4.f32`` (``ld.shared.v2.f64``). The main loop of the 128 x 128 tile
+does 64 FMAs per 4 shared-memory loads (16:1; 8:1 on the 64 x 64 and 32 x 32 float32
+tiles, 4:1 in float64), where the strided 4 x 4 ownership before it did 16 FMAs per
+8 scalar loads (2:1). The vector loads are free of bank conflicts: a quarter-warp
+reads at most 8 distinct 16-byte words, neighbouring ones, or one broadcast word.
 
 A transposed operand is read where it lies; there is no transposed copy. The
 copy into shared memory is coalesced in every mode: consecutive threads read
 consecutive addresses of the operand as stored, and the copy transposes on its
 way into shared memory where needed. ``As`` holds the A slab transposed
-(``As[k, m]``) so that the inner product loop reads rows of both slabs. The
-shared arrays have one column of padding: the transposing copies then spread a
-warp's writes over all banks instead of hitting one bank 16 times.
+(``As[k, m]``) so that the inner product loop reads rows of both slabs. A
+transposing copy (A as stored ``(M, K)``, B as stored ``(N, K)``) has a warp write
+8 values of k for 4 values of m; with rows ``BM + V`` elements apart, 4 more than a
+multiple of 32 banks for floats, those 32 words fall in 32 different banks (in
+doubles, each half-warp's 16 words in 16 different bank pairs): no conflicts.
 
 Edges are handled inside the kernel: out-of-range elements of a slab are zero
 in shared memory and out-of-range outputs are not stored, so any M, N, K >= 1
-works and the caller never pads.
+works and the caller never pads; K = 0 writes zeros (plus the bias, activated).
 
 The epilogue adds the bias and applies the activation before anything is
 stored: ``Z = X @ W + b`` and ``Y = act(Z)`` are written in one pass, with no
-intermediate array. Plain gemm and "linear" store straight from registers; any
-other activation goes through a shared-memory copy of the block's tile first
-(see ``_tile_product``), so that the accumulators never leave registers.
+intermediate array. Plain gemm and "linear" store straight from registers: each
+store instruction of a warp then covers 16-byte-strided words, 4 instructions
+completing every 32-byte sector, once per tile against ``K / BK`` slab steps, which
+makes it negligible beside the main loop for any K worth a gemm. Any other
+activation goes through a shared-memory staging tile, one group of ``V`` rows per
+thread (64 rows of the 128 x 128 tile) at a time, so that the accumulators never
+leave registers and the staging fits the 48 KB of static shared memory: threads
+write it as 16-byte vectors (8 neighbouring vectors per quarter-warp, no conflicts)
+and read it back a row of 32 neighbouring elements per warp, coalesced into Z and Y.
 
-Per block tile, from ``ptxas -v`` (registers per thread for the four transpose
-modes of gemm / dense_forward over every activation; static shared memory per
-block; every variant has a 0-byte stack frame and 0 bytes of spills), and the
-arithmetic intensity: a K-slab loads ``(BM + BN) * BK`` elements from global
-memory for ``2 * BM * BN * BK`` flops, ``2 * BM * BN / ((BM + BN) * itemsize)``
-flops per byte (``tile_costs``). An H100 SXM is compute-bound from about 20
-(FP32, 67 TFLOP/s over 3.35 TB/s) and 10 (FP64, 34 TFLOP/s) flops per DRAM byte;
-blocks of one row of the grid read the same rows of A, so much of each block's
-traffic is served by L2.
+**Which tile, and split-K** (``plan_for``). The largest tile whose grid has at least
+one block per SM (``sm_count()``: the device's ``MULTIPROCESSOR_COUNT``, cached per
+device; 132, an H100 / H200 SXM, in the simulator) is taken: 128 x 128 (float32
+only), 64 x 64, 32 x 32 (the only one for products with at most 32 rows or columns).
+When none fills the SMs and K is at least ``2 * SPLIT_MIN_K``, K is split into
+``gridDim.z`` ranges of a multiple of ``BK`` on the 64 x 64 tile (32 x 32 for thin
+products), as many as bring the grid to one block per SM (at most ``MAX_SPLITS``):
+each writes its partial product into a reused scratch buffer (``common.scratch``),
+and a second, elementwise pass sums the partials in a fixed order (z = 0, 1, ...),
+adds the bias and applies the activation. No atomics: a result is the same bit for
+bit on every run. dW of 784 x 50 over a batch of 8192 runs as 13 blocks x 11 ranges
+of 752; 33 x 65 over K = 4099 as 2 blocks x 31 ranges of 136. A shorter K takes the
+tile with the most blocks, unsplit.
 
-    dtype    BM x BN x BK  TM x TN  threads  regs sm_80    regs sm_90    smem B (act)     flops/B
-    float32  64 x 64 x 16  4 x 4    256      77-95/80-90   64-78/64-66   8,320 (28,800)   16
-    float64  64 x 64 x 8   4 x 4    256      92-94/94-98   70-82/78-96   8,320 (41,088)   8
+Per block tile, from ``ptxas -v`` (registers per thread over the four transpose
+modes of gemm and its split-K partial product, and dense_forward over every
+activation; static shared memory per block, without and with the activation's
+staging tile; every variant has a 0-byte stack frame and 0 bytes of spills), the
+arithmetic intensity, ``2 * BM * BN / ((BM + BN) * itemsize)`` flops per byte loaded
+from global memory (``tile_costs``), and the main loop's FMAs per shared-memory load
+instruction. An H100 SXM is compute-bound from about 20 (FP32, 67 TFLOP/s over
+3.35 TB/s) and 10 (FP64, 34 TFLOP/s) flops per DRAM byte; blocks of one row of the
+grid read the same rows of A, so much of each block's traffic is served by L2.
 
-Products with at most 32 rows or columns use ``SMALL_TILE`` (32 x 32 x 8, 64
-threads of 4 x 4 outputs), which wastes fewer threads on them.
+    dtype    BM x BN x BK   TM x TN  threads  regs sm_80  regs sm_90  smem B (act)    flops/B FMA:ld
+    float32  128 x 128 x 8  8 x 8    256      118-139     111-143     8,448 (42,240)  32      16
+    float32  64 x 64 x 8    4 x 4    256      56-79       56-71       4,352 (21,760)  16      8
+    float32  32 x 32 x 8    4 x 4    64       72-106      62-87       2,304 (6,912)   8       8
+    float64  64 x 64 x 8    4 x 4    256      94-126      78-126      8,448 (25,344)  8       4
+    float64  32 x 32 x 8    4 x 4    64       108-136     98-136      4,352 (8,704)   4       4
 
-Blocks per SM on an H100 (64K registers, allocated 8 per thread at a time; 228
-KB shared memory): float32 3-4 (768-1024 threads), float64 2-3; shared memory
-would allow 5 or more in every variant.
+The sum of split-K partials takes 32-46 registers and no shared memory.
+
+Blocks per SM on an H100 (64K registers, allocated 8 per thread at a time; 228 KB
+shared memory): the 128 x 128 tile 2 (16 warps; 1 for the NT and TT modes above 128
+registers), the 64 x 64 float32 tile 3-4, float64 2-3; shared memory would allow
+more in every variant.
 """
 
 from __future__ import annotations
@@ -57,10 +92,21 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import cuda
+from numba import config as numba_config
+from numba import cuda, types
 
 from .activations import ELEMENTWISE, scalar_functions
-from .common import FLOAT_DTYPES, PtxVariant, array, device_function, numba_type, scalar
+from .common import (
+    FLOAT_DTYPES,
+    PtxVariant,
+    array,
+    device_function,
+    grid_for,
+    launch,
+    numba_type,
+    scalar,
+    scratch,
+)
 
 
 class Tile(NamedTuple):
@@ -73,43 +119,115 @@ class Tile(NamedTuple):
     tn: int  # columns of C per thread
 
 
+# 128 x 128 outputs per block, 8 x 8 per thread: 256 threads (8 warps). Per step of k
+# a thread reads 2 + 2 four-float vectors from shared memory for 64 FMAs. Float32 only:
+# in float64 the 64 accumulators alone would take 128 registers.
+LARGE_TILE = Tile(128, 128, 8, 8, 8)
+
 TILES = {
-    # 64 x 64 outputs per block, 4 x 4 per thread: 256 threads (8 warps). Per step
-    # of k a thread reads 4 + 4 operands from shared memory for 16 FMAs; the 16
-    # accumulators, 8 operands, 8 prefetched slab elements and the addresses take
-    # 64-95 registers (of 255), 3-4 blocks per SM. Shared memory, 2 * 16 * 65 * 4 B
-    # = 8.3 KB per block (28.8 KB with the activation's staging tile), does not
-    # limit occupancy. 64 x 64 rather than 128 x 128 keeps the small products of
-    # dense layers (batch 128 x 256 units: 8 blocks) spread over more of the 132
-    # SMs. BK = 16: 4 + 4 global loads per thread and 256 FMAs between barriers.
-    np.dtype(np.float32): Tile(64, 64, 16, 4, 4),
-    # The same block and register tile in doubles (2 registers each): 70-98
-    # registers, 2-3 blocks per SM. BK = 8 keeps the slabs at 8.3 KB, and their
-    # sum with the 32 KB staging tile of the activation epilogue (41 KB) under the
-    # 48 KB of static shared memory a block may have; BK = 16 would exceed it.
+    # 64 x 64 outputs per block, 4 x 4 per thread: 256 threads, one four-element vector
+    # of each slab per step of k for 16 FMAs. For products too small to give the
+    # large tile a wave of blocks, and (split over K) for those too small for this one.
+    np.dtype(np.float32): Tile(64, 64, 8, 4, 4),
+    # The same in doubles: two-element (16-byte) vectors, 2 + 2 loads for 16 FMAs.
     np.dtype(np.float64): Tile(64, 64, 8, 4, 4),
 }
 
 # Thin products (a batch of 32 through a layer, an output layer of 10 units) would
 # leave most of a 64 x 64 tile's threads without an output: at most 32 rows or
 # columns get 32 x 32 tiles of 64 threads (4 x 4 outputs each), which also spreads
-# such a product over 4 times as many blocks. 4 + 4 slab loads per thread, 2.3 KB
-# of slabs (4.4/8.5 KB with the activation's staging tile).
+# such a product over 4 times as many blocks.
 SMALL_TILE = Tile(32, 32, 8, 4, 4)
 SMALL_EXTENT = 32
-
-
-def tile_for(M: int, N: int, dtype: Any) -> Tile:
-    """The block tile for an ``(M, N)`` product: ``SMALL_TILE`` for thin ones, else ``TILES``."""
-    return SMALL_TILE if min(M, N) <= SMALL_EXTENT else TILES[np.dtype(dtype)]
-
 
 # gridDim.y may not exceed 65535; taller products loop over row tiles.
 MAX_ROW_BLOCKS = 65535
 
+# The simulator has no SMs to count: it plans for an H100 / H200 SXM (132 SMs).
+SIMULATED_SMS = 132
 
-def tile_costs(dtype: Any) -> dict[str, float]:
-    """Threads, shared memory per block and arithmetic intensity of ``dtype``'s tile.
+# Split-K: each of the (at most MAX_SPLITS) K ranges is at least SPLIT_MIN_K long, so
+# a split block does 16 slabs or more; shorter products are not split.
+SPLIT_MIN_K = 128
+MAX_SPLITS = 64
+
+
+class Plan(NamedTuple):
+    """How a product is launched: its tile, and K split over ``splits`` blocks along z."""
+
+    tile: Tile
+    splits: int  # gridDim.z: K ranges whose partial products are summed afterwards; 1: none
+    chunk: int  # length of each K range, a multiple of tile.bk (K itself when splits == 1)
+
+
+_sm_counts: dict[int, int] = {}
+
+
+def sm_count() -> int:
+    """Streaming multiprocessors of the current device (cached per device);
+    ``SIMULATED_SMS`` in the CUDA simulator."""
+    if numba_config.ENABLE_CUDASIM:
+        return SIMULATED_SMS
+    device = cuda.get_current_device()
+    key = getattr(device, "id", 0)
+    if key not in _sm_counts:
+        _sm_counts[key] = int(device.MULTIPROCESSOR_COUNT)
+    return _sm_counts[key]
+
+
+def _candidate_tiles(M: int, N: int, dtype: Any) -> tuple[Tile, ...]:
+    """The tiles an ``(M, N)`` product may use, largest first."""
+    if min(M, N) <= SMALL_EXTENT:
+        return (SMALL_TILE,)
+    dtype = np.dtype(dtype)
+    large = (LARGE_TILE,) if dtype == np.float32 else ()
+    return (*large, TILES[dtype], SMALL_TILE)
+
+
+def _blocks(tile: Tile, M: int, N: int) -> int:
+    return -(-M // tile.bm) * -(-N // tile.bn)
+
+
+def plan_for(M: int, N: int, K: int, dtype: Any, sms: int | None = None) -> Plan:
+    """The tile and K split for ``C (M, N) = op(A) (M, K) @ op(B) (K, N)`` in ``dtype``.
+
+    The largest tile whose grid has a block for each of the ``sms`` SMs (default: the
+    current device's, ``sm_count()``) wins. When none has, a K of at least
+    ``2 * SPLIT_MIN_K`` is split over gridDim.z on the medium tile (``TILES``, or the
+    small one for thin products), into as many ranges as bring the grid to ``sms``
+    blocks; a shorter K takes the tile with the most blocks, unsplit.
+    """
+    sms = sms or sm_count()
+    candidates = _candidate_tiles(M, N, dtype)
+    for tile in candidates:
+        if _blocks(tile, M, N) >= sms:
+            return Plan(tile, 1, K)
+    medium = TILES[np.dtype(dtype)]
+    tile = medium if medium in candidates else SMALL_TILE
+    splits = min(-(-sms // _blocks(tile, M, N)), K // SPLIT_MIN_K, MAX_SPLITS)
+    if splits < 2:
+        return Plan(candidates[-1], 1, K)
+    chunk = -(-K // splits)
+    chunk = -(-chunk // tile.bk) * tile.bk
+    return Plan(tile, -(-K // chunk), chunk)
+
+
+def tile_for(M: int, N: int, dtype: Any, K: int = 0, sms: int | None = None) -> Tile:
+    """The block tile of ``plan_for(M, N, K, dtype, sms)`` (``K = 0``: never split)."""
+    return plan_for(M, N, K, dtype, sms).tile
+
+
+def _vector_width(tile: Tile, itemsize: int) -> int:
+    """Elements per shared-memory vector load: 16 bytes, at most a register tile's side."""
+    return min(tile.tm, tile.tn, 16 // itemsize)
+
+
+def tile_costs(dtype: Any, tile: Tile | None = None) -> dict[str, float]:
+    """Threads, shared memory per block and arithmetic intensity of a tile in ``dtype``.
+
+    Args:
+        dtype: float32 or float64.
+        tile: default: the largest tile of ``dtype`` (``LARGE_TILE`` in float32).
 
     Returns:
         ``{"threads", "shared_bytes", "shared_bytes_activation", "flops_per_byte"}``:
@@ -117,25 +235,29 @@ def tile_costs(dtype: Any) -> dict[str, float]:
         tile; flops per byte of global memory loaded, ``2 * BM * BN * BK`` flops per
         ``(BM + BN) * BK`` elements per K-slab.
     """
-    t = TILES[np.dtype(dtype)]
-    itemsize = np.dtype(dtype).itemsize
-    slabs = t.bk * (t.bm + 1 + t.bn + 1) * itemsize
+    dtype = np.dtype(dtype)
+    t = tile or (LARGE_TILE if dtype == np.float32 else TILES[dtype])
+    itemsize = dtype.itemsize
+    vec = _vector_width(t, itemsize)
+    slabs = t.bk * (t.bm + t.bn + 2 * vec) * itemsize
+    staging = (t.bm // t.tm) * vec * (t.bn + vec) * itemsize
     return {
         "threads": (t.bm // t.tm) * (t.bn // t.tn),
         "shared_bytes": slabs,
-        "shared_bytes_activation": slabs + t.bm * _staging_stride(t, itemsize) * itemsize,
+        "shared_bytes_activation": slabs + staging,
         "flops_per_byte": 2 * t.bm * t.bn / ((t.bm + t.bn) * itemsize),
     }
-
-
-def _staging_stride(t: Tile, itemsize: int) -> int:
-    """Row stride of the activation epilogue's staging tile (see ``_tile_product``)."""
-    return t.bn + 16 if itemsize == 4 else t.bn
 
 
 # Indices are cast to unsigned before indexing: Numba then skips its negative-index
 # wraparound (a compare and a select per access); every index here is >= 0.
 _u = np.uint64
+
+# NVVM merges a thread's loads of neighbouring shared words into one vector load only
+# where it can prove 16-byte alignment, which needs the shared arrays declared so (the
+# index arithmetic supplies the rest). The simulator refuses an alignment argument.
+_ALIGN_SHARED = not numba_config.ENABLE_CUDASIM
+_SHARED_ALIGNMENT = 16
 
 
 @functools.cache
@@ -147,14 +269,24 @@ def _tile_product(
     activation: str,
     has_bias: bool,
     write_z: bool,
+    split: bool,
 ) -> Any:
-    """Device function ``(A, B, b, Z, Y)``: this block's tiles of ``Y = act(op(A) @ op(B) + b)``.
+    """Device function ``(A, B, b, Z, Y, chunk)``: this block's tiles of
+    ``Y = act(op(A) @ op(B) + b)``.
 
-    ``b`` is read only if ``has_bias``, ``Z`` written only if ``write_z``.
+    ``b`` is read only if ``has_bias``, ``Z`` written only if ``write_z``. With ``split``
+    the block sums over K range ``blockIdx.z`` only, ``[z * chunk, (z + 1) * chunk)``;
+    otherwise over all of K (``chunk`` unused).
     """
     bm, bn, bk, tm, tn = tile
+    vec = _vector_width(tile, np.dtype(dtype).itemsize)
     tx_count, ty_count = bn // tn, bm // tm  # threads per block along columns / rows
     threads = tx_count * ty_count
+    # A thread owns tm // vec groups of vec neighbouring rows, group_rows apart, and
+    # likewise for columns (module docstring).
+    group_rows, group_cols = ty_count * vec, tx_count * vec
+    row_groups = tm // vec
+    assert tm % vec == 0 and tn % vec == 0 and row_groups <= 2
     a_loads, b_loads = bm * bk // threads, bk * bn // threads  # slab elements per thread
     # A thread copies slab elements (k, m) = (a_k + p * a_k_step, a_m + p * a_m_step),
     # p < a_loads: consecutive threads take consecutive elements along the stored rows
@@ -162,17 +294,15 @@ def _tile_product(
     a_k_step, a_m_step = (threads // bm, 0) if trans_a else (0, threads // bk)
     b_k_step, b_n_step = (0, threads // bk) if trans_b else (threads // bn, 0)
     assert threads % (bm if trans_a else bk) == 0 and threads % (bk if trans_b else bn) == 0
-    a_shape, b_shape = (bk, bm + 1), (bk, bn + 1)  # one column of padding (module docstring)
-    # An activation is applied from shared memory, not registers: unrolled 16 times
-    # around a long function (softplus in float64) the store loop stops being unrolled
-    # and the accumulators fall back to local memory. Staging the tile also makes every
-    # warp store 32 neighbouring elements of Z and Y. Rows of Cs are 16 words apart
-    # (mod 32) for 4-byte elements, so a warp's two thread rows write different banks;
-    # 8-byte accesses are served a half-warp (one thread row) at a time, with no pad.
+    # Rows padded by one vector: 16-byte aligned, and bank-conflict-free transposing
+    # copies (module docstring).
+    a_shape, b_shape = (bk, bm + vec), (bk, bn + vec)
+    # An activation is applied from shared memory, not registers (module docstring):
+    # one group of rows of the tile at a time, which keeps the 128 x 128 tile's staging
+    # under the 48 KB of static shared memory.
     staged = activation != "linear"
-    c_stride = _staging_stride(tile, np.dtype(dtype).itemsize)
-    c_shape = (bm, c_stride) if staged else (1, 1)
-    c_loads, c_m_step = bm * bn // threads, threads // bn  # tile elements per thread
+    c_shape = (group_rows, bn + vec) if staged else (1, vec)
+    c_loads, c_m_step = group_rows * bn // threads, threads // bn  # per thread and group
     element = numba_type(dtype)
     zero = scalar(dtype)(0.0)
     act = scalar_functions(dtype)[activation]
@@ -198,10 +328,37 @@ def _tile_product(
             regs[p] = v
 
     @device_function
-    def tile_product(A, B, b, Z, Y):
-        As = cuda.shared.array(a_shape, element)
-        Bs = cuda.shared.array(b_shape, element)
-        Cs = cuda.shared.array(c_shape, element)
+    def stage_rows(acc, b_frag, Cs, group, row, col):
+        """Accumulator rows of ``group`` (plus the bias) into the staging tile."""
+        for i in range(vec):
+            for j in range(tn):
+                z = acc[group * vec + i, j]
+                if has_bias:
+                    z += b_frag[j]
+                Cs[_u(row + i), _u(col + j // vec * group_cols + j % vec)] = z
+
+    @device_function
+    def store_rows(Cs, Z, Y, m0, n0, M, N, c_m, c_n):
+        """The staging tile, tile rows ``m0 + r``, to Z and, activated, to Y: coalesced."""
+        n = n0 + c_n
+        for q in range(c_loads):
+            r = c_m + q * c_m_step
+            if m0 + r < M and n < N:
+                z = Cs[_u(r), _u(c_n)]
+                if write_z:
+                    Z[_u(m0 + r), _u(n)] = z
+                Y[_u(m0 + r), _u(n)] = act(z)[0]
+
+    @device_function
+    def tile_product(A, B, b, Z, Y, chunk):
+        if _ALIGN_SHARED:
+            As = cuda.shared.array(a_shape, element, _SHARED_ALIGNMENT)
+            Bs = cuda.shared.array(b_shape, element, _SHARED_ALIGNMENT)
+            Cs = cuda.shared.array(c_shape, element, _SHARED_ALIGNMENT)
+        else:
+            As = cuda.shared.array(a_shape, element)
+            Bs = cuda.shared.array(b_shape, element)
+            Cs = cuda.shared.array(c_shape, element)
         # Registers: every index into these is a constant once the loops are unrolled.
         acc = cuda.local.array((tm, tn), element)
         a_frag = cuda.local.array(tm, element)
@@ -212,22 +369,25 @@ def _tile_product(
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         t = ty * tx_count + tx
+        row, col = ty * vec, tx * vec  # this thread's first row and column of the tile
         a_k, a_m = (t // bm, t % bm) if trans_a else (t % bk, t // bk)
         b_k, b_n = (t % bk, t // bk) if trans_b else (t // bn, t % bn)
-        c_m, c_n = t // bn, t % bn  # first element of the tile this thread activates
+        c_m, c_n = t // bn, t % bn  # first element of the staging tile this thread stores
         M = A.shape[1] if trans_a else A.shape[0]
         K = A.shape[0] if trans_a else A.shape[1]
         N = B.shape[0] if trans_b else B.shape[1]
         n0 = cuda.blockIdx.x * bn
+        k_begin = cuda.blockIdx.z * chunk if split else 0
+        k_end = min(K, k_begin + chunk) if split else K
 
         for m0 in range(cuda.blockIdx.y * bm, M, cuda.gridDim.y * bm):
             for i in range(tm):
                 for j in range(tn):
                     acc[i, j] = zero
-            fetch_a(A, a_next, m0 + a_m, a_k, M, K)
-            fetch_b(B, b_next, b_k, n0 + b_n, K, N)
+            fetch_a(A, a_next, m0 + a_m, k_begin + a_k, M, k_end)
+            fetch_b(B, b_next, k_begin + b_k, n0 + b_n, k_end, N)
 
-            for k0 in range(0, K, bk):
+            for k0 in range(k_begin, k_end, bk):
                 for p in range(a_loads):
                     As[_u(a_k + p * a_k_step), _u(a_m + p * a_m_step)] = a_next[p]
                 for p in range(b_loads):
@@ -235,18 +395,20 @@ def _tile_product(
                 cuda.syncthreads()
 
                 # The next slab travels from global memory while this one is multiplied.
-                if k0 + bk < K:
-                    fetch_a(A, a_next, m0 + a_m, k0 + bk + a_k, M, K)
-                    fetch_b(B, b_next, k0 + bk + b_k, n0 + b_n, K, N)
+                if k0 + bk < k_end:
+                    fetch_a(A, a_next, m0 + a_m, k0 + bk + a_k, M, k_end)
+                    fetch_b(B, b_next, k0 + bk + b_k, n0 + b_n, k_end, N)
 
                 # A while loop, not range(bk): Numba's range iterator hides the constant
                 # trip count, and NVVM then recomputes the shared addresses every step.
+                # The fragments are vec-element runs at 16-byte-aligned offsets: NVVM
+                # loads each run with one vector load.
                 k = 0
                 while k < bk:
                     for i in range(tm):
-                        a_frag[i] = As[_u(k), _u(ty + i * ty_count)]
+                        a_frag[i] = As[_u(k), _u(row + i // vec * group_rows + i % vec)]
                     for j in range(tn):
-                        b_frag[j] = Bs[_u(k), _u(tx + j * tx_count)]
+                        b_frag[j] = Bs[_u(k), _u(col + j // vec * group_cols + j % vec)]
                     for i in range(tm):
                         for j in range(tn):
                             acc[i, j] += a_frag[i] * b_frag[j]
@@ -255,14 +417,14 @@ def _tile_product(
 
             if has_bias:
                 for j in range(tn):
-                    n = n0 + tx + j * tx_count
+                    n = n0 + col + j // vec * group_cols + j % vec
                     b_frag[j] = b[_u(n)] if n < N else zero
             if not staged:
                 for i in range(tm):
-                    m = m0 + ty + i * ty_count
+                    m = m0 + row + i // vec * group_rows + i % vec
                     if m < M:
                         for j in range(tn):
-                            n = n0 + tx + j * tx_count
+                            n = n0 + col + j // vec * group_cols + j % vec
                             if n < N:
                                 z = acc[i, j]
                                 if has_bias:
@@ -271,48 +433,77 @@ def _tile_product(
                                     Z[_u(m), _u(n)] = z
                                 Y[_u(m), _u(n)] = z
             else:
-                for i in range(tm):
-                    for j in range(tn):
-                        z = acc[i, j]
-                        if has_bias:
-                            z += b_frag[j]
-                        Cs[_u(ty + i * ty_count), _u(tx + j * tx_count)] = z
+                stage_rows(acc, b_frag, Cs, 0, row, col)
                 cuda.syncthreads()
-                n = n0 + c_n
-                for q in range(c_loads):
-                    r = c_m + q * c_m_step
-                    if m0 + r < M and n < N:
-                        z = Cs[_u(r), _u(c_n)]
-                        if write_z:
-                            Z[_u(m0 + r), _u(n)] = z
-                        Y[_u(m0 + r), _u(n)] = act(z)[0]
-                cuda.syncthreads()  # Cs is read before the next row tile writes it
+                store_rows(Cs, Z, Y, m0, n0, M, N, c_m, c_n)
+                cuda.syncthreads()  # Cs is read before it is written again
+                if row_groups > 1:
+                    stage_rows(acc, b_frag, Cs, 1, row, col)
+                    cuda.syncthreads()
+                    store_rows(Cs, Z, Y, m0 + group_rows, n0, M, N, c_m, c_n)
+                    cuda.syncthreads()
 
     return tile_product
 
 
 @functools.cache
 def _gemm_kernel(dtype: Any, tile: Tile, trans_a: bool, trans_b: bool) -> Any:
-    tile_product = _tile_product(dtype, tile, trans_a, trans_b, "linear", False, False)
+    tile_product = _tile_product(dtype, tile, trans_a, trans_b, "linear", False, False, False)
 
     @cuda.jit
     def gemm_kernel(A, B, C):
         """C = op(A) @ op(B), one BM x BN tile of C per block (per row-tile step of the grid)."""
-        tile_product(A, B, C, C, C)
+        tile_product(A, B, C, C, C, 0)
 
     return gemm_kernel
 
 
 @functools.cache
+def _gemm_partials_kernel(dtype: Any, tile: Tile, trans_a: bool, trans_b: bool) -> Any:
+    tile_product = _tile_product(dtype, tile, trans_a, trans_b, "linear", False, False, True)
+
+    @cuda.jit
+    def gemm_partials_kernel(A, B, P, chunk):
+        """P[z] = op(A) @ op(B) over K range z = blockIdx.z, ``[z * chunk, (z + 1) * chunk)``."""
+        Pz = P[cuda.blockIdx.z]
+        tile_product(A, B, Pz, Pz, Pz, chunk)
+
+    return gemm_partials_kernel
+
+
+@functools.cache
 def _dense_forward_kernel(dtype: Any, tile: Tile, activation: str, write_z: bool) -> Any:
-    tile_product = _tile_product(dtype, tile, False, False, activation, True, write_z)
+    tile_product = _tile_product(dtype, tile, False, False, activation, True, write_z, False)
 
     @cuda.jit
     def dense_forward_kernel(X, W, b, Z, Y):
         """Z = X @ W + b and Y = act(Z), one BM x BN tile per block."""
-        tile_product(X, W, b, Z, Y)
+        tile_product(X, W, b, Z, Y, 0)
 
     return dense_forward_kernel
+
+
+@functools.cache
+def _sum_partials_kernel(dtype: Any, activation: str, has_bias: bool, write_z: bool) -> Any:
+    act = scalar_functions(dtype)[activation]
+
+    @cuda.jit
+    def sum_partials_kernel(P, b, Z, Y):
+        """Z = sum over z of P[z] (+ b), Y = act(Z): each element summed by one thread in
+        the order z = 0, 1, ..., so the result is the same on every run."""
+        splits, M, N = P.shape
+        for e in range(cuda.grid(1), M * N, cuda.gridsize(1)):
+            m, n = _u(e // N), _u(e % N)
+            z = P[0, m, n]
+            for s in range(1, splits):
+                z += P[_u(s), m, n]
+            if has_bias:
+                z += b[n]
+            if write_z:
+                Z[m, n] = z
+            Y[m, n] = act(z)[0]
+
+    return sum_partials_kernel
 
 
 @functools.cache
@@ -325,10 +516,38 @@ def _zero_bias(dtype: Any, units: int) -> Any:
     return cuda.to_device(np.zeros(units, dtype=np.dtype(dtype)))
 
 
-def _launch_shape(tile: Tile, M: int, N: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(grid, block): x over column tiles so that neighbouring blocks share rows of A."""
-    grid = (-(-N // tile.bn), min(MAX_ROW_BLOCKS, -(-M // tile.bm)))
+def _launch_shape(plan: Plan, M: int, N: int) -> tuple[tuple[int, int, int], tuple[int, int]]:
+    """(grid, block): x over column tiles so that neighbouring blocks share rows of A, z
+    over the K ranges of a split."""
+    tile = plan.tile
+    grid = (-(-N // tile.bn), min(MAX_ROW_BLOCKS, -(-M // tile.bm)), plan.splits)
     return grid, (tile.bn // tile.tn, tile.bm // tile.tm)
+
+
+def _split_product(
+    A: Any, B: Any, plan: Plan, shape: tuple[int, int], trans_a: bool, trans_b: bool
+) -> Any:
+    """Launch the partial products of a split plan; returns them, ``(splits, M, N)``.
+
+    They live in the reused ``gemm_partials`` scratch buffer.
+    """
+    M, N = shape
+    partials = scratch("gemm_partials", plan.splits * M * N, A.dtype)
+    partials = partials.reshape(plan.splits, M, N)
+    grid, block = _launch_shape(plan, M, N)
+    kernel = _gemm_partials_kernel(A.dtype, plan.tile, trans_a, trans_b)
+    launch(kernel, (grid, block), A, B, partials, plan.chunk)
+    return partials
+
+
+def _sum_partials(P: Any, b: Any, activation: str, has_bias: bool, Z: Any, Y: Any) -> None:
+    """``Z = sum(P, 0) (+ b)``, ``Y = activation(Z)`` (``Z`` written only if it is not
+    ``Y`` under ``"linear"``)."""
+    write_z = activation != "linear" or Y is not Z
+    blocks, threads = grid_for(Y.shape[0] * Y.shape[1])
+    launch(
+        _sum_partials_kernel(Y.dtype, activation, has_bias, write_z), (blocks, threads), P, b, Z, Y
+    )
 
 
 def gemm(A: Any, B: Any, C: Any, *, trans_a: bool = False, trans_b: bool = False) -> None:
@@ -345,13 +564,19 @@ def gemm(A: Any, B: Any, C: Any, *, trans_a: bool = False, trans_b: bool = False
     M, N = C.shape
     if M == 0 or N == 0:
         return
-    tile = tile_for(M, N, C.dtype)
-    grid, block = _launch_shape(tile, M, N)
-    _gemm_kernel(C.dtype, tile, bool(trans_a), bool(trans_b))[grid, block](A, B, C)
+    trans_a, trans_b = bool(trans_a), bool(trans_b)
+    K = A.shape[0] if trans_a else A.shape[1]
+    plan = plan_for(M, N, K, C.dtype)
+    if plan.splits > 1:
+        partials = _split_product(A, B, plan, (M, N), trans_a, trans_b)
+        _sum_partials(partials, _zero_bias(C.dtype, 1), "linear", False, C, C)
+        return
+    grid, block = _launch_shape(plan, M, N)
+    launch(_gemm_kernel(C.dtype, plan.tile, trans_a, trans_b), (grid, block), A, B, C)
 
 
 def dense_forward(X: Any, W: Any, b: Any, activation: str, Z: Any, Y: Any) -> None:
-    """Write ``Z = X @ W + b`` and ``Y = activation(Z)`` in one kernel.
+    """Write ``Z = X @ W + b`` and ``Y = activation(Z)`` in one kernel (two when K is split).
 
     Args:
         X: C-contiguous float32 or float64 device array ``(N, I)``.
@@ -368,26 +593,46 @@ def dense_forward(X: Any, W: Any, b: Any, activation: str, Z: Any, Y: Any) -> No
         return
     if b is None:
         b = _zero_bias(X.dtype, N)
-    tile = tile_for(M, N, X.dtype)
+    plan = plan_for(M, N, X.shape[1], X.dtype)
+    if plan.splits > 1:
+        partials = _split_product(X, W, plan, (M, N), False, False)
+        _sum_partials(partials, b, activation, True, Z, Y)
+        return
     write_z = activation != "linear" or Y is not Z
-    grid, block = _launch_shape(tile, M, N)
-    _dense_forward_kernel(X.dtype, tile, activation, write_z)[grid, block](X, W, b, Z, Y)
+    grid, block = _launch_shape(plan, M, N)
+    launch(
+        _dense_forward_kernel(X.dtype, plan.tile, activation, write_z), (grid, block), X, W, b, Z, Y
+    )
+
+
+def _tile_variants(dtype: np.dtype) -> tuple[tuple[str, Tile], ...]:
+    """Each tile ``dtype`` can launch, with its label prefix."""
+    large = (("large,", LARGE_TILE),) if dtype == np.float32 else ()
+    return (*large, ("", TILES[dtype]), ("small,", SMALL_TILE))
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Both tiles of every dtype: every transpose mode of gemm, and dense_forward for
-    every activation (``linear`` as the engine launches it, writing ``Z`` once)."""
+    """Every tile of every dtype: every transpose mode of gemm, and dense_forward for every
+    activation (``linear`` as the engine launches it, writing ``Z`` once); the split-K
+    partial products on the tiles a split uses, and the sums of partials for gemm and for
+    dense_forward's every activation."""
     for dtype in FLOAT_DTYPES:
-        matrix, vector = array(dtype, 2), array(dtype, 1)
+        matrix, vector, stack = array(dtype, 2), array(dtype, 1), array(dtype, 3)
         short = dtype.name.replace("float", "f")
-        for size, tile in (("", TILES[dtype]), ("small,", SMALL_TILE)):
-            for trans_a in (False, True):
-                for trans_b in (False, True):
-                    mode = ("T" if trans_a else "N") + ("T" if trans_b else "N")
+        modes = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
+        for size, tile in _tile_variants(dtype):
+            for trans_a, trans_b in modes:
+                mode = ("T" if trans_a else "N") + ("T" if trans_b else "N")
+                yield (
+                    f"gemm[{size}{mode},{short}]",
+                    _gemm_kernel(dtype, tile, trans_a, trans_b),
+                    (matrix, matrix, matrix),
+                )
+                if tile is not LARGE_TILE:
                     yield (
-                        f"gemm[{size}{mode},{short}]",
-                        _gemm_kernel(dtype, tile, trans_a, trans_b),
-                        (matrix, matrix, matrix),
+                        f"gemm_partials[{size}{mode},{short}]",
+                        _gemm_partials_kernel(dtype, tile, trans_a, trans_b),
+                        (matrix, matrix, stack, types.int64),
                     )
             for name in ELEMENTWISE:
                 yield (
@@ -395,3 +640,14 @@ def ptx_variants() -> Iterator[PtxVariant]:
                     _dense_forward_kernel(dtype, tile, name, name != "linear"),
                     (matrix, matrix, vector, matrix, matrix),
                 )
+        yield (
+            f"sum_partials[gemm,{short}]",
+            _sum_partials_kernel(dtype, "linear", False, False),
+            (stack, vector, matrix, matrix),
+        )
+        for name in ELEMENTWISE:
+            yield (
+                f"sum_partials[{name},{short}]",
+                _sum_partials_kernel(dtype, name, True, name != "linear"),
+                (stack, vector, matrix, matrix),
+            )

@@ -46,6 +46,7 @@ KERNEL_MODULES = (
     "optimizers",
     "dropout",
     "memory",
+    "fused_mlp",
 )
 
 ARCHS = (("sm_80", (8, 0)), ("sm_90", (9, 0)))
@@ -72,7 +73,10 @@ class KernelResources:
     registers`` line, ``None`` when ``ptxas`` shows none there. ``f64_ops``
     counts PTX instructions of type ``.f64`` (arithmetic, conversions, loads
     and stores alike). ``error`` is empty unless compiling or assembling
-    failed, and then the numbers are 0.
+    failed, and then the numbers are 0. ``main_loop_fmas`` and
+    ``main_loop_shared_loads`` count the fused multiply-adds and the shared-memory
+    loads (a vector load counts once) in the kernel's main loop (``main_loop``); both
+    are 0 for a kernel without a loop that does multiply-adds.
     """
 
     module: str
@@ -91,6 +95,8 @@ class KernelResources:
     entry: str = ""
     warnings: tuple[str, ...] = ()
     error: str = ""
+    main_loop_fmas: int = 0
+    main_loop_shared_loads: int = 0
 
 
 def find_ptxas() -> str:
@@ -226,6 +232,49 @@ def f64_instructions(ptx: str) -> list[str]:
     return opcodes
 
 
+def _opcode(line: str) -> str:
+    """The opcode of a PTX instruction line ("" for labels, directives and comments)."""
+    words = line.split()
+    if words and words[0].startswith("@"):  # a predicate guards the instruction
+        words = words[1:]
+    if not words or words[0].startswith((".", "/", "{", "}", "$")):
+        return ""
+    return words[0].rstrip(";")
+
+
+_LABEL = re.compile(r"^\s*(\$\w+):")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$\w+);")
+
+
+def main_loop(ptx: str) -> tuple[int, int]:
+    """``(fused multiply-adds, shared-memory loads)`` in the kernel's main loop.
+
+    A loop is the code from a label to a branch back to it; the main loop is the
+    innermost loop (one that holds no other) with the most ``fma.rn`` instructions, so
+    that neither an enclosing loop nor an epilogue's loop is counted with it. A vector
+    load (``ld.shared.v4.f32``) is one load. ``(0, 0)`` when no loop multiply-adds.
+    """
+    lines = ptx.splitlines()
+    labels: dict[str, int] = {}
+    loops = []
+    for number, line in enumerate(lines):
+        label = _LABEL.match(line)
+        if label:
+            labels[label.group(1)] = number
+        branch = _BRANCH.search(line)
+        if branch and branch.group(1) in labels:
+            loops.append((labels[branch.group(1)], number))
+    best = (0, 0)
+    for first, last in loops:
+        if any(first <= a and b <= last and (a, b) != (first, last) for a, b in loops):
+            continue
+        opcodes = [_opcode(text) for text in lines[first : last + 1]]
+        fmas = sum(op.startswith("fma.rn.") for op in opcodes)
+        loads = sum(op.startswith("ld.shared.") for op in opcodes)
+        best = max(best, (fmas, loads) if fmas else (0, 0))
+    return best
+
+
 def _assemble(ptxas: str, ptx: str, arch: str, scratch: str) -> str:
     path = os.path.join(scratch, f"kernel_{arch}.ptx")
     with open(path, "w") as file:
@@ -258,6 +307,7 @@ def _report_chunk(module_name: str, start: int, stop: int, ptxas: str) -> list[K
                     rows.append(KernelResources(module_name, label, dtype, arch, error=message[0]))
                     continue
                 opcodes = f64_instructions(ptx)
+                fmas, shared_loads = main_loop(ptx)
                 rows.append(
                     KernelResources(
                         module_name,
@@ -266,6 +316,8 @@ def _report_chunk(module_name: str, start: int, stop: int, ptxas: str) -> list[K
                         arch,
                         f64_ops=len(opcodes),
                         f64_opcodes=tuple(sorted(set(opcodes))),
+                        main_loop_fmas=fmas,
+                        main_loop_shared_loads=shared_loads,
                         **found,
                     )
                 )

@@ -1,9 +1,12 @@
 """The tiled gemm and dense-forward kernels against NumPy, in the CUDA simulator on a CPU.
 
-Shapes cross the production tile edges (64 x 64 outputs per block, K-slabs of 16
-in float32 and 8 in float64): several blocks along M or N, several K-slabs, and
-dimensions of 1. The simulator runs every thread as an OS thread, so each test
-launches one kernel on a few blocks only.
+Every launch path is forced and checked: the 128 x 128 float32 tile, the 64 x 64 tile,
+the 32 x 32 tile, and K split over gridDim.z on the 64 x 64 and 32 x 32 tiles (with the
+sum of the partials), in the four transpose modes, on shapes that cross the tile edges
+(1, 3, 17, 33, 65, 129). A path is forced by the SM count the plan sees and, for
+split-K, a short minimum K range, so that the shapes stay small: the simulator runs
+every thread as an OS thread. Results are compared with a float64 NumPy product within
+one ulp of ``|op(A)| @ |op(B)|`` per rounding on the way to each output (``fma_atol``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from numba import cuda
 
 MODES = [(False, False), (False, True), (True, False), (True, True)]
 MODE_IDS = ["NN", "NT", "TN", "TT"]
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+H100_SMS = 132
 
 
 def _operands(rng: np.random.Generator, M: int, N: int, K: int, trans_a: bool, trans_b: bool):
@@ -25,10 +30,36 @@ def _operands(rng: np.random.Generator, M: int, N: int, K: int, trans_a: bool, t
     return A, B
 
 
-def test_thin_products_get_the_small_tile_and_the_tests_cover_both():
-    assert gemm.tile_for(17, 65, np.float32) == gemm.SMALL_TILE
-    assert gemm.tile_for(65, 33, np.float32) == gemm.TILES[np.dtype(np.float32)]
-    assert gemm.tile_for(65, 33, np.float64) == gemm.TILES[np.dtype(np.float64)]
+def _force_path(monkeypatch, path: str, M: int, N: int, K: int, dtype) -> gemm.Plan:
+    """Make ``plan_for`` choose ``path`` for this product (and check that it does).
+
+    ``large``: one SM, so the 128 x 128 tile fills a wave. ``medium``: as many SMs as the
+    64 x 64 tile has blocks. ``small``: too many SMs for any tile and a K too short to
+    split. ``split``: too many SMs, and K ranges of 32 or more (at least 2 of them).
+    """
+    medium = gemm.TILES[np.dtype(dtype)]
+    sms = {"large": 1, "medium": gemm._blocks(medium, M, N)}.get(path, 10**6)
+    monkeypatch.setattr(gemm, "sm_count", lambda: sms)
+    if path == "split":
+        monkeypatch.setattr(gemm, "SPLIT_MIN_K", 32)
+    plan = gemm.plan_for(M, N, K, dtype)
+    expected = {"large": gemm.LARGE_TILE, "medium": medium, "small": gemm.SMALL_TILE}
+    if path == "split":
+        assert plan.splits > 1, plan
+    else:
+        assert (plan.tile, plan.splits) == (expected[path], 1), plan
+    return plan
+
+
+def _assert_within(actual: np.ndarray, expected: np.ndarray, atol: np.ndarray) -> None:
+    """Every element within its own absolute tolerance; the worst ones named if not."""
+    error = np.abs(actual.astype(np.float64) - expected)
+    atol = np.broadcast_to(atol, error.shape)
+    bad = ~(error <= atol)  # NaN (an element never written) is bad too
+    assert not bad.any(), (
+        f"{bad.sum()} of {bad.size} elements off, e.g. at {np.argwhere(bad)[:3].tolist()}: "
+        f"{actual[bad][:3]} vs {expected[bad][:3]} (tolerance {atol[bad][:3]})"
+    )
 
 
 def _run_gemm(A: np.ndarray, B: np.ndarray, M: int, N: int, dtype, trans_a: bool, trans_b: bool):
@@ -43,30 +74,111 @@ def _run_gemm(A: np.ndarray, B: np.ndarray, M: int, N: int, dtype, trans_a: bool
     return C.copy_to_host()
 
 
+def _check_gemm(rng, fma_atol, M, N, K, dtype, trans_a, trans_b, plan):
+    """Run gemm and compare with the float64 product of the operands rounded to ``dtype``."""
+    A, B = _operands(rng, M, N, K, trans_a, trans_b)
+    A, B = A.astype(dtype).astype(np.float64), B.astype(dtype).astype(np.float64)
+    opA, opB = (A.T if trans_a else A), (B.T if trans_b else B)
+    C = _run_gemm(A, B, M, N, dtype, trans_a, trans_b)
+    assert C.dtype == dtype
+    # K roundings of the running sums, and one per partial added when K is split.
+    atol = fma_atol(np.abs(opA) @ np.abs(opB), dtype=dtype, ulps=K + plan.splits)
+    _assert_within(C, opA @ opB, atol)
+    return C
+
+
+PATH_SHAPES = {
+    "large": [(129, 65, 17), (33, 129, 3)],
+    "medium": [(65, 129, 17), (129, 33, 1)],
+    "small": [(3, 17, 33), (65, 33, 65)],
+    "split": [(65, 33, 129), (17, 3, 65)],  # the 64 x 64 tile, then the 32 x 32 one
+}
+PATH_CASES = [
+    pytest.param(dtype, path, shape, id=f"{dtype.name}-{path}-{'x'.join(map(str, shape))}")
+    for dtype in (F32, F64)
+    for path, shapes in PATH_SHAPES.items()
+    if not (path == "large" and dtype == F64)
+    for shape in shapes
+]
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize(("dtype", "path", "shape"), PATH_CASES)
+def test_every_tile_and_split_matches_a_float64_reference(
+    rng, fma_atol, monkeypatch, dtype, path, shape, trans_a, trans_b
+):
+    M, N, K = shape
+    plan = _force_path(monkeypatch, path, M, N, K, dtype)
+    _check_gemm(rng, fma_atol, M, N, K, dtype, trans_a, trans_b, plan)
+
+
 @pytest.mark.parametrize(("trans_a", "trans_b"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize(("M", "N", "K"), [(1, 1, 1), (3, 17, 1), (65, 33, 17)])
-def test_gemm_float64_matches_numpy(rng, M, N, K, trans_a, trans_b):
-    A, B = _operands(rng, M, N, K, trans_a, trans_b)
-    expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
-    C = _run_gemm(A, B, M, N, np.float64, trans_a, trans_b)
-    scale = (np.abs(A.T if trans_a else A) @ np.abs(B.T if trans_b else B)).max()
-    np.testing.assert_allclose(C, expected, rtol=1e-12, atol=1e-12 * scale)
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_gemm_on_the_default_plan_matches_numpy(rng, fma_atol, M, N, K, dtype, trans_a, trans_b):
+    plan = gemm.plan_for(M, N, K, dtype)
+    _check_gemm(rng, fma_atol, M, N, K, dtype, trans_a, trans_b, plan)
 
 
-@pytest.mark.parametrize(("trans_a", "trans_b"), MODES, ids=MODE_IDS)
-@pytest.mark.parametrize(("M", "N", "K"), [(3, 1, 17), (17, 65, 33), (65, 33, 17)])
-def test_gemm_float32_matches_float64_reference(rng, M, N, K, trans_a, trans_b):
+@pytest.mark.parametrize("path", ["large", "medium", "small"])
+def test_a_product_over_k_0_writes_zeros(monkeypatch, path):
+    M, N = 65, 129
+    _force_path(monkeypatch, path, M, N, 0, F32)
+    A, B = np.zeros((M, 0), np.float32), np.zeros((0, N), np.float32)
+    np.testing.assert_array_equal(_run_gemm(A, B, M, N, F32, False, False), np.zeros((M, N)))
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), [(True, False), (False, True)], ids=["TN", "NT"])
+def test_split_k_results_are_bit_identical_run_to_run(rng, monkeypatch, trans_a, trans_b):
+    M, N, K = 17, 65, 129  # thin: the 32 x 32 tile, 3 blocks x 4 K ranges
+    plan = _force_path(monkeypatch, "split", M, N, K, F32)
+    assert plan.splits >= 3
     A, B = _operands(rng, M, N, K, trans_a, trans_b)
-    A, B = A.astype(np.float32).astype(np.float64), B.astype(np.float32).astype(np.float64)
-    expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
-    C = _run_gemm(A, B, M, N, np.float32, trans_a, trans_b)
-    assert C.dtype == np.float32
-    scale = (np.abs(A.T if trans_a else A) @ np.abs(B.T if trans_b else B)).max()
-    np.testing.assert_allclose(C, expected, rtol=0, atol=1e-5 * scale)
+    first = _run_gemm(A, B, M, N, F32, trans_a, trans_b)
+    second = _run_gemm(A, B, M, N, F32, trans_a, trans_b)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_plan_takes_the_largest_tile_with_a_wave_of_blocks():
+    large, medium = gemm.LARGE_TILE, gemm.TILES[F32]
+    assert gemm.plan_for(4096, 4096, 4096, F32, H100_SMS) == (large, 1, 4096)
+    assert gemm.plan_for(1024, 4096, 4096, F32, H100_SMS).tile == large  # 256 blocks
+    assert gemm.plan_for(784, 1024, 512, F32, H100_SMS).tile == medium  # 208 of 64 x 64
+    assert gemm.plan_for(4096, 4096, 4096, F64, H100_SMS).tile == gemm.TILES[F64]
+    assert gemm.tile_for(17, 65, F32) == gemm.SMALL_TILE  # thin
+    assert gemm.tile_for(65, 65, F32, K=100, sms=H100_SMS) == gemm.SMALL_TILE  # K too short
+
+
+@pytest.mark.parametrize(
+    ("M", "N", "K", "tile"),
+    [(784, 50, 8192, "medium"), (33, 65, 4099, "medium"), (10, 4096, 4099, "small")],
+)
+def test_plan_splits_long_k_of_products_with_few_blocks(M, N, K, tile):
+    plan = gemm.plan_for(M, N, K, F32, H100_SMS)
+    assert plan.tile == (gemm.TILES[F32] if tile == "medium" else gemm.SMALL_TILE)
+    blocks = gemm._blocks(plan.tile, M, N)
+    assert blocks < H100_SMS and plan.splits > 1
+    assert blocks * (plan.splits - 1) < H100_SMS  # no more splits than fill the SMs
+    assert plan.chunk % plan.tile.bk == 0 and plan.chunk >= gemm.SPLIT_MIN_K
+    assert (plan.splits - 1) * plan.chunk < K <= plan.splits * plan.chunk  # none empty
+
+
+def test_plans_never_have_an_empty_grid_or_k_range(rng):
+    for M, N, K in rng.integers(1, 5000, size=(300, 3)):
+        for dtype in (F32, F64):
+            plan = gemm.plan_for(int(M), int(N), int(K), dtype, H100_SMS)
+            grid, block = gemm._launch_shape(plan, int(M), int(N))
+            assert min(grid) >= 1 and min(block) >= 1
+            assert (plan.splits - 1) * plan.chunk < K <= plan.splits * plan.chunk
+
+
+def test_the_simulator_plans_for_an_h100():
+    assert gemm.sm_count() == H100_SMS
 
 
 def _run_dense(rng, dtype, shape, activation, *, bias: bool, y_is_z: bool):
-    """Z, Y from the kernel and from NumPy (float64) for X (N, I) @ W (I, O) + b."""
+    """Z, Y from the kernel and from NumPy (float64) for X (N, I) @ W (I, O) + b, and the
+    magnitude ``|X| @ |W| + |b|`` of the terms entering each element."""
     N, O, I = shape
     X = rng.standard_normal((N, I)).astype(dtype)
     W = (rng.standard_normal((I, O)) / np.sqrt(I)).astype(dtype)
@@ -82,45 +194,60 @@ def _run_dense(rng, dtype, shape, activation, *, bias: bool, y_is_z: bool):
         Y,
     )
     Z_expected = X.astype(np.float64) @ W.astype(np.float64)
+    terms = np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64))
     if b is not None:
         Z_expected = Z_expected + b.astype(np.float64)
+        terms = terms + np.abs(b.astype(np.float64))
     Y_expected = xp_activations.forward(np, activation, Z_expected)
-    scale = 1.0 + (np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64))).max()
-    return Z.copy_to_host(), Y.copy_to_host(), Z_expected, Y_expected, scale
+    return Z.copy_to_host(), Y.copy_to_host(), Z_expected, Y_expected, terms
+
+
+def _check_dense(Z, Y, Z_expected, Y_expected, terms, fma_atol, dtype, K, plan):
+    z_atol = fma_atol(terms, dtype=dtype, ulps=K + plan.splits + 1)
+    _assert_within(Z, Z_expected, z_atol)
+    # The activations used here have slopes below 1.2, and round a few ulps of their own.
+    y_atol = 2 * z_atol + fma_atol(Y_expected, 1.0, dtype=dtype)
+    _assert_within(Y, Y_expected, y_atol)
 
 
 @pytest.mark.parametrize(
-    ("dtype", "shape", "activation"),
+    ("dtype", "path", "shape", "activation"),
     [
-        (np.float64, (65, 33, 17), "relu"),
-        (np.float32, (17, 65, 33), "gelu"),
-        (np.float64, (3, 17, 1), "sigmoid"),
+        (F32, "large", (129, 65, 17), "gelu"),  # both row groups of the staged epilogue
+        (F32, "large", (65, 129, 9), "tanh"),
+        (F32, "medium", (65, 129, 17), "relu"),
+        (F32, "split", (65, 33, 129), "sigmoid"),
+        (F32, "split", (17, 3, 65), "elu"),
+        (F64, "medium", (65, 33, 17), "relu"),
+        (F64, "small", (3, 17, 1), "sigmoid"),
+        (F64, "split", (65, 33, 65), "tanh"),
     ],
 )
-def test_dense_forward_with_bias(rng, dtype, shape, activation):
-    Z, Y, Z_expected, Y_expected, scale = _run_dense(
-        rng, dtype, shape, activation, bias=True, y_is_z=False
-    )
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(Z, Z_expected, rtol=0, atol=tol * scale)
-    np.testing.assert_allclose(Y, Y_expected, rtol=0, atol=tol * scale)
+def test_dense_forward_with_bias_and_activation(
+    rng, fma_atol, monkeypatch, dtype, path, shape, activation
+):
+    plan = _force_path(monkeypatch, path, shape[0], shape[1], shape[2], dtype)
+    found = _run_dense(rng, dtype, shape, activation, bias=True, y_is_z=False)
+    _check_dense(*found, fma_atol, dtype, shape[2], plan)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_dense_forward_linear_without_bias_writes_z_once(rng, dtype):
-    Z, Y, Z_expected, _, scale = _run_dense(
-        rng, dtype, (65, 33, 17), "linear", bias=False, y_is_z=True
-    )
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(Z, Z_expected, rtol=0, atol=tol * scale)
+@pytest.mark.parametrize("path", ["large", "split"])
+def test_dense_forward_linear_without_bias_writes_z_once(rng, fma_atol, monkeypatch, path):
+    shape = (65, 33, 129)
+    plan = _force_path(monkeypatch, path, *shape, F32)
+    Z, Y, Z_expected, _, terms = _run_dense(rng, F32, shape, "linear", bias=False, y_is_z=True)
+    atol = fma_atol(terms, ulps=shape[2] + plan.splits + 1)
+    _assert_within(Z, Z_expected, atol)
 
 
-def test_dense_forward_loops_over_row_tiles_when_the_grid_is_capped(rng, monkeypatch):
-    # One block row covers M = 65 (two row tiles) as a grid of more than 65535
-    # block rows would; the staged epilogue's shared tile is reused across them.
+@pytest.mark.parametrize(("dtype", "path"), [(F64, "medium"), (F32, "large")])
+def test_dense_forward_loops_over_row_tiles_when_the_grid_is_capped(
+    rng, fma_atol, monkeypatch, dtype, path
+):
+    # One block row covers all the row tiles, as a grid of more than 65535 block rows
+    # would; the staged epilogue's shared tile is reused across them.
+    shape = (65, 33, 9) if path == "medium" else (257, 33, 9)
+    plan = _force_path(monkeypatch, path, *shape, dtype)
     monkeypatch.setattr(gemm, "MAX_ROW_BLOCKS", 1)
-    Z, Y, Z_expected, Y_expected, scale = _run_dense(
-        rng, np.float64, (65, 17, 9), "tanh", bias=True, y_is_z=False
-    )
-    np.testing.assert_allclose(Z, Z_expected, rtol=0, atol=1e-12 * scale)
-    np.testing.assert_allclose(Y, Y_expected, rtol=0, atol=1e-12 * scale)
+    found = _run_dense(rng, dtype, shape, "tanh", bias=True, y_is_z=False)
+    _check_dense(*found, fma_atol, dtype, shape[2], plan)
