@@ -21,6 +21,9 @@ _ENGINES: dict[str, str] = {
 
 _instances: dict[str, Engine] = {}
 
+# dlcore.config.set_matmul_precision's setting, given to every engine when it is made
+_matmul_precision = "highest"
+
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -61,8 +64,18 @@ def get(name: str) -> Engine:
         ok, detail = cls.availability()
         if not ok:
             raise RuntimeError(f"engine {name!r} cannot run here: {detail}")
-        _instances[name] = cls()
+        engine = cls()
+        engine.set_matmul_precision(_matmul_precision)
+        _instances[name] = engine
     return _instances[name]
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Give ``precision`` to the engines made so far and to those made later."""
+    global _matmul_precision
+    _matmul_precision = precision
+    for engine in _instances.values():
+        engine.set_matmul_precision(precision)
 
 
 def available() -> list[EngineInfo]:
@@ -74,4 +87,12 @@ def available() -> list[EngineInfo]:
     return infos
 
 
-__all__ = ["Engine", "EngineInfo", "available", "engine_class", "engine_names", "get"]
+__all__ = [
+    "Engine",
+    "EngineInfo",
+    "available",
+    "engine_class",
+    "engine_names",
+    "get",
+    "set_matmul_precision",
+]

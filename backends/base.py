@@ -31,10 +31,10 @@ Array = Any
 
 
 def dtype_name(dtype: Any) -> str:
-    """The canonical name (``"float32"``, ``"float64"``, ``"int64"``, ``"bool"``) of any
-    engine's dtype."""
+    """The canonical name (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``,
+    ``"int64"``, ``"bool"``) of any engine's dtype."""
     text = str(dtype)
-    for name in ("float32", "float64", "int64", "bool"):
+    for name in ("bfloat16", "float16", "float32", "float64", "int64", "bool"):
         if text.endswith(name):
             return name
     raise TypeError(f"unsupported dtype {dtype!r}")
@@ -123,7 +123,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def supports_dtype(self, dtype: str) -> bool:
-        """Whether ``dtype`` (``"float32"`` or ``"float64"``) can be computed in."""
+        """Whether the engine computes in ``dtype`` (a name: ``"float32"``, ``"float64"``,
+        ``"float16"``, ``"bfloat16"``)."""
 
     @abc.abstractmethod
     def asarray(self, data: np.ndarray, *, dtype: str) -> Array:
@@ -161,6 +162,32 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def assign(self, dst: Array, src: Array) -> None:
         """Copy ``src`` into ``dst`` in place; both have the same shape and dtype."""
+
+    @abc.abstractmethod
+    def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
+        """``A`` (float, any shape) converted to the float ``dtype``, rounded to nearest.
+
+        Written into ``out`` (``A``'s shape, ``dtype``) when given, which is returned;
+        otherwise a new array. Values beyond the range of ``dtype`` become infinite.
+        """
+
+    def all_finite(self, A: Array) -> bool:
+        """Whether every element of the float array ``A`` (any shape) is finite.
+
+        Reads one value back from the engine. This default sums ``|A|`` with
+        ``penalty`` (accumulated in float64 by the GPU engines, so the sum of finite
+        float32 values cannot overflow) and checks that the sum is finite.
+        """
+        total = self.scalars_to_numpy([self.penalty(A, l1=1.0, l2=0.0)])  # as float64
+        return bool(np.isfinite(total[0]))
+
+    def set_matmul_precision(self, precision: str) -> None:
+        """Apply ``dlcore.config.set_matmul_precision`` (``"highest"`` or ``"high"``).
+
+        Engines whose float32 matrix products are always float32 arithmetic (this
+        default) ignore it.
+        """
+        return None
 
     @abc.abstractmethod
     def slice_rows(self, A: Array, start: int, stop: int) -> Array:
@@ -299,13 +326,9 @@ class Engine(abc.ABC):
             Z, Y = self.dense_forward(inputs, W, b, name, workspace=workspace)
             cache.append((inputs, Z, Y))
             inputs = Y
-        loss = self.loss(
-            "categorical_crossentropy" if Y_true.ndim == 2 else "sparse_categorical_crossentropy",
-            inputs,
-            Y_true,
-            workspace=workspaces[-1],
+        loss, _, gradient = self.softmax_crossentropy_batch(
+            inputs, Y_true, workspace=workspaces[-1]
         )
-        gradient = self.backprop_softmax_crossentropy(inputs, Y_true, workspace=workspaces[-1])
         for layer in range(len(weights) - 1, -1, -1):
             layer_inputs, Z, Y = cache[layer]
             gradient = self.dense_backward(
@@ -455,6 +478,42 @@ class Engine(abc.ABC):
         Returns:
             float ``(N, O)``: the gradient with respect to the softmax's input.
         """
+
+    def softmax_crossentropy_batch(
+        self,
+        P: Array,
+        Y_true: Array,
+        *,
+        with_count: bool = False,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array | None, Array]:
+        """Loss, accuracy count and gradient of a softmax output trained with categorical
+        cross-entropy on probabilities: what a training step needs of such an output.
+
+        This default calls ``loss``, ``count_correct`` and ``backprop_softmax_crossentropy``;
+        an engine overrides it where one pass over the rows pays (per-launch cost on a GPU).
+
+        Args:
+            P: float ``(N, O)``, softmax probabilities.
+            Y_true: float one-hot ``(N, O)`` (categorical cross-entropy, ``"categorical"``
+                accuracy), or int64 labels ``(N,)`` (the sparse forms).
+            with_count: also count the rows whose argmax is the label's.
+            workspace: where to take the gradient and temporaries from.
+
+        Returns:
+            ``(loss, correct, dZ)``: the batch-mean loss and the count as 0-d float arrays
+            (``correct`` is ``None`` without ``with_count``), and the gradient with
+            respect to the softmax's input, float ``(N, O)``.
+        """
+        sparse = Y_true.ndim == 1
+        name = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
+        loss = self.loss(name, P, Y_true, workspace=workspace)
+        correct = None
+        if with_count:
+            kind = "sparse" if sparse else "categorical"
+            correct = self.count_correct(kind, P, Y_true, workspace=workspace)
+        gradient = self.backprop_softmax_crossentropy(P, Y_true, workspace=workspace)
+        return loss, correct, gradient
 
     @abc.abstractmethod
     def backprop_sigmoid_crossentropy(self, P: Array, Y_true: Array) -> Array:

@@ -52,6 +52,17 @@ class ArrayAPIEngine(Engine):
     def assign(self, dst: Array, src: Array) -> None:
         dst[...] = src
 
+    def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
+        converted = self.xp.astype(A, getattr(self.xp, dtype))
+        if out is None:
+            return converted
+        out[...] = converted
+        return out
+
+    def all_finite(self, A: Array) -> bool:
+        xp = self.xp
+        return bool(self.to_numpy(xp.all(xp.isfinite(A))))
+
     def slice_rows(self, A: Array, start: int, stop: int) -> Array:
         return A[start:stop, ...]
 

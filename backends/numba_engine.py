@@ -14,6 +14,15 @@ memory the engine recycles once the array returned is no longer referenced
 (``_recycled``). Every ``cuda.device_array`` freed would be released by a
 ``cuMemFree`` every few frees, which synchronizes the device.
 
+Everything runs on one non-default CUDA stream, ``engine.stream`` (the kernels'
+``kernels.common.stream()``): every kernel, and every host transfer the engine makes
+(``asarray``, batches copied from host memory, ``to_numpy``, ``scalars_to_numpy``),
+which waits for the stream before it returns data. Being one ordered queue is what
+lets the scratch buffers and recycled memory be reused without synchronizing. CuPy
+code can share it: ``engine.use_stream(cupy_stream)`` makes the kernels launch on a
+CuPy stream, and ``cupy.cuda.ExternalStream(int(engine.stream))`` gives CuPy the
+engine's.
+
 Without a GPU the engine runs in Numba's CUDA simulator when
 ``NUMBA_ENABLE_CUDASIM=1`` is set before Numba is imported: slowly, one
 operating-system thread per CUDA thread, which is how the kernels are tested
@@ -96,6 +105,7 @@ class NumbaEngine(Engine):
     def __init__(self) -> None:
         from dlcore.kernels import (
             activations,
+            common,
             dense_backward,
             dropout,
             gemm,
@@ -110,6 +120,7 @@ class NumbaEngine(Engine):
         from numba import cuda
 
         self._cuda = cuda
+        self._k_common = common
         self._k_activations = activations
         self._k_dense_backward = dense_backward
         self._k_dropout = dropout
@@ -163,19 +174,39 @@ class NumbaEngine(Engine):
     def supports_dtype(self, dtype: str) -> bool:
         return dtype in ("float32", "float64")
 
+    @property
+    def stream(self) -> Any:
+        """The ``numba.cuda`` stream every kernel and transfer of the engine is queued on."""
+        return self._k_common.stream()
+
+    def use_stream(self, stream: Any) -> None:
+        """Queue the engine's work on ``stream`` from now on, after the work already queued.
+
+        ``stream`` is a ``numba.cuda`` stream or another library's stream with a ``ptr``
+        (a ``cupy.cuda.Stream``, which the caller keeps alive), wrapped by
+        ``numba.cuda.external_stream``.
+        """
+        if hasattr(stream, "ptr") and not hasattr(stream, "handle"):
+            stream = self._cuda.external_stream(stream.ptr)
+        self._k_common.use_stream(stream)
+
     def asarray(self, data: np.ndarray, *, dtype: str) -> Array:
         host = np.ascontiguousarray(data, dtype=dtype)
         if not self._fits_on_device(host.nbytes):
             return HostRows(host)
-        return self._cuda.to_device(host)
+        return self._cuda.to_device(host, stream=self.stream)
 
     def to_numpy(self, A: Array) -> np.ndarray:
-        if isinstance(A, DeviceScalar):
-            value = A.buffer[A.slot : A.slot + 1].copy_to_host()
-            return np.asarray(value[0], dtype=A.dtype)
         if isinstance(A, HostRows):
             return A.host.copy()
-        return A.copy_to_host()
+        stream = self.stream
+        if isinstance(A, DeviceScalar):
+            value = A.buffer[A.slot : A.slot + 1].copy_to_host(stream=stream)
+            stream.synchronize()
+            return np.asarray(value[0], dtype=A.dtype)
+        host = A.copy_to_host(stream=stream)
+        stream.synchronize()
+        return host
 
     def zeros(self, shape: tuple[int, ...], *, dtype: str) -> Array:
         A = self._empty(shape, dtype)
@@ -183,7 +214,7 @@ class NumbaEngine(Engine):
         return A
 
     def synchronize(self) -> None:
-        self._cuda.synchronize()
+        self.stream.synchronize()
 
     def split_views(self, flat: Array, shapes: Sequence[tuple[int, ...]]) -> list[Array]:
         views = []
@@ -197,17 +228,23 @@ class NumbaEngine(Engine):
     def assign(self, dst: Array, src: Array) -> None:
         self._k_memory.copy(src, dst)
 
+    def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
+        if out is None:
+            out = self._recycled(A.shape, dtype)
+        self._k_memory.copy(A, out)  # the copy kernel converts as it stores
+        return out
+
     def slice_rows(self, A: Array, start: int, stop: int) -> Array:
         if isinstance(A, HostRows):
-            return self._cuda.to_device(A.host[start:stop])
+            return self._cuda.to_device(A.host[start:stop], stream=self.stream)
         return A[start:stop]
 
     def take_rows(self, A: Array, indices: Array, *, out: Array | None = None) -> Array:
         if isinstance(A, HostRows):
             rows = A.host[self._host_indices(indices)]
             if out is None:
-                return self._cuda.to_device(rows)
-            out.copy_to_device(rows)
+                return self._cuda.to_device(rows, stream=self.stream)
+            out.copy_to_device(rows, stream=self.stream)
             return out
         if out is None:
             out = self._empty((indices.shape[0], *A.shape[1:]), A.dtype)
@@ -224,11 +261,17 @@ class NumbaEngine(Engine):
         by_buffer: dict[int, list[int]] = {}
         for i, value in enumerate(values):
             by_buffer.setdefault(id(value.buffer), []).append(i)
+        stream = self.stream
+        copies = []
         for positions in by_buffer.values():
             buffer = values[positions[0]].buffer
             slots = [values[i].slot for i in positions]
             low = min(slots)
-            host = buffer[low : max(slots) + 1].copy_to_host()
+            copies.append(
+                (positions, slots, low, buffer[low : max(slots) + 1].copy_to_host(stream=stream))
+            )
+        stream.synchronize()
+        for positions, slots, low, host in copies:
             result[positions] = host[np.asarray(slots) - low]
         return result
 
@@ -297,6 +340,28 @@ class NumbaEngine(Engine):
         dX = self._output(workspace, "dX", X.shape, X.dtype)
         self._k_gemm.gemm(dZ, W, dX, trans_b=True)
         return dX
+
+    def dense_stack_step(
+        self,
+        X: Array,
+        Y_true: Array,
+        weights: Sequence[Array],
+        biases: Sequence[Array],
+        weight_grads: Sequence[Array],
+        bias_grads: Sequence[Array],
+        activations: Sequence[str],
+        *,
+        workspaces: Sequence[Workspace],
+    ) -> tuple[Array, Array]:
+        # Stacks of widths up to 128: two or three kernels (backends/numba_fused.py).
+        from . import numba_fused
+
+        arguments = (X, Y_true, weights, biases, weight_grads, bias_grads, activations)
+        step = numba_fused.prepare(*arguments, workspaces)
+        if step is None:
+            return super().dense_stack_step(*arguments, workspaces=workspaces)
+        loss, out = self._new_scalar(X.dtype)
+        return loss, numba_fused.run(step, X, Y_true, out)
 
     # ------------------------------------------------------------------ activations
     def activation(self, name: str, Z: Array) -> Array:
@@ -401,6 +466,28 @@ class NumbaEngine(Engine):
         self._k_softmax.softmax_crossentropy_gradient(P, Y_true, dZ)
         return dZ
 
+    def softmax_crossentropy_batch(
+        self,
+        P: Array,
+        Y_true: Array,
+        *,
+        with_count: bool = False,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array | None, Array]:
+        # The scalars take their slots in the order of the default's three operations.
+        loss, loss_out = self._new_scalar(P.dtype)
+        correct, count_out = self._new_scalar(P.dtype) if with_count else (None, None)
+        dZ = self._output(workspace, "dP", P.shape, P.dtype)
+        per_sample = hits = None
+        if workspace is not None:
+            rows = (P.shape[0],)
+            per_sample = workspace.array("loss_per_sample", rows, "float64")
+            hits = workspace.array("row_hits", rows, "float64") if with_count else None
+        self._k_losses.softmax_crossentropy_batch(
+            P, Y_true, dZ, loss_out, count_out, per_sample=per_sample, hits=hits
+        )
+        return loss, correct, dZ
+
     def backprop_sigmoid_crossentropy(self, P: Array, Y_true: Array) -> Array:
         dZ = self._recycled(P.shape, P.dtype)
         self._k_softmax.sigmoid_crossentropy_gradient(P, Y_true, dZ)
@@ -475,7 +562,8 @@ class NumbaEngine(Engine):
 
         Returned as a view of the memory: when the view is collected, the memory goes back
         on the free list (never to the driver), and the next request reuses it. Kernels
-        still queued on it are ordered before any later launch on the default stream. Only
+        still queued on it are ordered before any later launch, all being on the engine's
+        one stream (``use_stream`` synchronizes the old one before switching). Only
         results used as they are returned come from here: a view taken of one (a slice, a
         reshape) does not keep its memory from being reused.
         """
@@ -511,7 +599,7 @@ class NumbaEngine(Engine):
         return nbytes <= DEVICE_DATA_FRACTION * free
 
     def _host_indices(self, indices: Array) -> np.ndarray:
-        return indices.host if isinstance(indices, HostRows) else indices.copy_to_host()
+        return indices.host if isinstance(indices, HostRows) else self.to_numpy(indices)
 
 
 def _device_name(cuda: Any) -> str:

@@ -247,6 +247,15 @@ class NumpyEngine(ArrayAPIEngine):
             _route_to_first_matches(dY, inputs, Y, grads, workspace)
         return grads
 
+    def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
+        if out is None:
+            return A.astype(dtype)
+        np.copyto(out, A, casting="unsafe")
+        return out
+
+    def all_finite(self, A: Array) -> bool:
+        return bool(np.isfinite(A).all())
+
     def scale(self, A: Array, factor: float, *, workspace: Workspace | None = None) -> Array:
         if workspace is None:
             return super().scale(A, factor)

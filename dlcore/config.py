@@ -1,4 +1,5 @@
-"""Global settings: the current engine, the default float dtype, the random seed."""
+"""Global settings: the current engine, the default float dtype and dtype policy, the
+precision of float32 matrix products, the random seed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from dlcore import backends
 from dlcore.backends.base import Engine
 
 _FLOATX = ("float32", "float64")
-_state: dict = {"engine": None, "floatx": "float32", "rng": np.random.default_rng()}
+_MATMUL_PRECISIONS = ("highest", "high")
+_state: dict = {
+    "engine": None,
+    "floatx": "float32",
+    "dtype_policy": None,  # a policy name; None follows floatx
+    "matmul_precision": "highest",
+    "rng": np.random.default_rng(),
+}
 
 
 def floatx() -> str:
@@ -25,6 +33,60 @@ def set_floatx(value: str) -> None:
     if value not in _FLOATX:
         raise ValueError(f"floatx must be one of {', '.join(_FLOATX)}; received {value!r}")
     _state["floatx"] = value
+
+
+def dtype_policy_name() -> str:
+    """The name of the global dtype policy (``dlcore.mixed_precision``): the one last set,
+    else ``floatx()``."""
+    return _state["dtype_policy"] or _state["floatx"]
+
+
+def set_dtype_policy_name(name: str | None) -> None:
+    """Set the global policy by name (checked by ``mixed_precision.set_global_policy``);
+    ``None`` makes it follow ``floatx()`` again."""
+    _state["dtype_policy"] = name
+
+
+def set_dtype_policy(policy: object) -> None:
+    """Keras 3's ``keras.config.set_dtype_policy``: ``mixed_precision.set_global_policy``."""
+    from dlcore import mixed_precision
+
+    mixed_precision.set_global_policy(policy)
+
+
+def dtype_policy() -> object:
+    """Keras 3's ``keras.config.dtype_policy``: the global ``DTypePolicy``."""
+    from dlcore import mixed_precision
+
+    return mixed_precision.global_policy()
+
+
+def matmul_precision() -> str:
+    """How float32 matrix products are computed on engines that can choose:
+    ``"highest"`` (float32 arithmetic, the default) or ``"high"`` (TF32 tensor cores)."""
+    return _state["matmul_precision"]
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Choose the arithmetic of float32 matrix products, as ``torch.set_float32_matmul_precision``.
+
+    ``"highest"`` (default): float32 multiply-adds, the numbers of the numpy engine.
+    ``"high"``: TensorFloat-32 on GPUs of compute capability 8.0 or newer, where the
+    engine uses cuBLAS (the cupy engine): operands rounded to 10 mantissa bits,
+    sums in float32, several times the float32 rate. The numpy engine and the
+    numba engine's own kernels always compute in float32; float64 is never affected.
+    Engines read the setting when they multiply, so it applies from the next step.
+
+    Raises:
+        ValueError: for another value.
+    """
+    if precision not in _MATMUL_PRECISIONS:
+        raise ValueError(
+            f"matmul precision must be one of {', '.join(map(repr, _MATMUL_PRECISIONS))}; "
+            f"received {precision!r}"
+        )
+    _state["matmul_precision"] = precision
+    backends.set_matmul_precision(precision)
 
 
 def epsilon() -> float:

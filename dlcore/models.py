@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import backends, config, custom, saving
+from dlcore import backends, config, custom, mixed_precision, saving
 from dlcore.backends.base import Engine, Workspace
 from dlcore.layers import LAYER_CLASSES, CallState, InputLayer, KerasTensor, Layer, Node
 from dlcore.layers.base import assign_weights, unique_name
-from dlcore.training import Trainer
+from dlcore.training import Trainer, _WeightCast
 
 
 class Model(Trainer):
@@ -54,6 +54,7 @@ class Model(Trainer):
         outputs: Any = None,
         name: str | None = None,
         trainable: bool = True,
+        dtype: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -66,6 +67,7 @@ class Model(Trainer):
                 "for a plain stack of layers"
             )
         super().__init__()
+        self.dtype_policy = mixed_precision.get(dtype)
         self.name = name or unique_name("functional")
         input_list, self._input_keys = _flatten(inputs, "inputs")
         output_list, self._output_keys = _flatten(outputs, "outputs")
@@ -262,23 +264,42 @@ class Model(Trainer):
         weights = engine.split_views(self._params, shapes)
         gradients = engine.split_views(self._grads, shapes)
         self._layer_ranges: dict[int, tuple[int, int]] = {}
+        self._weight_casts = []
+        dtype = self._built_dtype()
         start = view = 0
         for layer in self._param_layers:
             count = len(layer.parameter_shapes())
             size = layer.count_params()
-            layer.bind(
-                engine,
-                weights[view : view + count],
-                gradients[view : view + count],
-                self._built_dtype(),
-                owner=self,
-            )
+            masters, master_grads = weights[view : view + count], gradients[view : view + count]
+            run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
+            if run_dtype == dtype:
+                layer.bind(engine, masters, master_grads, dtype, owner=self)
+            else:
+                cast = _WeightCast(
+                    layer,
+                    engine.slice_rows(self._params, start, start + size),
+                    engine.slice_rows(self._grads, start, start + size),
+                    engine.zeros((size,), dtype=run_dtype),
+                    engine.zeros((size,), dtype=run_dtype),
+                )
+                self._weight_casts.append(cast)
+                layer.bind(
+                    engine,
+                    engine.split_views(cast.params, layer.parameter_shapes()),
+                    engine.split_views(cast.grads, layer.parameter_shapes()),
+                    dtype,
+                    owner=self,
+                    run_dtype=run_dtype,
+                    variables=masters,
+                    variable_grads=master_grads,
+                )
             self._layer_ranges[id(layer)] = (start, start + size)
             view += count
             start += size
         for layer in self._graph_layers:
             if not layer.parameter_shapes():
-                layer.bind(engine, [], [], self._built_dtype(), owner=self)
+                run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
+                layer.bind(engine, [], [], dtype, owner=self, run_dtype=run_dtype)
         self._states = [CallState(engine) for _ in self._nodes]
         self._reset_plan()
 
@@ -318,7 +339,7 @@ class Model(Trainer):
         self._ensure_built("get_weights()")
         self._claim_layers()
         engine = self._built_engine()
-        return [engine.to_numpy(w) for layer in self._param_layers for w in layer._params]
+        return [engine.to_numpy(w) for layer in self._param_layers for w in layer._variables]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Replace every parameter; ``weights`` as returned by ``get_weights``.
@@ -329,7 +350,7 @@ class Model(Trainer):
         self._claim_layers()
         assign_weights(
             self._built_engine(),
-            [w for layer in self._param_layers for w in layer._params],
+            [w for layer in self._param_layers for w in layer._variables],
             [shape for layer in self._param_layers for shape in layer.parameter_shapes()],
             weights,
             self._built_dtype(),
@@ -569,9 +590,14 @@ class Sequential(Model):
     """
 
     def __init__(
-        self, layers: Sequence[Any] | None = None, name: str | None = None, trainable: bool = True
+        self,
+        layers: Sequence[Any] | None = None,
+        name: str | None = None,
+        trainable: bool = True,
+        dtype: Any = None,
     ) -> None:
         Trainer.__init__(self)
+        self.dtype_policy = mixed_precision.get(dtype)
         self.name = name or unique_name("sequential")
         self._stack_layers: list[Layer] = []
         self._input_layer: InputLayer | None = None

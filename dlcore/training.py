@@ -21,14 +21,14 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from dlcore import callbacks as callbacks_module
-from dlcore import config, custom, data_checks, losses, optimizers, saving
+from dlcore import config, custom, data_checks, losses, mixed_precision, optimizers, saving
 from dlcore import metrics as metrics_module
-from dlcore.backends.base import Array, Engine, Workspace
+from dlcore.backends.base import Array, Engine, Workspace, dtype_name
 from dlcore.layers import CallState, Dense, KerasTensor, Layer, Node
 
 _FIT_OPTIONS = (
@@ -37,7 +37,18 @@ _FIT_OPTIONS = (
 )
 _CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 # compile() options of Keras that change nothing here: dlcore runs every step eagerly
-_NO_OP_COMPILE_OPTIONS = ("run_eagerly", "jit_compile", "steps_per_execution", "auto_scale_loss")
+_NO_OP_COMPILE_OPTIONS = ("run_eagerly", "jit_compile", "steps_per_execution")
+
+
+class _WeightCast(NamedTuple):
+    """A layer that computes in another dtype than the model's weights: its flat range of
+    the master buffers and the copies in its compute dtype that it runs on."""
+
+    layer: Layer
+    master_params: Array  # (size,) view of the model's parameters, the model's dtype
+    master_grads: Array  # (size,) view of the model's gradients
+    params: Array  # (size,) the weights cast to the layer's run dtype
+    grads: Array  # (size,) the layer's weight gradients in its run dtype
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ class Trainer(abc.ABC):
         self._grads: Array = None
         self._workspace: Workspace | None = None
         self._plan: _Plan | None = None
+        # Keras's model.dtype_policy: under "mixed_float16" compile adds loss scaling
+        self.dtype_policy = mixed_precision.global_policy()
+        self._weight_casts: list[_WeightCast] = []
 
     # What build() and compile() set; the public methods build or check first.
     def _built_engine(self) -> Engine:
@@ -151,6 +165,7 @@ class Trainer(abc.ABC):
         loss: Any = None,
         metrics: Any = None,
         loss_weights: Any = None,
+        auto_scale_loss: bool = True,
         **kwargs: Any,
     ) -> None:
         """Configure training.
@@ -165,6 +180,8 @@ class Trainer(abc.ABC):
                 outputs, a list of lists or a dict by output name.
             loss_weights: for several outputs, a list or a dict of floats: the total
                 loss is the weighted sum of the outputs' losses (default 1 each).
+            auto_scale_loss: when the model's dtype policy is ``"mixed_float16"``, wrap
+                the optimizer in a ``LossScaleOptimizer`` (as Keras 3 does).
         """
         unknown = [key for key in kwargs if key not in _NO_OP_COMPILE_OPTIONS]
         if unknown:
@@ -174,6 +191,12 @@ class Trainer(abc.ABC):
             )
         names = self._compile_output_names()
         new_optimizer = optimizers.get(optimizer)
+        if (
+            auto_scale_loss
+            and self.dtype_policy.name == "mixed_float16"
+            and not isinstance(new_optimizer, optimizers.LossScaleOptimizer)
+        ):
+            new_optimizer = optimizers.LossScaleOptimizer(new_optimizer)
         per_output_loss = _per_output(loss, names, "loss", allow_single=True)
         new_losses = [losses.get(item) for item in per_output_loss]
         if (
@@ -603,6 +626,10 @@ class Trainer(abc.ABC):
             return None
         if not nodes or self._outputs[0] is not nodes[-1].output:
             return None
+        if self._weight_casts or self._loss_scale() != 1.0:
+            return None
+        if any(node.layer.run_dtype != self.dtype for node in nodes):
+            return None
         previous = self._inputs[0]
         layers = []
         for node in nodes:
@@ -662,29 +689,19 @@ class Trainer(abc.ABC):
             self._compiled_optimizer().apply(engine, self._params, self._grads)
             return [loss_value], metric_values
         values = self._run_graph(X, training=True)
-        outputs = [values[self._slots[id(t)]] for t in self._outputs]
+        outputs = self._in_model_dtype([values[self._slots[id(t)]] for t in self._outputs])
         loss_terms = []
         metric_values = []
         gradients: list[list[Array]] = [[] for _ in values]
         for k, (output, target) in enumerate(zip(outputs, Y)):
-            loss = self._losses[k]
-            loss_workspace = self._loss_workspace(k)
-            loss_terms.append(
-                engine.loss(
-                    loss.name,
-                    output,
-                    target,
-                    from_logits=loss.from_logits,
-                    workspace=loss_workspace,
-                )
-            )
-            metric_values += [
-                metric.batch_value(engine, output, target, loss_workspace)
-                for metric in metric_groups[k]
-            ]
             slot = self._slots[id(self._outputs[k])]
-            if plan.needs_grad[slot]:
-                gradients[slot].append(self._loss_gradient(k, output, target, loss_workspace))
+            loss_value, values, gradient = self._output_terms(
+                k, output, target, metric_groups[k], plan.needs_grad[slot]
+            )
+            loss_terms.append(loss_value)
+            metric_values += values
+            if gradient is not None:
+                gradients[slot].append(gradient)
         loss_terms += [penalty for layer in plan.trained_layers for penalty in layer.penalties()]
         self._backward(plan, gradients)
         if plan.updates:
@@ -692,6 +709,54 @@ class Trainer(abc.ABC):
                 engine, self._params, self._grads, segments=plan.segments
             )
         return loss_terms, metric_values
+
+    def _output_terms(
+        self,
+        k: int,
+        output: Array,
+        target: Array,
+        metrics: Sequence[metrics_module.Metric],
+        needs_grad: bool,
+    ) -> tuple[Array, list[Array], Array | None]:
+        """Output ``k``'s batch-mean loss, its metrics' values and, when ``needs_grad``, its
+        weighted loss gradient (``_loss_gradient``)."""
+        engine, loss = self._built_engine(), self._losses[k]
+        plan = self._plan
+        assert plan is not None  # _prepare made it
+        workspace = self._loss_workspace(k)
+        if needs_grad and plan.fused_outputs[k] == "softmax":
+            return self._softmax_crossentropy_terms(k, output, target, metrics, workspace)
+        loss_value = engine.loss(
+            loss.name, output, target, from_logits=loss.from_logits, workspace=workspace
+        )
+        values = [metric.batch_value(engine, output, target, workspace) for metric in metrics]
+        gradient = self._loss_gradient(k, output, target, workspace) if needs_grad else None
+        return loss_value, values, gradient
+
+    def _softmax_crossentropy_terms(
+        self,
+        k: int,
+        output: Array,
+        target: Array,
+        metrics: Sequence[metrics_module.Metric],
+        workspace: Workspace,
+    ) -> tuple[Array, list[Array], Array]:
+        """``_output_terms`` of a softmax output trained with categorical cross-entropy:
+        the loss, the gradient and its accuracy counts from one engine call."""
+        engine = self._built_engine()
+        kind = "sparse" if target.ndim == 1 else "categorical"
+        counted = [metric.accuracy_kind == kind for metric in metrics]
+        loss_value, correct, gradient = engine.softmax_crossentropy_batch(
+            output, target, with_count=any(counted), workspace=workspace
+        )
+        values = [
+            correct if is_count else metric.batch_value(engine, output, target, workspace)
+            for metric, is_count in zip(metrics, counted)
+        ]
+        weight = self._loss_weights[k] * self._loss_scale()
+        if weight != 1.0:
+            gradient = engine.scale(gradient, weight, workspace=workspace)
+        return loss_value, values, gradient
 
     def _loss_workspace(self, k: int) -> Workspace:
         """Where output ``k``'s loss and its gradient take their arrays from."""
@@ -714,7 +779,7 @@ class Trainer(abc.ABC):
             gradient = engine.backprop_sigmoid_crossentropy(output, target)
         else:
             gradient = engine.backprop_loss(loss.name, output, target, from_logits=loss.from_logits)
-        weight = self._loss_weights[k]
+        weight = self._loss_weights[k] * self._loss_scale()
         if weight != 1.0:
             gradient = engine.scale(gradient, weight, workspace=workspace)
         return gradient
@@ -725,8 +790,16 @@ class Trainer(abc.ABC):
         values[: len(X)] = X
         states = self._states
         slots = self._slots
+        engine = self._built_engine()
+        for cast in self._weight_casts:
+            engine.cast(cast.master_params, cast.layer.run_dtype, out=cast.params)
         for node, state in zip(self._nodes, states):
             args = [values[slots[id(t)]] for t in node.inputs]
+            run_dtype = node.layer.run_dtype
+            for j, arg in enumerate(args):
+                if dtype_name(arg.dtype) != run_dtype:  # Keras casts a layer's inputs
+                    out = state.workspace.array(f"input{j}_as_{run_dtype}", arg.shape, run_dtype)
+                    args[j] = engine.cast(arg, run_dtype, out=out)
             values[slots[id(node.output)]] = node.layer.forward(
                 args if node.merges else args[0], training=training, state=state
             )
@@ -744,6 +817,17 @@ class Trainer(abc.ABC):
             contributions = gradients[node_plan.out_slot]
             if not contributions:
                 continue
+            run_dtype = nodes[i].layer.run_dtype
+            contributions = [
+                c
+                if dtype_name(c.dtype) == run_dtype
+                else engine.cast(
+                    c,
+                    run_dtype,
+                    out=states[i].workspace.array(f"dY{k}_as_{run_dtype}", c.shape, run_dtype),
+                )
+                for k, c in enumerate(contributions)
+            ]
             if len(contributions) == 1:
                 dY = contributions[0]
             else:
@@ -774,9 +858,34 @@ class Trainer(abc.ABC):
             for slot, part in zip(node_plan.in_slots, parts):
                 if plan.needs_grad[slot]:
                     gradients[slot].append(part)
+        trained = {id(layer) for layer in plan.trained_layers}
+        for cast in self._weight_casts:
+            if id(cast.layer) in trained:
+                engine.cast(cast.grads, self._built_dtype(), out=cast.master_grads)
+        scale = self._loss_scale()
         for layer in plan.trained_layers:
             if layer.regularized:
-                layer.backprop_penalties()
+                layer.backprop_penalties(scale)
+
+    def _loss_scale(self) -> float:
+        """The factor the loss gradients carry: the ``LossScaleOptimizer``'s scale, else 1."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, optimizers.LossScaleOptimizer):
+            return optimizer.loss_scale
+        return 1.0
+
+    def _in_model_dtype(self, outputs: list[Array]) -> list[Array]:
+        """``outputs`` cast to the model's float dtype, where losses and metrics are
+        computed (Keras computes them in ``floatx``)."""
+        engine, dtype = self._built_engine(), self._built_dtype()
+        return [
+            out
+            if dtype_name(out.dtype) == dtype
+            else engine.cast(
+                out, dtype, out=self._model_workspace().array(f"output{k}", out.shape, dtype)
+            )
+            for k, out in enumerate(outputs)
+        ]
 
     # ------------------------------------------------------------------ evaluate
     def _evaluate_engine_arrays(
@@ -821,7 +930,7 @@ class Trainer(abc.ABC):
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
     ) -> tuple[list[Array], list[Array]]:
         engine = self._built_engine()
-        outputs = self._forward(X)
+        outputs = self._in_model_dtype(self._forward(X))
         loss_terms, values = [], []
         for k, (output, target) in enumerate(zip(outputs, Y)):
             loss = self._losses[k]

@@ -34,6 +34,19 @@ F64_ALLOWED: dict[str, tuple[set[str] | None, str]] = {
     "losses: loss_gradient[squared_hinge,": (_FLAG, "reads the float64 count of non-0/1 labels"),
     "reductions: reduce[": (None, "scalar results are accumulated in float64 by design"),
     "reductions: argmax_match[": ({"selp.f64", "st.global.f64"}, "writes float64 hit counts"),
+    "losses: softmax_crossentropy_batch[": (
+        _STORE | {"selp.f64"},
+        "writes the float64 per-sample losses (and float64 row hits) that the float64 "
+        "reductions average, as loss[ and argmax_match[ do",
+    ),
+    "memory: copy[f32->f64]": (
+        {"cvt.f64.f32", "st.global.f64"},
+        "NumbaEngine.cast to float64 converts and stores float64",
+    ),
+    "fused_mlp: forward[": (
+        _STORE,
+        "per-sample losses are stored in float64 for a float64 batch mean, as losses.py does",
+    ),
 }
 
 
@@ -120,6 +133,62 @@ def test_float32_kernels_compute_in_float32(report):
         "with scalar(dtype); list deliberate ones in F64_ALLOWED with the reason):\n"
         + "\n".join(offenders)
     )
+
+
+# Fused multiply-adds per shared-memory load instruction in the gemm's main loop, at
+# least: the 128 x 128 float32 tile reads 2 + 2 four-float vectors for 64 FMAs (16); the
+# other tiles one vector of each slab for 16 FMAs in float32 (8), two two-double ones in
+# float64 (4). The strided 4 x 4 tile before them did 8 scalar loads for 16 FMAs (2).
+GEMM_FMAS_PER_SHARED_LOAD = {"large,": 8, "": 4}
+
+
+def _gemm_tile_rows(report: dict) -> list[dict]:
+    """sm_90 rows of the gemm module's tile kernels (not the sums of split-K partials)."""
+    return [
+        r
+        for r in report["rows"]
+        if r["module"] == "gemm"
+        and r["arch"] == "sm_90"
+        and not r["label"].startswith("sum_partials[")
+    ]
+
+
+@pytest.mark.slow
+def test_gemm_main_loops_do_many_fmas_per_shared_memory_load(report):
+    rows = _gemm_tile_rows(report)
+    large = [r for r in rows if "[large," in r["label"]]
+    assert {r["dtype"] for r in large} == {"float32"} and len(large) == 4 + 13
+    low = []
+    for r in rows:
+        least = GEMM_FMAS_PER_SHARED_LOAD["large," if "[large," in r["label"] else ""]
+        fmas, loads = r["main_loop_fmas"], r["main_loop_shared_loads"]
+        if not fmas or fmas < least * loads:
+            low.append(f"{r['label']}: {fmas} FMAs for {loads} shared loads (want {least}:1)")
+    assert not low, "\n".join(low)
+
+
+LOOPS_PTX = """\
+$L__BB0_1:
+\tld.shared.v4.f32 \t{%f1, %f2, %f3, %f4}, [%rd1];
+$L__BB0_2:
+\tld.shared.v4.f32 \t{%f5, %f6, %f7, %f8}, [%rd2];
+\tld.shared.f32 \t%f9, [%rd3];
+\tfma.rn.f32 \t%f10, %f5, %f9, %f10;
+\tfma.rn.f32 \t%f11, %f6, %f9, %f11;
+\t@%p1 bra \t$L__BB0_2;
+\tbar.sync \t0;
+\t@%p2 bra \t$L__BB0_1;
+$L__BB0_3:
+\tld.shared.f32 \t%f12, [%rd4];
+\tfma.rn.f32 \t%f13, %f12, %f12, %f12;
+\tbra.uni \t$L__BB0_3;
+"""
+
+
+def test_main_loop_is_the_innermost_loop_with_the_most_fmas():
+    # The outer loop holds more of everything, the epilogue's loop fewer FMAs.
+    assert ptx_report.main_loop(LOOPS_PTX) == (2, 2)
+    assert ptx_report.main_loop("\tfma.rn.f32 \t%f1, %f2, %f3, %f4;\n") == (0, 0)
 
 
 PTXAS_OUTPUT = """\

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import data_checks
+from dlcore import config as config_module
+from dlcore import data_checks, mixed_precision
 from dlcore.backends.base import Array, Engine, Workspace
 
 _name_counters: dict[str, itertools.count] = {}
@@ -141,7 +142,7 @@ class Variable:
     @property
     def value(self) -> Array:
         """The engine array (a view into the model's flat buffer)."""
-        return self._layer.bound_params()[self._index]
+        return self._layer.bound_variables()[self._index]
 
     def numpy(self) -> np.ndarray:
         """A host copy, ``shape`` in the model's float dtype."""
@@ -175,6 +176,9 @@ class Layer:
         input_shape: ``(features,)``, on a ``Sequential`` model's first layer (Keras style).
         input_dim: ``features``, the Keras 2 spelling of ``input_shape``.
         trainable: whether ``fit`` updates the layer's weights.
+        dtype: the layer's dtype policy (``dlcore.mixed_precision``): a name such as
+            ``"mixed_float16"`` or ``"float32"``, a ``DTypePolicy``, or ``None`` for
+            the global policy.
     """
 
     weight_names: tuple[str, ...] = ()
@@ -186,10 +190,10 @@ class Layer:
         input_shape: Any = None,
         input_dim: int | None = None,
         trainable: bool = True,
+        dtype: Any = None,
         **kwargs: Any,
     ) -> None:
         cls = type(self).__name__
-        kwargs.pop("dtype", None)  # the model's float type is dlcore.floatx() when it is built
         if kwargs:
             raise TypeError(f"{cls} got unexpected keyword argument(s): {', '.join(kwargs)}")
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
@@ -201,9 +205,18 @@ class Layer:
         self.trainable = bool(trainable)
         self.inbound_nodes: list[Node] = []
         self.engine: Engine | None = None
-        self.dtype = "float32"  # the model's dtype, set by bind
+        self.dtype_policy = mixed_precision.get(dtype)
+        self.dtype = "float32"  # the model's dtype (its weights'), set by bind
+        # the dtype this layer computes in on its engine, set by bind: the policy's
+        # compute dtype, or the model's where the engine has no kernels for it
+        self.run_dtype = "float32"
+        # the views forward and backward use; the master weights and their gradients
+        # (_variables, _variable_grads) are the same arrays unless run_dtype differs
+        # from dtype, when these are copies in run_dtype
         self._params: list[Array] = []
         self._grads: list[Array] = []
+        self._variables: list[Array] = []
+        self._variable_grads: list[Array] = []
         self._owner: Any = None  # the model whose buffer the views belong to
         self._carried: list[np.ndarray] | None = None  # values a copied layer brings along
 
@@ -234,6 +247,16 @@ class Layer:
         """Host initial values of the parameters, one per ``parameter_shapes`` entry."""
         return []
 
+    @property
+    def compute_dtype(self) -> str:
+        """The policy's compute dtype (Keras's ``layer.compute_dtype``)."""
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The policy's variable dtype (Keras's ``layer.variable_dtype``)."""
+        return self.dtype_policy.variable_dtype
+
     def bind(
         self,
         engine: Engine,
@@ -241,12 +264,25 @@ class Layer:
         grads: list[Array],
         dtype: str,
         owner: Any = None,
+        *,
+        run_dtype: str | None = None,
+        variables: list[Array] | None = None,
+        variable_grads: list[Array] | None = None,
     ) -> None:
-        """Attach the layer to its views into ``owner``'s flat buffers (of ``dtype``)."""
+        """Attach the layer to its views into ``owner``'s flat buffers (of ``dtype``).
+
+        ``params`` and ``grads`` are what ``forward`` and ``backward`` use, in
+        ``run_dtype`` (default ``dtype``); when that differs, ``variables`` and
+        ``variable_grads`` are the master weights and gradients in ``dtype``, which
+        the owner keeps in step with them.
+        """
         self.engine = engine
         self._params = params
         self._grads = grads
+        self._variables = params if variables is None else variables
+        self._variable_grads = grads if variable_grads is None else variable_grads
         self.dtype = dtype
+        self.run_dtype = dtype if run_dtype is None else run_dtype
         self._owner = owner
         self._carried = None
 
@@ -261,8 +297,14 @@ class Layer:
         return self.engine
 
     def bound_params(self) -> list[Array]:
+        """The weights as ``forward`` reads them, in ``run_dtype``."""
         self.bound_engine()
         return self._params
+
+    def bound_variables(self) -> list[Array]:
+        """The master weights, in the model's dtype."""
+        self.bound_engine()
+        return self._variables
 
     def carry(self, values: list[np.ndarray]) -> None:
         """Hold ``values`` on the host until a model puts the layer on an engine."""
@@ -272,9 +314,9 @@ class Layer:
         """Host copies of the current parameter values, or ``None`` when the layer has none yet."""
         if self._carried is not None:
             return [value.copy() for value in self._carried]
-        if self.engine is None or not self._params:
+        if self.engine is None or not self._variables:
             return None
-        return [self.engine.to_numpy(param) for param in self._params]
+        return [self.engine.to_numpy(param) for param in self._variables]
 
     # -------------------------------------------------------------- weights
     @property
@@ -308,7 +350,7 @@ class Layer:
         if self._carried is not None:
             return [value.copy() for value in self._carried]
         engine = self.bound_engine()
-        return [engine.to_numpy(param) for param in self._params]
+        return [engine.to_numpy(param) for param in self._variables]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Replace this layer's parameters; every shape is checked before any is written."""
@@ -319,7 +361,7 @@ class Layer:
             return
         assign_weights(
             self.bound_engine(),
-            self._params,
+            self._variables,
             self.parameter_shapes(),
             weights,
             self.dtype,
@@ -403,11 +445,13 @@ class Layer:
         )
 
     def penalties(self) -> list[Array]:
-        """Regularization penalties of this layer's trainable weights, as 0-d engine arrays."""
+        """Regularization penalties of this layer's trainable weights, as 0-d engine arrays,
+        computed on the master weights."""
         return []
 
-    def backprop_penalties(self) -> None:
-        """Add the gradients of ``penalties`` to the layer's parameter gradients."""
+    def backprop_penalties(self, scale: float = 1.0) -> None:
+        """Add ``scale`` times the gradients of ``penalties`` to the master weight gradients
+        (``scale`` is the loss scale those gradients carry)."""
 
     @property
     def regularized(self) -> bool:
@@ -417,6 +461,8 @@ class Layer:
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments; ``from_config`` reverses it."""
         config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
+        if self.dtype_policy.name != config_module.floatx():
+            config["dtype"] = self.dtype_policy.name
         if isinstance(self.input_features, int):
             config["input_shape"] = [self.input_features]
         return config

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dlcore import activations, initializers, regularizers
+from dlcore import config as config_module
 from dlcore.backends.base import Array
 
 from .base import CallState, KerasTensor, Layer, features_from_shape, serialize, unique_name
@@ -37,7 +38,10 @@ class InputLayer(Layer):
         if features is None:
             raise ValueError("Input expected shape=(features,), received shape=None")
         kwargs.pop("input_shape", None)
-        super().__init__(name=name or unique_name("input_layer"), **kwargs)
+        kwargs.pop("dtype", None)  # inputs are given to the model in its float dtype
+        super().__init__(
+            name=name or unique_name("input_layer"), dtype=config_module.floatx(), **kwargs
+        )
         self.input_features = features
         self.units = features
         self.output = KerasTensor(features, None, self.name, input_layer=self)
@@ -205,14 +209,19 @@ class Dense(Layer):
             return []
         engine = self.bound_engine()
         return [
-            engine.penalty(self._params[i], l1=reg.l1, l2=reg.l2)
+            engine.penalty(self._variables[i], l1=reg.l1, l2=reg.l2)
             for reg, i in self._regularized_pairs()
         ]
 
-    def backprop_penalties(self) -> None:
+    def backprop_penalties(self, scale: float = 1.0) -> None:
         engine = self.bound_engine()
         for reg, i in self._regularized_pairs():
-            engine.backprop_penalty(self._params[i], self._grads[i], l1=reg.l1, l2=reg.l2)
+            engine.backprop_penalty(
+                self._variables[i],
+                self._variable_grads[i],
+                l1=reg.l1 * scale,
+                l2=reg.l2 * scale,
+            )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -365,13 +374,13 @@ class PReLU(Layer):
         if self.alpha_regularizer is None or not self.trainable:
             return []
         reg = self.alpha_regularizer
-        return [self.bound_engine().penalty(self._params[0], l1=reg.l1, l2=reg.l2)]
+        return [self.bound_engine().penalty(self._variables[0], l1=reg.l1, l2=reg.l2)]
 
-    def backprop_penalties(self) -> None:
+    def backprop_penalties(self, scale: float = 1.0) -> None:
         if self.alpha_regularizer is not None:
             reg = self.alpha_regularizer
             self.bound_engine().backprop_penalty(
-                self._params[0], self._grads[0], l1=reg.l1, l2=reg.l2
+                self._variables[0], self._variable_grads[0], l1=reg.l1 * scale, l2=reg.l2 * scale
             )
 
     def get_config(self) -> dict[str, Any]:

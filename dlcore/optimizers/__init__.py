@@ -25,16 +25,29 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .base import Optimizer
+from .loss_scale import LossScaleOptimizer
 from .nadam import Nadam
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adagrad", "Adam", "Adamax", "Nadam", "Optimizer", "RMSprop", "get"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "LossScaleOptimizer",
+    "Nadam",
+    "Optimizer",
+    "RMSprop",
+    "get",
+]
 
 # The registry: each optimizer by its lowercased class name.
 _CLASSES: dict[str, type[Optimizer]] = {
     cls.__name__.lower(): cls for cls in (SGD, Adam, RMSprop, Adagrad, Adamax, Nadam)
 }
+# Optimizers that wrap another: made from a config dict or an instance, not a bare name.
+_WRAPPERS: dict[str, type[Optimizer]] = {"lossscaleoptimizer": LossScaleOptimizer}
 
 
 def _by_name(name: Any) -> type[Optimizer]:
@@ -52,7 +65,7 @@ def get(identifier: Any) -> Optimizer:
             (``"sgd"``, ``"adam"``, ``"rmsprop"``, ``"adagrad"``, ``"adamax"``,
             ``"nadam"``), giving the optimizer with Keras's defaults; or a dict
             ``{"class_name": name, "config": get_config() dict}`` (``"name"`` is
-            accepted for ``"class_name"``).
+            accepted for ``"class_name"``; ``"LossScaleOptimizer"`` too).
 
     Returns:
         An ``Optimizer``.
@@ -64,6 +77,11 @@ def get(identifier: Any) -> Optimizer:
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
+        if identifier.lower() in _WRAPPERS:
+            raise ValueError(
+                f"{identifier!r} wraps another optimizer: pass an instance, e.g. "
+                "LossScaleOptimizer(dlcore.optimizers.Adam())"
+            )
         # every registered subclass has defaults for all its arguments; the base has none
         return _by_name(identifier)()  # type: ignore[call-arg]
     if isinstance(identifier, Mapping):
@@ -74,7 +92,8 @@ def get(identifier: Any) -> Optimizer:
                 f"{{'class_name': 'Adam', 'config': {{'learning_rate': 0.001}}}}, "
                 f"received keys {sorted(identifier)}"
             )
-        return _by_name(name).from_config(identifier.get("config", {}))
+        wrapper = _WRAPPERS.get(name.lower()) if isinstance(name, str) else None
+        return (wrapper or _by_name(name)).from_config(identifier.get("config", {}))
     raise TypeError(
         "expected an optimizer name (e.g. 'adam'), an Optimizer instance or a config dict, "
         f"received {identifier!r}"
