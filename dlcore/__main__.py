@@ -53,6 +53,7 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         isolated=None if not args.in_process else False,
         sweep=bool(args.plot),
+        precisions=args.precision,
     )
     report.print_report(result)
     if args.json:
@@ -87,7 +88,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
             "GEMM bound (6 x batch x weights / the engine's gemm FLOP/s on a 2048^3 float32 "
             "product, measured every round), and checks the targets. Exit status: 0 when "
             "every measured target is met, 1 when one is not, 2 on a usage error. The "
-            "large case trains 130 GFLOP per step: minutes per epoch on a CPU."
+            "large case trains 130 GFLOP per step: minutes per epoch on a CPU. "
+            "--precision mixed_float16 (or mixed_bfloat16) trains the cases again in mixed "
+            "precision, into a table of its own without targets."
         ),
     )
     bench.add_argument(
@@ -139,6 +142,23 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"sizes divided by {runner.SMOKE_FACTOR} and {runner.SMOKE_STEPS} steps: checks "
         "that everything runs in about a second; targets are not judged",
+    )
+    bench.add_argument(
+        "--precision",
+        nargs="+",
+        metavar="PRECISION",
+        choices=cases.PRECISIONS,
+        default=[cases.FLOAT32],
+        help=f"one or more of {', '.join(cases.PRECISIONS)} (default: float32). float32 gives "
+        "the table with the GEMM bound and the targets (the peers with TF32 off). A mixed "
+        "precision gives a table of its own, headed apart, without bound or targets: "
+        "dlcore trains under that global dtype policy (float32 weights, the output layer "
+        "in float32, Adam in a LossScaleOptimizer for mixed_float16) with "
+        f'matmul precision "{runner.MIXED_MATMUL_PRECISION}"; torch under torch.autocast '
+        "(float16 with a GradScaler on CUDA for mixed_float16, else bfloat16, also on the "
+        "CPU) and JAX with its layers in float16/bfloat16 from float32 parameters, both "
+        "with TF32 allowed. Engines without half-precision kernels (numpy, numba) compute "
+        "float32 and the table says so",
     )
     bench.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     bench.add_argument(

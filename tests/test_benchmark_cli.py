@@ -242,8 +242,9 @@ def test_by_default_every_runnable_engine_but_the_test_engine_is_timed():
 class FakePeer:
     """Trains nothing; records when it is asked for an epoch."""
 
-    def __init__(self, name, calls, weights, broken=False):
+    def __init__(self, name, calls, weights, broken=False, precision="float32"):
         self.name, self.calls, self.weights, self.broken = name, calls, weights, broken
+        self.precision = precision
 
     def epoch(self):
         if self.broken:
@@ -253,6 +254,9 @@ class FakePeer:
 
     def get_weights(self):
         return self.weights
+
+    def arithmetic(self):
+        return f"fake {self.precision}"
 
 
 @pytest.fixture
@@ -264,9 +268,10 @@ def fake_peers(monkeypatch):
     fake.peer_versions = lambda: {"jax": "0.0.fake", "torch": None}
     fake.broken = False
 
-    def make_trainer(peer, case, x, y, weights, seed):
+    def make_trainer(peer, case, x, y, weights, seed, precision="float32"):
         received[case.name] = (x, y, weights, seed)
-        return FakePeer(peer, calls, weights, fake.broken)
+        received[case.name, "precision"] = precision
+        return FakePeer(peer, calls, weights, fake.broken, precision)
 
     fake.make_trainer = make_trainer
     monkeypatch.setitem(sys.modules, "dlcore.benchmark.peers", fake)

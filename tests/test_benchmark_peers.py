@@ -216,3 +216,68 @@ def test_peers_compute_float32_products_without_tf32():
     jax = SimpleNamespace(config=SimpleNamespace(update=lambda *a: calls.append(("jax", *a))))
     peers.full_float32_jax(jax)
     assert calls == [("torch", "highest"), ("jax", "jax_default_matmul_precision", "highest")]
+
+
+# ---------------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("peer", [pytest.param("jax"), pytest.param("torch", marks=TORCH_WARNINGS)])
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_reduced_precision_trains_float32_weights_close_to_the_reference(peer, precision):
+    pytest.importorskip(peer)
+    x, y = one_hot_data(10, CASE)
+    weights = initial_weights(CASE)
+    trainer = peers.make_trainer(peer, CASE, x, y, weights, SEED, precision=precision)
+    reference = ReferenceTrainer(weights, x, y, CASE.batch_size, SEED, torch_adam=peer == "torch")
+    loss, expected_loss = trainer.epoch(), reference.epoch()
+    assert isinstance(loss, float) and np.isfinite(loss)
+    # half precision keeps 8 (bfloat16) or 11 (float16) significant bits
+    assert loss == pytest.approx(expected_loss, rel=2e-2)
+    got = trainer.get_weights()
+    assert [w.shape for w in got] == [w.shape for w in weights]
+    assert all(w.dtype == np.float32 and np.isfinite(w).all() for w in got)
+    assert all(np.abs(w - w0).max() > 1e-3 for w, w0 in zip(got, weights))
+    assert "float16" in trainer.arithmetic()  # float16 or bfloat16, as the device allows
+
+
+@pytest.mark.parametrize(
+    "precision, device, expected",
+    [
+        ("float32", "cuda", (None, False)),
+        ("float32", "cpu", (None, False)),
+        ("mixed_float16", "cuda", ("float16", True)),
+        ("mixed_bfloat16", "cuda", ("bfloat16", False)),
+        ("mixed_float16", "cpu", ("bfloat16", False)),
+        ("mixed_bfloat16", "cpu", ("bfloat16", False)),
+    ],
+)
+def test_torch_autocasts_to_what_each_device_runs(precision, device, expected):
+    assert peers.torch_autocast(precision, device) == expected
+
+
+def test_the_jax_peer_computes_in_the_policys_half_dtype():
+    assert peers.jax_compute_dtype("float32") is None
+    assert peers.jax_compute_dtype("mixed_float16") == "float16"
+    assert peers.jax_compute_dtype("mixed_bfloat16") == "bfloat16"
+
+
+def test_peers_allow_tf32_at_reduced_precision():
+    from types import SimpleNamespace
+
+    calls = []
+    torch = SimpleNamespace(
+        backends=SimpleNamespace(
+            cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=False)),
+            cudnn=SimpleNamespace(allow_tf32=False),
+        ),
+        set_float32_matmul_precision=lambda value: calls.append(("torch", value)),
+    )
+    peers.reduced_precision_torch(torch)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    jax = SimpleNamespace(config=SimpleNamespace(update=lambda *a: calls.append(("jax", *a))))
+    peers.reduced_precision_jax(jax)
+    assert calls == [("torch", "high"), ("jax", "jax_default_matmul_precision", None)]
+
+
+def test_an_unknown_precision_names_the_precisions():
+    x, y = one_hot_data(8, CASE)
+    with pytest.raises(ValueError, match=r"unknown precision 'fp8'; available: float32, mixed"):
+        peers.make_trainer("jax", CASE, x, y, initial_weights(CASE), SEED, precision="fp8")

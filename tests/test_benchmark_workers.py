@@ -42,3 +42,19 @@ def test_a_trainer_that_cannot_be_built_reports_the_childs_error():
         r"unknown engine 'tensorflow'",
     ):
         ProcessTrainer("engine", "tensorflow", CASE, STEPS, seed=0)
+
+
+def test_an_engine_in_its_own_process_trains_and_reports_a_mixed_precision():
+    worker = ProcessTrainer("engine", "numpy", CASE, STEPS, seed=5, precision="mixed_bfloat16")
+    try:
+        assert math.isfinite(worker.epoch())
+        found = worker.arithmetic()
+        weights = worker.get_weights()
+    finally:
+        worker.close()
+    assert found == runner.Arithmetic(
+        "float32 (no bfloat16 kernels)",
+        ("float32", "float32"),
+        "the numpy engine has no bfloat16 kernels: its layers ran in float32",
+    )
+    assert all(w.dtype == np.float32 for w in weights)

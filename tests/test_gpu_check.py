@@ -201,6 +201,34 @@ def test_the_result_files_of_the_steps_are_summarised(tmp_path):
     )
 
 
+def test_the_mixed_precision_bench_shares_the_float32_benchs_time_and_is_summarised(tmp_path):
+    steps = {step.name: step for step in gpu_check.plan("python3", str(tmp_path))}
+    float32, mixed = steps["bench"], steps["bench-mixed"]
+    assert ALL_STEPS[-2:] == ["bench", "bench-mixed"]
+    assert float32.limit_s + mixed.limit_s == 240 and mixed.min_s <= mixed.limit_s
+    assert "--precision" not in float32.command
+    command = " ".join(mixed.command)
+    assert "--precision mixed_float16" in command and "--engines cupy numba --peers" in command
+    assert mixed.json_file != float32.json_file and mixed.json_file in mixed.command
+    found = tmp_path / "bench-mixed.json"
+    row = {"case": "large", "runner": "cupy", "samples_per_second": 9e4, "ms_per_step": 1.1}
+    found.write_text(
+        json.dumps(
+            {
+                "results": [],
+                "all_targets_met": True,
+                "mixed": [{**row, "precision": "mixed_float16", "computes": "float16"}],
+            }
+        )
+    )
+    summary, numbers = gpu_check.parse_bench("", str(found))
+    assert summary == "1 mixed-precision measurements (no targets)"
+    assert numbers["mixed"]["mixed_float16/large/cupy"]["computes"] == "float16"
+    found.write_text(json.dumps({"results": [row], "all_targets_met": False}))
+    summary, numbers = gpu_check.parse_bench("", str(found))
+    assert summary == "1 measurements; targets NOT all met" and "mixed" not in numbers
+
+
 # ---------------------------------------------------------------------- the probe's pieces
 def test_max_relative_error_is_normwise_and_refuses_non_finite_results():
     ref = np.array([[1.0, -4.0], [2.0, 0.0]])

@@ -17,6 +17,7 @@ stops starting steps at a global deadline (``--deadline``, default 480 s)::
     timings       tools/gpu_probe.py timings: gemm GFLOP/s, Adam GB/s, launch cost
     doctor        python -m dlcore doctor, timed
     bench         python -m dlcore bench --engines cupy numba --peers --repeats 3
+    bench-mixed   the same in mixed_float16 (torch autocast, JAX float16), large case, 2 repeats
 
 Every step after ``versions`` needs a GPU: without one (``nvidia-smi`` and
 libcuda both absent, or ``numba.cuda.is_available()`` false with the simulator
@@ -238,9 +239,23 @@ def parse_bench(output: str, json_file: str) -> tuple[str, dict[str, Any]]:
             "ms_per_step": m.get("ms_per_step"),
             "bound_fraction": m.get("bound_fraction"),
         }
+    mixed = {}
+    for m in data.get("mixed", []):
+        mixed[f"{m.get('precision')}/{m.get('case')}/{m.get('runner')}"] = {
+            "samples_per_second": m.get("samples_per_second"),
+            "ms_per_step": m.get("ms_per_step"),
+            "computes": m.get("computes"),
+        }
     met = data.get("all_targets_met")
-    summary = f"{len(rows)} measurements; targets {'all met' if met else 'NOT all met'}"
-    return summary, {"results": rows, "all_targets_met": met, "skipped": data.get("skipped")}
+    parts = []
+    if rows or not mixed:
+        parts.append(f"{len(rows)} measurements; targets {'all met' if met else 'NOT all met'}")
+    if mixed:
+        parts.append(f"{len(mixed)} mixed-precision measurements (no targets)")
+    numbers = {"results": rows, "all_targets_met": met, "skipped": data.get("skipped")}
+    if mixed:
+        numbers["mixed"] = mixed
+    return "; ".join(parts), numbers
 
 
 # ---------------------------------------------------------------------- versions
@@ -381,6 +396,8 @@ def plan(python: str, out: str) -> list[Step]:
         )
     probe_json, timings_json = os.path.join(out, "probe.json"), os.path.join(out, "timings.json")
     bench_json = os.path.join(out, "bench.json")
+    mixed_json = os.path.join(out, "bench-mixed.json")
+    bench = [python, "-m", "dlcore", "bench", "--engines", "cupy", "numba", "--peers"]
     steps += [
         Step(
             "probe",
@@ -408,24 +425,33 @@ def plan(python: str, out: str) -> list[Step]:
         Step(
             "bench",
             "python -m dlcore bench --engines cupy numba --peers --repeats 3",
-            [
-                python,
-                "-m",
-                "dlcore",
-                "bench",
-                "--engines",
-                "cupy",
-                "numba",
-                "--peers",
-                "--repeats",
-                "3",
-                "--json",
-                bench_json,
-            ],
-            240,
+            [*bench, "--repeats", "3", "--json", bench_json],
+            180,
             min_s=30,
             parse=parse_bench,
             json_file=bench_json,
+        ),
+        # the float32 bench's 240 s shared with the mixed-precision one: one case, the one
+        # whose products are large enough for half precision's tensor cores to show
+        Step(
+            "bench-mixed",
+            "python -m dlcore bench --engines cupy numba --peers --precision mixed_float16 "
+            "--cases large --repeats 2",
+            [
+                *bench,
+                "--precision",
+                "mixed_float16",
+                "--cases",
+                "large",
+                "--repeats",
+                "2",
+                "--json",
+                mixed_json,
+            ],
+            60,
+            min_s=40,
+            parse=parse_bench,
+            json_file=mixed_json,
         ),  # fmt: skip
     ]
     return steps

@@ -1,4 +1,5 @@
-"""The benchmark cases: model widths, batch size and the target each must reach.
+"""The benchmark cases: model widths, batch size and the target each must reach; the
+precisions they train at.
 
 Every case trains a stack of ReLU ``Dense`` layers with a softmax output on
 float32 data with categorical cross-entropy and Adam, as ``model.fit`` does
@@ -87,3 +88,9 @@ PEER_TARGETS: dict[str, tuple[str, ...]] = {
     "small": ("jax",),
     "medium": ("jax", "torch"),
 }
+
+# What ``python -m dlcore bench --precision`` trains at: float32 (the table with the
+# targets) or one of dlcore's mixed dtype policies (a table of its own, no targets).
+FLOAT32 = "float32"
+MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+PRECISIONS = (FLOAT32, *MIXED_PRECISIONS)

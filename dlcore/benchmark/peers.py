@@ -28,6 +28,21 @@ GPUs torch and JAX would otherwise use TF32 (10-bit mantissas) for float32 produ
 the float32 table would compare unlike arithmetic (``full_float32_torch``,
 ``full_float32_jax``).
 
+At a mixed precision (``precision="mixed_float16"`` or ``"mixed_bfloat16"``, the mixed
+table) each peer runs the reduced precision its users write, with float32 master weights
+and a float32 Adam, and TF32 allowed for what stays float32 (``reduced_precision_torch``,
+``reduced_precision_jax``):
+
+- ``torch``: forward and loss under ``torch.autocast(device, dtype)`` (inside the
+  compiled function; autocast computes the cross-entropy in float32). On CUDA,
+  ``mixed_float16`` is float16 with ``torch.amp.GradScaler`` and ``mixed_bfloat16`` is
+  bfloat16; on the CPU both are bfloat16, the dtype CPU autocast is made for (float16
+  has no fast CPU kernels), and no scaler.
+- ``jax``: the loss casts the parameters and the batch to float16 or bfloat16, runs the
+  layers in it and the log-softmax in float32; gradients come back in float32. The
+  matrix products run at JAX's default precision. float16 runs without loss scaling
+  (JAX itself has none).
+
 torch and jax are imported only inside ``peer_versions`` and ``make_trainer``.
 """
 
@@ -38,7 +53,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dlcore.benchmark.cases import Case
+from dlcore.benchmark.cases import FLOAT32, PRECISIONS, Case
 
 PEERS = ("jax", "torch")
 INSTALL_HINT = 'pip install "dlcore[peers]"'
@@ -64,6 +79,10 @@ class PeerTrainer(Protocol):
         then a float32 bias ``(out,)``; fresh host copies."""
         ...
 
+    def arithmetic(self) -> str:
+        """What the trainer computes in, in a few words (the mixed table shows it)."""
+        ...
+
 
 def peer_versions() -> dict[str, str | None]:
     """The installed version of every peer in ``PEERS``, or ``None`` where importing it
@@ -84,6 +103,7 @@ def make_trainer(
     y: np.ndarray,
     weights: list[np.ndarray],
     seed: int,
+    precision: str = FLOAT32,
 ) -> PeerTrainer:
     """A trainer of ``case`` on ``peer`` that starts from ``weights``.
 
@@ -96,16 +116,20 @@ def make_trainer(
             ``(in, out)`` then a bias ``(out,)``; copied, never modified.
         seed: seeds ``np.random.default_rng``, whose successive ``permutation(n)``
             give the row order of successive epochs.
+        precision: one of ``cases.PRECISIONS``: float32 throughout, or the peer's own
+            reduced precision for a mixed policy (the module docstring says which).
 
     Returns:
         A ``PeerTrainer`` whose ``epoch()`` trains one epoch.
 
     Raises:
-        ValueError: unknown peer, or data or weights that do not fit the case.
+        ValueError: unknown peer or precision, or data or weights that do not fit the case.
         ImportError: the peer's framework is not installed.
     """
     if peer not in PEERS:
         raise ValueError(f"unknown peer {peer!r}; available: {', '.join(PEERS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
     x, y, weights = _checked(case, x, y, weights)
     try:
         importlib.import_module(peer)
@@ -115,8 +139,8 @@ def make_trainer(
             f"install the peers with: {INSTALL_HINT}"
         ) from error
     if peer == "jax":
-        return _JaxTrainer(case, x, y, weights, seed)
-    return _TorchTrainer(case, x, y, weights, seed)
+        return _JaxTrainer(case, x, y, weights, seed, precision)
+    return _TorchTrainer(case, x, y, weights, seed, precision)
 
 
 def _checked(
@@ -175,19 +199,65 @@ def full_float32_jax(jax: Any) -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def reduced_precision_torch(torch: Any) -> None:
+    """Give ``torch`` its defaults for mixed precision: TF32 allowed for float32 matrix
+    products and convolutions (what autocast leaves in float32)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+
+
+def reduced_precision_jax(jax: Any) -> None:
+    """Give ``jax`` back its default matrix product precision (TF32 for float32 on GPUs)."""
+    jax.config.update("jax_default_matmul_precision", None)
+
+
+def torch_autocast(precision: str, device_type: str) -> tuple[str | None, bool]:
+    """``(autocast dtype name, whether to scale the loss)`` of the torch peer at
+    ``precision`` on ``device_type`` (``"cuda"``, ``"cpu"``): ``(None, False)`` for
+    float32; float16 with a ``GradScaler`` only for ``mixed_float16`` on CUDA; else
+    bfloat16, CPU autocast's dtype."""
+    if precision == FLOAT32:
+        return None, False
+    if precision == "mixed_float16" and device_type == "cuda":
+        return "float16", True
+    return "bfloat16", False
+
+
+def jax_compute_dtype(precision: str) -> str | None:
+    """The dtype the jax peer's layers compute in at ``precision`` (``None``: float32)."""
+    return {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(precision)
+
+
 class _JaxTrainer:
-    """Keras's training step as one jitted JAX function per batch size."""
+    """Keras's training step as one jitted JAX function per batch size; at a mixed
+    ``precision`` the loss computes in float16 or bfloat16 from float32 parameters."""
 
     name = "jax"
 
     def __init__(
-        self, case: Case, x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], seed: int
+        self,
+        case: Case,
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: list[np.ndarray],
+        seed: int,
+        precision: str = FLOAT32,
     ) -> None:
         import jax
         import jax.numpy as jnp
         from jax import lax
 
-        full_float32_jax(jax)
+        compute = jax_compute_dtype(precision)
+        if compute is None:
+            full_float32_jax(jax)
+            self._arithmetic = "float32, matmul precision highest"
+        else:
+            reduced_precision_jax(jax)
+            self._arithmetic = (
+                f"{compute} layers from float32 params, float32 log-softmax, "
+                "default matmul precision"
+            )
         self._jax = jax
         self._jnp = jnp
         self._rng = np.random.default_rng(seed)
@@ -203,10 +273,13 @@ class _JaxTrainer:
         self._starts = [jnp.asarray(start, jnp.int32) for start, _ in self._batches]
 
         def loss_of(params, X_batch, Y_batch):
+            if compute is not None:  # the gradients come back in the params' float32
+                params = [p.astype(compute) for p in params]
+                X_batch = X_batch.astype(compute)
             H = X_batch
             for layer in range(0, len(params) - 2, 2):
                 H = jax.nn.relu(H @ params[layer] + params[layer + 1])
-            logits = H @ params[-2] + params[-1]
+            logits = (H @ params[-2] + params[-1]).astype(jnp.float32)
             return -jnp.mean(jnp.sum(Y_batch * jax.nn.log_softmax(logits), axis=-1))
 
         def step(params, opt, loss_sum, X, Y, order, start, rows):
@@ -239,25 +312,42 @@ class _JaxTrainer:
         # copy: a view of a buffer that the next step donates would change under the caller
         return [np.array(p, dtype=np.float32, copy=True) for p in self._params]
 
+    def arithmetic(self) -> str:
+        return self._arithmetic
+
 
 class _TorchTrainer:
-    """The PyTorch 2 training loop: compiled forward + loss, fused ``Adam.step``."""
+    """The PyTorch 2 training loop: compiled forward + loss, fused ``Adam.step``; at a mixed
+    ``precision`` forward and loss under ``torch.autocast`` (``torch_autocast``)."""
 
     name = "torch"
 
     def __init__(
-        self, case: Case, x: np.ndarray, y: np.ndarray, weights: list[np.ndarray], seed: int
+        self,
+        case: Case,
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: list[np.ndarray],
+        seed: int,
+        precision: str = FLOAT32,
     ) -> None:
         import torch
         from torch import nn
-        from torch.nn import functional as F
 
-        full_float32_torch(torch)
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        autocast, scaled = torch_autocast(precision, self._device.type)
+        if autocast is None:
+            full_float32_torch(torch)
+            self._arithmetic = "float32, TF32 off"
+        else:
+            reduced_precision_torch(torch)
+            scaler = " + GradScaler" if scaled else ""
+            self._arithmetic = f"autocast {autocast}{scaler} on {self._device.type}, TF32 allowed"
+        self._scaler = torch.amp.GradScaler(self._device.type) if scaled else None
         self._torch = torch
         self._rng = np.random.default_rng(seed)
         self._n = len(x)
         self._batches = _batches(self._n, case.batch_size)
-        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._X = torch.from_numpy(x).to(self._device)
         self._labels = torch.from_numpy(y.argmax(axis=1)).to(self._device)
         layers: list[nn.Module] = []
@@ -282,15 +372,7 @@ class _TorchTrainer:
             eps=EPSILON,
             fused=True,
         )
-        model = self._model
-
-        # Integer labels: the targets are one-hot, and the class-index form of the loss
-        # was 2-5 % faster than the probabilities form.
-        @torch.compile
-        def loss_of(X_batch, labels):
-            return F.cross_entropy(model(X_batch), labels)
-
-        self._loss_of = loss_of
+        self._loss_of = _compiled_torch_loss(torch, self._model, self._device.type, autocast)
 
     def epoch(self) -> float:
         torch = self._torch
@@ -301,11 +383,23 @@ class _TorchTrainer:
             loss = self._loss_of(
                 self._X.index_select(0, index), self._labels.index_select(0, index)
             )
-            loss.backward()
-            self._optimizer.step()
-            self._optimizer.zero_grad()
+            self._step(loss)
             loss_sum.add_(loss.detach(), alpha=rows)
         return loss_sum.item() / self._n
+
+    def _step(self, loss: Any) -> None:
+        """Backward and Adam's step, through the ``GradScaler`` when there is one."""
+        if self._scaler is None:
+            loss.backward()
+            self._optimizer.step()
+        else:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self._optimizer)
+            self._scaler.update()
+        self._optimizer.zero_grad()
+
+    def arithmetic(self) -> str:
+        return self._arithmetic
 
     def get_weights(self) -> list[np.ndarray]:
         weights = []
@@ -314,3 +408,27 @@ class _TorchTrainer:
                 weights.append(module.weight.detach().T.cpu().numpy().copy())
                 weights.append(module.bias.detach().cpu().numpy().copy())
         return weights
+
+
+def _compiled_torch_loss(torch: Any, model: Any, device_type: str, autocast: str | None) -> Any:
+    """``torch.compile`` of ``(X, labels) -> mean cross-entropy of model(X)``, under
+    ``torch.autocast(device_type, autocast)`` unless ``autocast`` is ``None``."""
+    from torch.nn import functional as F
+
+    # Integer labels: the targets are one-hot, and the class-index form of the loss
+    # was 2-5 % faster than the probabilities form.
+    if autocast is None:
+
+        @torch.compile
+        def loss_of(X_batch, labels):
+            return F.cross_entropy(model(X_batch), labels)
+
+        return loss_of
+    dtype = getattr(torch, autocast)
+
+    @torch.compile
+    def autocast_loss_of(X_batch, labels):
+        with torch.autocast(device_type, dtype=dtype):
+            return F.cross_entropy(model(X_batch), labels)
+
+    return autocast_loss_of

@@ -2,7 +2,9 @@
 
 The JSON file (``--json FILE``) holds one object with the keys
 
-- ``settings``: engines, cases, peers, repeats, steps, smoke, seed, gemm_size, dtype;
+- ``settings``: engines, cases, peers, repeats, steps, smoke, seed, gemm_size, dtype
+  (``"float32"``, or ``null`` when only mixed precisions ran), isolated; with
+  ``--precision mixed_...`` also ``mixed``: ``{"precisions": [...], "matmul_precision"}``;
 - ``machine``: platform, machine, processor, cpu_count, python, numpy, blas
   (numpy's BLAS name and version), dlcore, peers (their versions, with ``--peers``);
 - ``engines``: ``{engine timed: device}``; ``skipped``: ``{engine or peer: why not}``;
@@ -12,7 +14,13 @@ The JSON file (``--json FILE``) holds one object with the keys
   bound_fraction;
 - ``peaks``: ``{case: {engine or "<peer> (own matmul)": [FLOP/s per round]}}``;
 - ``targets``: one object per ``runner.TargetCheck``; ``all_targets_met``;
-- ``sweep``: the plot's points (``runner.SweepPoint``), with ``--plot``.
+- ``sweep``: the plot's points (``runner.SweepPoint``), with ``--plot``;
+- ``mixed`` (only with a mixed ``--precision``): one object per precision, case and runner
+  (``runner.MixedMeasurement``): the fields of ``results`` (peak and bound ``null``: none
+  is measured) with ``precision``, ``computes`` (what the runner computed in),
+  ``layer_dtypes`` (a dlcore engine's ``Layer.run_dtype`` per layer) and ``fallback``
+  (why an engine computed float32 instead, else ``null``). The float32 targets are not
+  applied to these.
 
 matplotlib is needed only for ``--plot`` (``pip install "dlcore[bench]"``).
 """
@@ -33,6 +41,7 @@ from dlcore.benchmark.runner import (
     SMOKE_FACTOR,
     BenchmarkRun,
     Measurement,
+    MixedMeasurement,
     SweepPoint,
     TargetCheck,
 )
@@ -100,13 +109,19 @@ def format_check(check: TargetCheck) -> str:
     return f"{text} {value:>7}  ({check.note})".rstrip()
 
 
+def _mixed_precisions(result: BenchmarkRun) -> list[str]:
+    return list((result.settings.get("mixed") or {}).get("precisions", []))
+
+
 def print_report(result: BenchmarkRun, say: Say = print) -> None:
-    """The whole report: the settings, what was skipped, the table, the peaks, the targets."""
+    """The whole report: the settings, what was skipped, the float32 table, the peaks, the
+    targets; then a table per mixed precision, when any was measured."""
     s = result.settings
+    trained = ", ".join([*([s["dtype"]] if s.get("dtype") else []), *_mixed_precisions(result)])
     say(
         f"dlcore {result.machine['dlcore']} bench: {s['steps']} steps per epoch, the fastest "
         f"of {s['repeats']} interleaved timed epochs after a warm-up epoch (the median "
-        f"beside it); {s['dtype']}, "
+        f"beside it); {trained}, "
         "Dense ReLU layers + softmax, categorical cross-entropy, Adam"
     )
     machine = result.machine
@@ -141,6 +156,18 @@ def print_report(result: BenchmarkRun, say: Say = print) -> None:
         )
     for name, why in result.skipped.items():
         say(f"skipped {name}: {why}")
+    if s.get("dtype"):
+        if _mixed_precisions(result):
+            say("")
+            say("=== FLOAT32 === the targets apply to this table only")
+        _print_float32(result, say)
+    for precision in _mixed_precisions(result):
+        _print_mixed(result, precision, say)
+
+
+def _print_float32(result: BenchmarkRun, say: Say) -> None:
+    """The float32 table, the GEMM peaks and the targets."""
+    s = result.settings
     say("")
     say(format_table(result.measurements))
     say("")
@@ -171,7 +198,7 @@ def print_report(result: BenchmarkRun, say: Say = print) -> None:
 
 def to_json(result: BenchmarkRun) -> dict[str, Any]:
     """Everything in ``result`` as plain JSON types (the keys are in the module docstring)."""
-    return {
+    data = {
         "settings": result.settings,
         "machine": result.machine,
         "engines": result.engines,
@@ -182,6 +209,9 @@ def to_json(result: BenchmarkRun) -> dict[str, Any]:
         "all_targets_met": result.all_met,
         "sweep": [asdict(point) for point in result.sweep],
     }
+    if result.settings.get("mixed"):
+        data["mixed"] = [row.to_dict() for row in result.mixed]
+    return data
 
 
 def write_json(result: BenchmarkRun, path: str | os.PathLike[str]) -> None:
@@ -244,3 +274,61 @@ def plot(points: Sequence[SweepPoint], path: str | os.PathLike[str]) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
+
+
+def mixed_description(precision: str, matmul_precision: str) -> str:
+    """What each side runs at ``precision``, for the line under the mixed table's heading."""
+    scaling = ", Adam in a LossScaleOptimizer" if precision == "mixed_float16" else ""
+    return (
+        f"dlcore: global dtype policy {precision} (float32 weights, output layer float32"
+        f"{scaling}), matmul precision {matmul_precision!r}; peers: their own mixed "
+        "precision (torch autocast, JAX half-precision layers), TF32 allowed; "
+        "'computes' says what each one ran"
+    )
+
+
+def _vs_float32(mixed: MixedMeasurement, float32: Sequence[Measurement]) -> str:
+    """Samples/s as a multiple of the same case and runner in float32, or ``-``."""
+    m = mixed.measurement
+    same = [f for f in float32 if (f.case, f.runner) == (m.case, m.runner)]
+    return f"{m.samples_per_second / same[0].samples_per_second:.2f}x" if same else "-"
+
+
+def format_mixed_table(
+    mixed: Sequence[MixedMeasurement], float32: Sequence[Measurement] = ()
+) -> str:
+    """One row per case and runner at a mixed precision: samples/s and ms/step of the
+    fastest epoch, ms/step of the median one, samples/s as a multiple of the float32
+    table's (when measured in the same run), the warm-up loss and what it computed in."""
+    header = (
+        f"{'case':<8} {'widths':<19} {'batch':>5}  {'runner':<17} {'samples/s':>11} "
+        f"{'ms/step':>9} {'median ms':>9} {'vs float32':>10} {'loss':>7}  computes"
+    )
+    lines = [header, "-" * len(header)]
+    for row in mixed:
+        m = row.measurement
+        lines.append(
+            f"{m.case:<8} {_widths(m.widths):<19} {m.batch_size:>5}  {m.runner:<17} "
+            f"{m.samples_per_second:>11,.0f} {m.ms_per_step:>9.3f} {m.median_ms_per_step:>9.3f} "
+            f"{_vs_float32(row, float32):>10} {m.warmup_loss:>7.4f}  {row.arithmetic.summary}"
+        )
+    return "\n".join(lines)
+
+
+def _print_mixed(result: BenchmarkRun, precision: str, say: Say) -> None:
+    """The table of one mixed precision, headed apart from the float32 table, and a line
+    per engine that computed float32 for want of kernels."""
+    rows = [row for row in result.mixed if row.precision == precision]
+    matmul = result.settings["mixed"]["matmul_precision"]
+    say("")
+    say(
+        f"=== MIXED PRECISION: {precision} === a table of its own: not the float32 "
+        "table's arithmetic, and none of its targets apply"
+    )
+    say(mixed_description(precision, matmul))
+    say("")
+    say(format_mixed_table(rows, result.measurements))
+    fallbacks = {row.measurement.runner: row.arithmetic.fallback for row in rows}
+    for runner, why in fallbacks.items():
+        if why:
+            say(f"note: {runner} did not compute {precision}: {why} (Layer.run_dtype)")

@@ -15,31 +15,39 @@ An epoch is ``model.fit(x, y, batch_size, epochs=1, verbose=0, shuffle=True)`` o
 ``steps`` batches of float32 data, softmax + categorical cross-entropy, Adam with its
 default learning rate: shuffling, batching and the transfer of the data included.
 
+With ``precisions`` naming a mixed policy (``mixed_float16``, ``mixed_bfloat16``) every
+case is trained once more at that precision (``measure_mixed_case``): dlcore under the
+global dtype policy with ``matmul_precision("high")``, the peers with their own reduced
+precision (``peers.py``). Those numbers form a table of their own, without targets and
+without GEMM peaks (``MixedMeasurement``).
+
 torch and jax are imported only when peers are asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 import dlcore
-from dlcore import backends
+from dlcore import backends, config, mixed_precision
 from dlcore.backends.base import Engine
 from dlcore.benchmark import cases as cases_module
-from dlcore.benchmark.cases import PEER_TARGETS, Case
+from dlcore.benchmark.cases import FLOAT32, PEER_TARGETS, PRECISIONS, Case
 from dlcore.layers import Dense
 from dlcore.models import Sequential
-from dlcore.optimizers import Adam
+from dlcore.optimizers import Adam, LossScaleOptimizer
 
 # A 2048³ product is 17 GFLOP: long enough that launch overhead hardly counts on a GPU,
 # short enough (a fraction of a second on two CPU cores) to repeat every round.
@@ -67,6 +75,11 @@ SWEEP_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 SWEEP_WIDTH_BATCH = 128
 SWEEP_STEPS = 20  # per point: a warm-up and two timed epochs of this many batches
 
+# dlcore's float32 matrix products: float32 arithmetic in the float32 table, TF32 where the
+# engine can (cupy) in the mixed runs
+FLOAT32_MATMUL_PRECISION = "highest"
+MIXED_MATMUL_PRECISION = "high"
+
 MET = "met"
 NOT_MET = "NOT met"
 NOT_MEASURED = "not measured"
@@ -89,6 +102,18 @@ class Trainer(Protocol):
 
 
 # ---------------------------------------------------------------------- what to run
+def select_precisions(names: Sequence[str] | None = None) -> list[str]:
+    """The precisions to train at, in the given order without repeats (default: float32).
+
+    Raises:
+        ValueError: an unknown name; the message lists the valid ones.
+    """
+    unknown = [name for name in names or () if name not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown precision {unknown[0]!r}; available: {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(names or (FLOAT32,)))
+
+
 def refusal(engine_name: str) -> str | None:
     """Why engine ``engine_name`` cannot be timed here, or ``None`` when it can.
 
@@ -149,19 +174,78 @@ def select_cases(names: Sequence[str] | None = None) -> list[Case]:
 
 # ---------------------------------------------------------------------- dlcore trainer
 def build_model(case: Case) -> Sequential:
-    """The case's model, built on the current engine in the current floatx: ``Dense``
-    layers of ``case.widths[1:]`` units, ReLU on the hidden ones, softmax on the last."""
+    """The case's model, built on the current engine in the current floatx and global dtype
+    policy: ``Dense`` layers of ``case.widths[1:]`` units, ReLU on the hidden ones, softmax
+    on the last. Under a mixed policy the last layer computes in float32, as Keras advises
+    for the output softmax."""
     units = case.widths[1:]
+    policy = mixed_precision.global_policy()
+    mixed = policy.compute_dtype != policy.variable_dtype
     layers = []
     for index, width in enumerate(units):
-        activation = "softmax" if index == len(units) - 1 else "relu"
+        last = index == len(units) - 1
+        options: dict[str, Any] = {"activation": "softmax" if last else "relu"}
         if index == 0:
-            layers.append(Dense(width, activation=activation, input_shape=(case.widths[0],)))
-        else:
-            layers.append(Dense(width, activation=activation))
+            options["input_shape"] = (case.widths[0],)
+        if last and mixed:
+            options["dtype"] = "float32"
+        layers.append(Dense(width, **options))
     model = Sequential(layers)
     model.build()
     return model
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[None]:
+    """Inside: dlcore's global dtype policy is ``precision`` and float32 matrix products run
+    at ``FLOAT32_MATMUL_PRECISION`` (float32) or, for a mixed policy, at
+    ``MIXED_MATMUL_PRECISION``; on leaving, both are as they were."""
+    saved_policy = config.dtype_policy_name()
+    followed_floatx = saved_policy == config.floatx()
+    saved_matmul = config.matmul_precision()
+    mixed_precision.set_global_policy(precision)
+    mixed = precision != FLOAT32
+    config.set_matmul_precision(MIXED_MATMUL_PRECISION if mixed else FLOAT32_MATMUL_PRECISION)
+    try:
+        yield
+    finally:
+        config.set_dtype_policy_name(None if followed_floatx else saved_policy)
+        config.set_matmul_precision(saved_matmul)
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """What a trainer computed in: what the mixed table shows per runner.
+
+    Attributes:
+        summary: one line, e.g. ``"float16, float32 output; loss scaling"``.
+        layer_dtypes: the dtype each Dense layer ran in (``Layer.run_dtype``), for a
+            dlcore engine; ``None`` for a peer.
+        fallback: why the engine computed in float32 rather than the policy's dtype, or
+            ``None`` when it computed what was asked.
+    """
+
+    summary: str
+    layer_dtypes: tuple[str, ...] | None = None
+    fallback: str | None = None
+
+
+def model_arithmetic(model: Sequential, precision: str) -> Arithmetic:
+    """What ``model`` computed in, read from its layers' ``run_dtype`` once it has run on its
+    engine, for a model built under the dtype policy ``precision``."""
+    dtypes = tuple(layer.run_dtype for layer in model.layers)
+    wanted = mixed_precision.DTypePolicy(precision).compute_dtype
+    hidden, output = dtypes[:-1], dtypes[-1]
+    engine = model.engine.name if model.engine is not None else "its"
+    computed = "/".join(dict.fromkeys(hidden)) or output
+    fallback = None
+    if any(dtype != wanted for dtype in hidden):
+        fallback = f"the {engine} engine has no {wanted} kernels: its layers ran in {computed}"
+        computed += f" (no {wanted} kernels)"
+    summary = computed if set(hidden) == {output} else f"{computed}, {output} output"
+    if isinstance(model.optimizer, LossScaleOptimizer):
+        summary += "; loss scaling"
+    return Arithmetic(summary, dtypes, fallback)
 
 
 def initial_weights(case: Case, seed: int = 0) -> list[np.ndarray]:
@@ -171,7 +255,7 @@ def initial_weights(case: Case, seed: int = 0) -> list[np.ndarray]:
     saved = dlcore.floatx()
     dlcore.set_floatx("float32")
     try:
-        with dlcore.use_backend("numpy"):
+        with dlcore.use_backend("numpy"), precision_scope(FLOAT32):
             dlcore.set_random_seed(seed)
             return build_model(case).get_weights()
     finally:
@@ -181,7 +265,13 @@ def initial_weights(case: Case, seed: int = 0) -> list[np.ndarray]:
 class DlcoreTrainer:
     """A float32 model of ``case`` on one engine, compiled with ``Adam()`` and categorical
     cross-entropy (no metrics), starting from ``weights``; ``epoch()`` is one ``model.fit``
-    epoch over ``x`` ``(n, widths[0])`` and one-hot ``y`` ``(n, widths[-1])``."""
+    epoch over ``x`` ``(n, widths[0])`` and one-hot ``y`` ``(n, widths[-1])``.
+
+    With a mixed ``precision`` the model is built, compiled and trained inside
+    ``precision_scope(precision)``: float32 weights, layers computing in the policy's
+    dtype (the output layer in float32), Adam wrapped in a ``LossScaleOptimizer`` under
+    ``mixed_float16`` (``compile`` does it).
+    """
 
     def __init__(
         self,
@@ -190,11 +280,12 @@ class DlcoreTrainer:
         x: np.ndarray,
         y: np.ndarray,
         weights: Sequence[np.ndarray],
+        precision: str = FLOAT32,
     ) -> None:
         saved = dlcore.floatx()
         dlcore.set_floatx("float32")
         try:
-            with dlcore.use_backend(engine_name) as engine:
+            with dlcore.use_backend(engine_name) as engine, precision_scope(precision):
                 self.model = build_model(case)
                 self.model.set_weights(weights)
                 self.model.compile(optimizer=Adam(), loss="categorical_crossentropy")
@@ -202,15 +293,21 @@ class DlcoreTrainer:
             dlcore.set_floatx(saved)
         self.name = engine_name
         self.engine: Engine = engine
+        self.precision = precision
         self.x, self.y, self.batch_size = x, y, case.batch_size
 
     def epoch(self) -> float:
         """Train one epoch; returns its mean loss once the engine has finished."""
-        history = self.model.fit(
-            self.x, self.y, batch_size=self.batch_size, epochs=1, verbose=0, shuffle=True
-        )
-        self.engine.synchronize()
+        with precision_scope(self.precision):
+            history = self.model.fit(
+                self.x, self.y, batch_size=self.batch_size, epochs=1, verbose=0, shuffle=True
+            )
+            self.engine.synchronize()
         return float(history.history["loss"][-1])
+
+    def arithmetic(self) -> Arithmetic:
+        """What the model computed in (``model_arithmetic``); call it after an epoch."""
+        return model_arithmetic(self.model, self.precision)
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of the current weights in Keras order."""
@@ -509,20 +606,48 @@ class SweepPoint:
     samples_per_second: float
 
 
+@dataclass(frozen=True)
+class MixedMeasurement:
+    """One case trained by one runner at a mixed precision: a table of its own, no targets.
+
+    Attributes:
+        precision: the dlcore dtype policy asked for (``"mixed_float16"``, ...); the peers
+            ran their own reduced precision for it (``peers.py``).
+        arithmetic: what the runner actually computed in.
+        measurement: the times and losses; no GEMM peak (NaN), so no bound.
+    """
+
+    precision: str
+    arithmetic: Arithmetic
+    measurement: Measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measurement's fields, then ``precision``, ``computes`` (the arithmetic's
+        summary), ``layer_dtypes`` and ``fallback``, for JSON."""
+        return {
+            **self.measurement.to_dict(),
+            "precision": self.precision,
+            "computes": self.arithmetic.summary,
+            "layer_dtypes": self.arithmetic.layer_dtypes,
+            "fallback": self.arithmetic.fallback,
+        }
+
+
 @dataclass
 class BenchmarkRun:
     """Everything one run measured.
 
     Attributes:
         settings: how it was run (engines, cases, peers, repeats, steps, smoke, seed,
-            GEMM size).
+            GEMM size, dtype; ``mixed`` with the mixed precisions when any was asked for).
         machine: ``machine_info()``.
         engines: ``{engine timed: its device}``.
         skipped: ``{engine or peer: why it was not measured}``.
-        measurements: one per case and runner.
+        measurements: one per case and runner, in float32.
         peaks: ``{case: {engine or "<peer> (own matmul)": [FLOP/s per round]}}``.
-        checks: every target of every case measured.
+        checks: every target of every case measured in float32.
         sweep: the plot's sweep, when asked for.
+        mixed: one per mixed precision, case and runner.
     """
 
     settings: dict[str, Any]
@@ -533,6 +658,7 @@ class BenchmarkRun:
     peaks: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     checks: list[TargetCheck] = field(default_factory=list)
     sweep: list[SweepPoint] = field(default_factory=list)
+    mixed: list[MixedMeasurement] = field(default_factory=list)
 
     @property
     def all_met(self) -> bool:
@@ -629,43 +755,122 @@ def measure_case(
         ``(measurements, {engine or "<peer> (own matmul)": peak FLOP/s per round},
         {peer: why it could not be measured})``.
     """
-    x, y = case.data(steps, seed)
-    weights = initial_weights(case, seed)
+    trainers, failed = _build_trainers(case, engines, peers, steps, seed, isolated, FLOAT32, say)
+    try:
+        return _measure_trainers(
+            case, engines, peers, trainers, failed, steps, repeats, seed, gemm_size, say
+        )
+    finally:
+        _close(trainers)
+
+
+def measure_mixed_case(
+    case: Case,
+    engines: Sequence[str],
+    peers: Sequence[str] = (),
+    *,
+    precision: str,
+    steps: int,
+    repeats: int,
+    seed: int = 0,
+    isolated: bool = False,
+    say: Say = _say_to_stderr,
+) -> tuple[list[MixedMeasurement], dict[str, str]]:
+    """Train ``case`` at the mixed ``precision`` on every engine and peer, interleaved, as
+    ``measure_case`` does but without the GEMM peaks, and read what each one computed in.
+
+    Returns:
+        ``(measurements, {peer: why it could not be measured})``.
+    """
+
+    def tagged(text: str) -> None:
+        say(f"[{precision}] {text}")
+
+    trainers, failed = _build_trainers(
+        case, engines, peers, steps, seed, isolated, precision, tagged
+    )
+    try:
+        found, _, failed = _measure_trainers(
+            case,
+            engines,
+            peers,
+            trainers,
+            failed,
+            steps,
+            repeats,
+            seed,
+            None,
+            tagged,
+            with_peaks=False,
+        )
+        computed = {trainer.name: trainer_arithmetic(trainer) for _, trainer in trainers}
+    finally:
+        _close(trainers)
+    return [MixedMeasurement(precision, computed[m.runner], m) for m in found], failed
+
+
+def trainer_arithmetic(trainer: Trainer) -> Arithmetic:
+    """What ``trainer`` computed in: its own ``arithmetic()`` (an ``Arithmetic``, or a line
+    of text for a peer), or ``"not reported"`` for a trainer without one."""
+    report = getattr(trainer, "arithmetic", None)
+    found = report() if report is not None else "not reported"
+    return found if isinstance(found, Arithmetic) else Arithmetic(str(found))
+
+
+def _build_trainers(
+    case: Case,
+    engines: Sequence[str],
+    peers: Sequence[str],
+    steps: int,
+    seed: int,
+    isolated: bool,
+    precision: str,
+    say: Say,
+) -> tuple[list[tuple[str, Trainer]], dict[str, str]]:
+    """``([(kind, trainer)], {peer: why it could not be built})`` for ``measure_case``: every
+    engine and peer from the case's data and initial weights, at ``precision``."""
     trainers: list[tuple[str, Trainer]] = []
     failed: dict[str, str] = {}
     if isolated:
         from dlcore.benchmark.workers import ProcessTrainer
 
         for name in engines:
-            trainers.append(("engine", ProcessTrainer("engine", name, case, steps, seed)))
+            worker = ProcessTrainer("engine", name, case, steps, seed, precision=precision)
+            trainers.append(("engine", worker))
         for peer in peers:
             try:
-                trainers.append(("peer", ProcessTrainer("peer", peer, case, steps, seed)))
+                worker = ProcessTrainer("peer", peer, case, steps, seed, precision=precision)
             except RuntimeError as error:  # one broken peer must not lose the others' numbers
                 failed[peer] = f"{peer} could not train {case.name}: {error}"
                 say(f"  {failed[peer]}")
-    else:
-        for name in engines:
-            trainers.append(("engine", DlcoreTrainer(name, case, x, y, weights)))
-        if peers:
-            peers_module = importlib.import_module("dlcore.benchmark.peers")
-            for peer in peers:
-                try:
-                    trainer = peers_module.make_trainer(peer, case, x, y, weights, seed)
-                except Exception as error:  # one broken peer must not lose the others' numbers
-                    failed[peer] = f"{peer} could not train {case.name}: {error}"
-                    say(f"  {failed[peer]}")
-                else:
-                    trainers.append(("peer", trainer))
-    try:
-        return _measure_trainers(
-            case, engines, peers, trainers, failed, steps, repeats, seed, gemm_size, say
-        )
-    finally:
-        for _, trainer in trainers:
-            close = getattr(trainer, "close", None)
-            if close is not None:
-                close()
+            else:
+                trainers.append(("peer", worker))
+        return trainers, failed
+    x, y = case.data(steps, seed)
+    weights = initial_weights(case, seed)
+    for name in engines:
+        trainers.append(("engine", DlcoreTrainer(name, case, x, y, weights, precision)))
+    if peers:
+        peers_module = importlib.import_module("dlcore.benchmark.peers")
+        for peer in peers:
+            try:
+                trainer = peers_module.make_trainer(
+                    peer, case, x, y, weights, seed, precision=precision
+                )
+            except Exception as error:  # one broken peer must not lose the others' numbers
+                failed[peer] = f"{peer} could not train {case.name}: {error}"
+                say(f"  {failed[peer]}")
+            else:
+                trainers.append(("peer", trainer))
+    return trainers, failed
+
+
+def _close(trainers: Sequence[tuple[str, Trainer]]) -> None:
+    """Stop the trainers that run in processes of their own."""
+    for _, trainer in trainers:
+        close = getattr(trainer, "close", None)
+        if close is not None:
+            close()
 
 
 def _measure_trainers(
@@ -679,10 +884,15 @@ def _measure_trainers(
     seed: int,
     gemm_size: int | None,
     say: Say,
+    *,
+    with_peaks: bool = True,
 ) -> tuple[list[Measurement], dict[str, list[float]], dict[str, str]]:
-    """The warm-up, the timed rounds and the peaks of ``measure_case``."""
+    """The warm-up, the timed rounds and (``with_peaks``) the peaks of ``measure_case``;
+    without peaks every measurement's peak is NaN, and so is its bound."""
     # the bound of every peer is taken at the numpy engine's peak
     peak_engines = list(dict.fromkeys([*engines, *(["numpy"] if peers else [])]))
+    if not with_peaks:
+        peak_engines = []
 
     dlcore.set_random_seed(seed)
     say(f"{case.name}: warm-up epoch on {', '.join(t.name for _, t in trainers)}")
@@ -703,7 +913,8 @@ def _measure_trainers(
     seconds: dict[str, list[float]] = {trainer.name: [] for _, trainer in trainers}
     losses: dict[str, float] = {}
     peaks: dict[str, list[float]] = {name: [] for name in peak_engines}
-    peaks.update({f"{peer} (own matmul)": [] for peer in peer_names})
+    if with_peaks:
+        peaks.update({f"{peer} (own matmul)": [] for peer in peer_names})
     for round_index in range(repeats):
         say(f"{case.name}: round {round_index + 1} of {repeats}")
         for _, trainer in _rotated(trainers, round_index):
@@ -721,7 +932,7 @@ def _measure_trainers(
                 peaks[name].append(worker.peak_flops(gemm_size or GEMM_SIZE))
             else:
                 peaks[name].append(gemm_peak_flops(backends.get(name), gemm_size))
-        for peer in peer_names:
+        for peer in peer_names if with_peaks else ():
             time.sleep(SETTLE_SECONDS)
             worker = by_name[peer]
             if hasattr(worker, "peak_flops"):
@@ -735,6 +946,8 @@ def _measure_trainers(
     results = []
     for kind, trainer in trainers:
         source = trainer.name if kind == "engine" else "numpy"
+        if not with_peaks:
+            source = "none"
         own_peaks = peaks.get(f"{trainer.name} (own matmul)")
         results.append(
             measurement(
@@ -743,7 +956,7 @@ def _measure_trainers(
                 kind,
                 steps,
                 seconds[trainer.name],
-                max(peaks[source]),
+                max(peaks[source]) if with_peaks else math.nan,
                 source,
                 own_peak_flops=max(own_peaks) if own_peaks else None,
                 warmup_loss=warmup_loss[trainer.name],
@@ -778,6 +991,7 @@ def run(
     seed: int = 0,
     sweep: bool = False,
     isolated: bool | None = None,
+    precisions: Sequence[str] | None = None,
     say: Say = _say_to_stderr,
 ) -> BenchmarkRun:
     """Measure ``cases`` on ``engines`` (and the installed peers) and check the targets.
@@ -795,11 +1009,15 @@ def run(
         sweep: also measure the plot's sweep (``sweep_throughput``).
         isolated: run every trainer in a process of its own (``workers``); by default
             yes, except for ``smoke`` runs, which only check that everything runs.
+        precisions: what to train at, from ``cases.PRECISIONS`` (default: float32 only).
+            float32 gives the measurements, peaks and targets; each mixed precision
+            trains every case once more into ``BenchmarkRun.mixed``, without peaks or
+            targets (``measure_mixed_case``).
         say: where progress lines go (default: standard error).
 
     Raises:
-        ValueError: unknown engine or case names, ``repeats``/``steps`` below 1 or a
-            negative seed, before anything is measured.
+        ValueError: unknown engine, case or precision names, ``repeats``/``steps`` below
+            1 or a negative seed, before anything is measured.
         RuntimeError: none of the named engines can be timed here (the message says why).
     """
     if repeats < 1:
@@ -810,6 +1028,7 @@ def run(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, received {steps}")
     selected = select_cases(cases)
+    chosen = select_precisions(precisions)
     timed, skipped = select_engines(engines)
     if not timed:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
@@ -829,42 +1048,63 @@ def run(
     elif steps < PROTOCOL_STEPS:
         unjudged = f"--steps {steps} < {PROTOCOL_STEPS}"
 
+    settings: dict[str, Any] = {
+        "engines": timed,
+        "cases": [case.name for case in selected],
+        "peers": ready,
+        "repeats": repeats,
+        "steps": steps,
+        "smoke": smoke,
+        "seed": seed,
+        "gemm_size": gemm_size,
+        "dtype": FLOAT32 if FLOAT32 in chosen else None,
+        "isolated": isolated,
+    }
+    mixed = [precision for precision in chosen if precision != FLOAT32]
+    if mixed:
+        settings["mixed"] = {"precisions": mixed, "matmul_precision": MIXED_MATMUL_PRECISION}
     result = BenchmarkRun(
-        settings={
-            "engines": timed,
-            "cases": [case.name for case in selected],
-            "peers": ready,
-            "repeats": repeats,
-            "steps": steps,
-            "smoke": smoke,
-            "seed": seed,
-            "gemm_size": gemm_size,
-            "dtype": "float32",
-            "isolated": isolated,
-        },
+        settings=settings,
         machine=machine_info(versions),
         engines={name: backends.get(name).device for name in timed},
         skipped=skipped,
     )
     for case in selected:
         scaled = case.scaled(SMOKE_FACTOR) if smoke else case
-        found, peaks, failed = measure_case(
-            scaled,
-            timed,
-            ready,
-            steps=steps,
-            repeats=repeats,
-            seed=seed,
-            gemm_size=gemm_size,
-            isolated=isolated,
-            say=say,
-        )
-        result.measurements.extend(found)
-        result.peaks[case.name] = peaks
-        result.skipped.update(failed)
-        result.checks.extend(
-            evaluate_targets(scaled, found, peers_missing={**missing, **failed}, unjudged=unjudged)
-        )
+        if FLOAT32 in chosen:
+            found, peaks, failed = measure_case(
+                scaled,
+                timed,
+                ready,
+                steps=steps,
+                repeats=repeats,
+                seed=seed,
+                gemm_size=gemm_size,
+                isolated=isolated,
+                say=say,
+            )
+            result.measurements.extend(found)
+            result.peaks[case.name] = peaks
+            result.skipped.update(failed)
+            result.checks.extend(
+                evaluate_targets(
+                    scaled, found, peers_missing={**missing, **failed}, unjudged=unjudged
+                )
+            )
+        for precision in mixed:
+            found_mixed, failed = measure_mixed_case(
+                scaled,
+                timed,
+                ready,
+                precision=precision,
+                steps=steps,
+                repeats=repeats,
+                seed=seed,
+                isolated=isolated,
+                say=say,
+            )
+            result.mixed.extend(found_mixed)
+            result.skipped.update({f"{peer} ({precision})": why for peer, why in failed.items()})
     if sweep:
         result.sweep = sweep_throughput(timed, smoke=smoke, seed=seed, say=say)
     return result

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore.benchmark.cases import Case
+from dlcore.benchmark.cases import FLOAT32, Case
 
 
 class ProcessTrainer:
@@ -35,18 +35,28 @@ class ProcessTrainer:
             exactly as the parent does.
         steps: batches per epoch.
         seed: the data's, the weights' and the shuffling's seed.
+        precision: one of ``cases.PRECISIONS``: what the trainer computes in.
 
     Raises:
         RuntimeError: the child could not build the trainer; the message holds the
             child's traceback.
     """
 
-    def __init__(self, kind: str, name: str, case: Case, steps: int, seed: int) -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        case: Case,
+        steps: int,
+        seed: int,
+        *,
+        precision: str = FLOAT32,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(child, kind, name, case, steps, seed),
+            args=(child, kind, name, case, steps, seed, precision),
             name=f"dlcore-bench-{name}",
             daemon=True,
         )
@@ -74,6 +84,11 @@ class ProcessTrainer:
         """The child's current weights, in Keras order."""
         return self._ask(("weights",))
 
+    def arithmetic(self) -> Any:
+        """What the child's trainer computed in, as ``runner.trainer_arithmetic`` reads it
+        there (a ``runner.Arithmetic``)."""
+        return self._ask(("arithmetic",))
+
     def close(self) -> None:
         """Stop the child (also done when the parent exits: the child is a daemon)."""
         if self._process.is_alive():
@@ -100,7 +115,9 @@ class ProcessTrainer:
         return value
 
 
-def _serve(connection: Any, kind: str, name: str, case: Case, steps: int, seed: int) -> None:
+def _serve(
+    connection: Any, kind: str, name: str, case: Case, steps: int, seed: int, precision: str
+) -> None:
     """The child's loop: build the trainer, then answer requests until ``stop``."""
     from dlcore.benchmark import runner
 
@@ -120,13 +137,15 @@ def _serve(connection: Any, kind: str, name: str, case: Case, steps: int, seed: 
                 if kind == "engine":
                     import dlcore
 
-                    trainer = runner.DlcoreTrainer(name, case, x, y, weights)
+                    trainer = runner.DlcoreTrainer(name, case, x, y, weights, precision)
                     # the shuffles of the in-process runner, which seeds before the warm-up
                     dlcore.set_random_seed(seed)
                 else:
                     from dlcore.benchmark import peers
 
-                    trainer = peers.make_trainer(name, case, x, y, weights, seed)
+                    trainer = peers.make_trainer(
+                        name, case, x, y, weights, seed, precision=precision
+                    )
                 value: Any = None
             elif command == "epoch":
                 started = time.perf_counter()
@@ -141,6 +160,8 @@ def _serve(connection: Any, kind: str, name: str, case: Case, steps: int, seed: 
                     value = runner.peer_peak_flops(name, request[1])
             elif command == "weights":
                 value = trainer.get_weights()
+            elif command == "arithmetic":
+                value = runner.trainer_arithmetic(trainer)
             else:
                 raise ValueError(f"unknown request {command!r}")
         except Exception:
