@@ -34,13 +34,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import custom
-from .base import Array, Engine, Workspace
+from .base import Array, CapturedStep, Engine, Workspace
 
 _INSTALL = 'install it with: pip install "dlcore[numba]"'
 _SIMULATOR_HINT = (
@@ -142,6 +142,8 @@ class NumbaEngine(Engine):
         # None: arrays larger than DEVICE_DATA_FRACTION of the free device memory stay
         # on the host; a number of bytes sets that limit instead.
         self.device_data_limit: int | None = None
+        # the CaptureLog of the step being captured as a graph (numba_graphs.py), else None
+        self._step_capture: Any = None
 
     # ------------------------------------------------------------------ availability
     @classmethod
@@ -172,7 +174,9 @@ class NumbaEngine(Engine):
         return self._device
 
     def supports_dtype(self, dtype: str) -> bool:
-        return dtype in ("float32", "float64")
+        # float16: a mixed-precision layer's operations, loaded as float16 and computed in
+        # float32 by the kernels; losses, metrics and optimizers run in the model's dtype
+        return dtype in ("float16", "float32", "float64")
 
     @property
     def stream(self) -> Any:
@@ -545,6 +549,13 @@ class NumbaEngine(Engine):
         self._k_reductions.count_correct(kind, Y_pred, Y_true, out, hits=hits)
         return scalar
 
+    # ------------------------------------------------------------------ graphs
+    def capture_step(self, run: Callable[[], Sequence[Array]]) -> CapturedStep | None:
+        # The stream capture and what a replay keeps: backends/numba_graphs.py.
+        from . import numba_graphs
+
+        return numba_graphs.capture(self, run)
+
     # ------------------------------------------------------------------ helpers
     def _output(
         self, workspace: Workspace | None, name: str, shape: tuple[int, ...], dtype: Any
@@ -554,6 +565,8 @@ class NumbaEngine(Engine):
         return workspace.array(name, shape, dtype)
 
     def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        if self._step_capture is not None:
+            self._step_capture.allocation(shape, dtype)
         return self._cuda.device_array(tuple(int(n) for n in shape), dtype=np.dtype(dtype))
 
     def _recycled(self, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -574,6 +587,8 @@ class NumbaEngine(Engine):
         memory = free.pop() if free else self._empty(key[0], dtype)
         result = memory[:]
         weakref.finalize(result, free.append, memory).atexit = False
+        if self._step_capture is not None:
+            self._step_capture.recycled_view(result)
         return result
 
     def _new_scalar(self, dtype: Any) -> tuple[DeviceScalar, Array]:

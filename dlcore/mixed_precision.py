@@ -27,9 +27,10 @@ How a model runs a policy:
 - Under ``"mixed_float16"`` ``compile`` wraps the optimizer in a
   ``LossScaleOptimizer`` (Keras's ``auto_scale_loss=True``).
 - An engine without kernels for a compute dtype runs those layers in the model's
-  float dtype and warns once: the numpy and numba engines compute in float32;
-  the cupy engine computes float16 with cuBLAS (tensor cores) but has no
-  bfloat16, which runs in float32.
+  float dtype and warns once. The cupy engine computes float16 with cuBLAS
+  (tensor cores), the numba engine with kernels that store float16 and compute
+  in float32; neither has bfloat16, which runs in float32, and the numpy engine
+  computes both in float32.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def compute_dtype_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> s
             f"the {engine.name} engine has no {wanted} kernels: layers with dtype policy "
             f"{policy.name!r} compute in {variable_dtype} on it (the results are "
             f"{variable_dtype}'s); engines that compute {wanted}: "
-            f"{'cupy' if wanted == 'float16' else 'none yet'}",
+            f"{'cupy and numba' if wanted == 'float16' else 'none yet'}",
             RuntimeWarning,
             stacklevel=3,
         )

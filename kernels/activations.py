@@ -28,8 +28,10 @@ from numba import cuda
 
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     PtxVariant,
     array,
+    compute_dtype,
     device_function,
     grid_for,
     launch,
@@ -46,7 +48,8 @@ def scalar_functions(dtype: Any) -> dict[str, Any]:
 
     Args:
         dtype: ``float32`` or ``float64``; the constants are of this dtype, so
-            the functions compute in it.
+            the functions compute in it (float16 kernels take the float32 ones,
+            ``common.compute_dtype``).
 
     Returns:
         ``{name: device function}`` for every name in ``ELEMENTWISE``.
@@ -141,28 +144,30 @@ def scalar_functions(dtype: Any) -> dict[str, Any]:
 
 @functools.cache
 def _forward_kernel(dtype: Any, name: str) -> Any:
-    function = scalar_functions(dtype)[name]
+    function = scalar_functions(compute_dtype(dtype))[name]
+    widen = scalar(compute_dtype(dtype))  # float16 loads to float32; a no-op otherwise
 
     @cuda.jit
     def activation_forward_kernel(Z, Y):
         """Y = f(Z) over flat float arrays of one size."""
         start = cuda.grid(1)
         for i in range(start, Z.size, cuda.gridsize(1)):
-            Y[i] = function(Z[i])[0]
+            Y[i] = function(widen(Z[i]))[0]
 
     return activation_forward_kernel
 
 
 @functools.cache
 def _backward_kernel(dtype: Any, name: str) -> Any:
-    function = scalar_functions(dtype)[name]
+    function = scalar_functions(compute_dtype(dtype))[name]
+    widen = scalar(compute_dtype(dtype))
 
     @cuda.jit
     def activation_backward_kernel(dY, Z, dZ):
         """dZ = f'(Z) * dY over flat float arrays of one size."""
         start = cuda.grid(1)
         for i in range(start, Z.size, cuda.gridsize(1)):
-            dZ[i] = dY[i] * function(Z[i])[1]
+            dZ[i] = widen(dY[i]) * function(widen(Z[i]))[1]
 
     return activation_backward_kernel
 
@@ -172,7 +177,8 @@ def forward(name: str, Z: Any, Y: Any) -> None:
 
     Args:
         name: one of ``ELEMENTWISE``.
-        Z: C-contiguous float32 or float64 device array of any shape.
+        Z: C-contiguous float16, float32 or float64 device array of any shape (float16
+            is computed in float32 and rounded once).
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
     if Y.size == 0:  # nothing to write: launch nothing
@@ -186,7 +192,8 @@ def backward(name: str, dY: Any, Z: Any, dZ: Any) -> None:
 
     Args:
         name: one of ``ELEMENTWISE``.
-        dY: C-contiguous float device array of any shape, the gradient of the output.
+        dY: C-contiguous float16, float32 or float64 device array of any shape, the
+            gradient of the output.
         Z: the activation's input, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype (may be ``dY`` itself).
     """
@@ -197,8 +204,8 @@ def backward(name: str, dY: Any, Z: Any, dZ: Any) -> None:
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every forward and backward kernel, for each dtype, as launched."""
-    for dtype in FLOAT_DTYPES:
+    """Every forward and backward kernel, for each dtype (float16 included), as launched."""
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
         flat = array(dtype, 1)
         short = dtype.name.replace("float", "f")
         for name in ELEMENTWISE:

@@ -13,6 +13,12 @@ the same input gives bit-identical sums on every run.
 
 Softmax's Jacobian couples a row's elements, so ``softmax_gradient_and_bias``
 is two kernels: the row pass of ``softmax.py``, then the column sums.
+
+Float16 is a storage format here: a float16 kernel loads float16, converts to
+float32 (``common.compute_dtype``) and computes in float32, the activation's
+derivative, the running sums, the fold's shared buffer and the partial rows
+(a float32 scratch buffer) included; ``dZ`` and ``db`` are each rounded to
+float16 once, when stored.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from . import activations, softmax
 from .activations import ELEMENTWISE, scalar_functions
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     MAX_BLOCKS,
     PtxVariant,
     array,
+    compute_dtype,
     device_function,
     launch,
     numba_type,
@@ -64,10 +72,11 @@ def strip_fold(dtype: Any) -> Any:
 
     Every thread of a ``(STRIP, ROW_THREADS)`` block passes its running sum
     ``acc`` for column ``j``; the threads of row 0 add the other rows' sums in
-    order and write ``partial[blockIdx.y, j]``. All threads must call it: it
-    holds ``cuda.syncthreads()``.
+    order and write ``partial[blockIdx.y, j]``, rounded to ``partial``'s dtype. The
+    sums are of ``compute_dtype(dtype)`` (float32 for float16). All threads must call
+    it: it holds ``cuda.syncthreads()``.
     """
-    element = numba_type(dtype)
+    element = numba_type(compute_dtype(dtype))
 
     def fold(acc, partial, j):
         s = cuda.shared.array((ROW_THREADS, STRIP), element)
@@ -84,19 +93,21 @@ def strip_fold(dtype: Any) -> Any:
 
 @functools.cache
 def _column_sum_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    zero = scalar(compute_dtype(dtype))(0.0)
+    widen = scalar(compute_dtype(dtype))  # float16 loads to float32; a no-op otherwise
     fold = strip_fold(dtype)
 
     @cuda.jit
     def column_sum_kernel(A, partial):
-        """partial[y, j] = sum of A[:, j] over the rows of block row y, for (N, O) A."""
+        """partial[y, j] = sum of A[:, j] over the rows of block row y, for (N, O) A of
+        ``dtype``; ``partial`` is of ``dtype`` or of its compute dtype."""
         N, O = A.shape
         j = cuda.blockIdx.x * STRIP + cuda.threadIdx.x
         acc = zero
         if j < O:
             step = cuda.gridDim.y * ROW_THREADS
             for i in range(cuda.blockIdx.y * ROW_THREADS + cuda.threadIdx.y, N, step):
-                acc += A[i, j]
+                acc += widen(A[i, j])
         fold(acc, partial, j)
 
     return column_sum_kernel
@@ -104,20 +115,24 @@ def _column_sum_kernel(dtype: Any) -> Any:
 
 @functools.cache
 def _activation_bias_kernel(dtype: Any, name: str) -> Any:
-    function = scalar_functions(dtype)[name]
-    zero = scalar(dtype)(0.0)
+    compute = compute_dtype(dtype)
+    function = scalar_functions(compute)[name]
+    zero = scalar(compute)(0.0)
+    widen = scalar(compute)
     fold = strip_fold(dtype)
 
     @cuda.jit
     def activation_gradient_bias_kernel(dY, Z, dZ, partial):
-        """dZ = f'(Z) * dY over (N, O); partial[y, j] = its column sums over block row y."""
+        """dZ = f'(Z) * dY over (N, O); partial[y, j] = its column sums over block row y.
+
+        The sums add the unrounded products, not the stored (for float16, rounded) dZ."""
         N, O = Z.shape
         j = cuda.blockIdx.x * STRIP + cuda.threadIdx.x
         acc = zero
         if j < O:
             step = cuda.gridDim.y * ROW_THREADS
             for i in range(cuda.blockIdx.y * ROW_THREADS + cuda.threadIdx.y, N, step):
-                g = dY[i, j] * function(Z[i, j])[1]
+                g = widen(dY[i, j]) * function(widen(Z[i, j]))[1]
                 dZ[i, j] = g
                 acc += g
         fold(acc, partial, j)
@@ -126,8 +141,9 @@ def _activation_bias_kernel(dtype: Any, name: str) -> Any:
 
 
 def _partials_buffer(dtype: Any, R: int, O: int) -> Any:
-    """The first pass's ``(R, O)`` partial sums, in a scratch buffer reused by every call."""
-    return scratch("column_partials", R * O, dtype).reshape(R, O)
+    """The first pass's ``(R, O)`` partial sums of a ``dtype`` reduction, in the compute
+    dtype (float32 for float16), in a scratch buffer reused by every call."""
+    return scratch("column_partials", R * O, compute_dtype(dtype)).reshape(R, O)
 
 
 def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out: Any) -> None:
@@ -139,7 +155,9 @@ def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out:
         args: its arguments before ``partial``.
         shape: ``(N, O)``, the rows and columns it walks.
         out: float device array ``(O,)``; receives the column sums (zeros when
-            ``N == 0``). Nothing is launched when ``O == 0``.
+            ``N == 0``). Nothing is launched when ``O == 0``. For a float16 ``out`` the
+            partial rows between the passes are float32 (the kernel must accept a
+            float32 ``partial``) and only the final sums are rounded to float16.
     """
     N, O = shape
     if O == 0:  # a (0, R) grid is invalid on a GPU; out and the kernel's outputs are empty
@@ -151,14 +169,15 @@ def launch_with_column_sums(kernel: Any, args: tuple[Any, ...], shape: Any, out:
     partial = final if R == 1 else _partials_buffer(out.dtype, R, O)
     launch(kernel, ((strips, R), threads), *args, partial)
     if R > 1:
-        launch(_column_sum_kernel(out.dtype), ((strips, 1), threads), partial, final)
+        launch(_column_sum_kernel(partial.dtype), ((strips, 1), threads), partial, final)
 
 
 def column_sums(A: Any, out: Any) -> None:
     """Write ``out = sum(A, axis=0)``, deterministically (two passes when ``A`` is tall).
 
     Args:
-        A: float32 or float64 device array ``(N, O)``, C-contiguous.
+        A: float16, float32 or float64 device array ``(N, O)``, C-contiguous (float16
+            summed in float32, each sum rounded to float16 once).
         out: device array ``(O,)`` of the dtype of ``A``.
     """
     launch_with_column_sums(_column_sum_kernel(A.dtype), (A,), A.shape, out)
@@ -169,7 +188,9 @@ def activation_gradient_and_bias(activation: str, dY: Any, Z: Any, dZ: Any, db: 
 
     Args:
         activation: a name in ``activations.ELEMENTWISE``.
-        dY: float32 or float64 device array ``(N, O)``, the gradient of the activation's output.
+        dY: float16, float32 or float64 device array ``(N, O)``, the gradient of the
+            activation's output (float16 is computed in float32, ``dZ`` and ``db``
+            rounded once; ``db`` sums the float32 products, not the rounded ``dZ``).
         Z: the activation's input, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype; may be ``dY`` itself (for
             ``"linear"`` nothing is then written to it).
@@ -192,7 +213,8 @@ def softmax_gradient_and_bias(dY: Any, Y: Any, dZ: Any, db: Any | None) -> None:
     must be complete before any element of ``dZ`` is known.
 
     Args:
-        dY: float32 or float64 device array ``(N, O)``, the gradient of the softmax output.
+        dY: float16, float32 or float64 device array ``(N, O)``, the gradient of the
+            softmax output (float16: as ``softmax.softmax_backward`` and ``column_sums``).
         Y: the softmax output, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype (may be ``dY`` itself).
         db: device array ``(O,)`` of that dtype, or None.
@@ -203,8 +225,11 @@ def softmax_gradient_and_bias(dY: Any, Y: Any, dZ: Any, db: Any | None) -> None:
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every kernel the launchers here launch, for each dtype and activation."""
-    for dtype in FLOAT_DTYPES:
+    """Every kernel the launchers here launch, for each dtype (float16 included) and
+    activation. A float16 strip kernel is launched with float16 ``partial`` (``db`` itself,
+    one block row) or float32 partial rows; the float32 column-sum kernel then sums those
+    into the float16 ``db`` (``column_sums[partials,f16]``)."""
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
         flat, rows = array(dtype, 1), array(dtype, 2)
         short = dtype.name.replace("float", "f")
         yield f"column_sums[{short}]", _column_sum_kernel(dtype), (rows, rows)
@@ -219,4 +244,26 @@ def ptx_variants() -> Iterator[PtxVariant]:
                 f"activation_gradient[{name},{short}]",
                 activations._backward_kernel(dtype, name),
                 (flat, flat, flat),
+            )
+    yield from _half_partials_variants()
+
+
+def _half_partials_variants() -> Iterator[PtxVariant]:
+    """The float16 strip kernels writing float32 partial rows (more than one block row),
+    and the float32 sum of those rows into a float16 ``db``."""
+    for dtype in HALF_DTYPES:
+        compute = compute_dtype(dtype)
+        rows, partials = array(dtype, 2), array(compute, 2)
+        short = dtype.name.replace("float", "f")
+        yield f"column_sums[{short},partials]", _column_sum_kernel(dtype), (rows, partials)
+        yield (
+            f"column_sums[partials,{short}]",
+            _column_sum_kernel(compute),
+            (partials, rows),
+        )
+        for name in ELEMENTWISE:
+            yield (
+                f"activation_gradient_and_bias[{name},{short},partials]",
+                _activation_bias_kernel(dtype, name),
+                (rows, rows, rows, partials),
             )

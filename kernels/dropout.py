@@ -32,9 +32,11 @@ from numba import config, cuda
 
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     THREADS,
     PtxVariant,
     array,
+    compute_dtype,
     grid_for,
     launch,
     numba_type,
@@ -117,7 +119,8 @@ def keep_threshold(rate: float) -> np.uint64:
 
 @functools.cache
 def _dropout_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    widen = scalar(compute_dtype(dtype))  # float16 loads to float32; a no-op otherwise
+    zero = scalar(compute_dtype(dtype))(0.0)
 
     @cuda.jit
     def dropout_kernel(states, X, Y, mask, threshold, scale):
@@ -131,7 +134,7 @@ def _dropout_kernel(dtype: Any) -> Any:
         state[0]["s0"] = states[start]["s0"]
         state[0]["s1"] = states[start]["s1"]
         for i in range(start, X.size, cuda.gridsize(1)):
-            x = X[i]  # loaded before the stores, which may alias X
+            x = widen(X[i])  # loaded before the stores, which may alias X
             m = scale if xoroshiro128p_next(state, 0) >> _SHIFT >= threshold else zero
             mask[i] = m
             Y[i] = x * m
@@ -141,21 +144,29 @@ def _dropout_kernel(dtype: Any) -> Any:
     return dropout_kernel
 
 
-@cuda.jit
-def backprop_dropout_kernel(dY, mask, dX):
-    """dX = dY * mask over flat float arrays of one size."""
-    for i in range(cuda.grid(1), dY.size, cuda.gridsize(1)):
-        dX[i] = dY[i] * mask[i]
+@functools.cache
+def _backprop_kernel(dtype: Any) -> Any:
+    widen = scalar(compute_dtype(dtype))
+
+    @cuda.jit
+    def backprop_dropout_kernel(dY, mask, dX):
+        """dX = dY * mask over flat float arrays of one size."""
+        for i in range(cuda.grid(1), dY.size, cuda.gridsize(1)):
+            dX[i] = widen(dY[i]) * widen(mask[i])
+
+    return backprop_dropout_kernel
 
 
 def dropout(generator: DropoutGenerator, X: Any, Y: Any, mask: Any, *, rate: float) -> None:
     """Inverted dropout: ``mask = (u >= rate) / (1 - rate)`` and ``Y = X * mask``, in one kernel.
 
-    ``u`` is the generator's uniform float64 draw in ``[0, 1)``, one per element.
+    ``u`` is the generator's uniform float64 draw in ``[0, 1)``, one per element. The
+    scale ``1 / (1 - rate)`` is rounded to ``X``'s dtype, so ``Y`` is exactly ``X * mask``
+    rounded once (float16 is computed in float32).
 
     Args:
         generator: the random states; they advance, so the next call draws anew.
-        X: C-contiguous float32 or float64 device array of any shape.
+        X: C-contiguous float16, float32 or float64 device array of any shape.
         Y: device array of the shape and dtype of ``X`` (may be ``X`` itself).
         mask: device array of the shape and dtype of ``X``; receives ``0`` for a
             dropped element and ``1 / (1 - rate)`` for a kept one.
@@ -163,7 +174,7 @@ def dropout(generator: DropoutGenerator, X: Any, Y: Any, mask: Any, *, rate: flo
     """
     if Y.size == 0:  # nothing to write: launch nothing
         return
-    f = scalar(X.dtype)
+    scale = scalar(compute_dtype(X.dtype))(X.dtype.type(1.0 / (1.0 - rate)))
     kernel = _dropout_kernel(X.dtype)
     flat = (X.reshape(X.size), Y.reshape(Y.size), mask.reshape(mask.size))
     with _quiet_simulator():
@@ -173,7 +184,7 @@ def dropout(generator: DropoutGenerator, X: Any, Y: Any, mask: Any, *, rate: flo
             generator.states,
             *flat,
             keep_threshold(rate),
-            f(1.0 / (1.0 - rate)),
+            scale,
         )
 
 
@@ -181,22 +192,22 @@ def backprop_dropout(dY: Any, mask: Any, dX: Any) -> None:
     """``dX = dY * mask``, with the mask ``dropout`` wrote.
 
     Args:
-        dY: C-contiguous float32 or float64 device array of any shape.
+        dY: C-contiguous float16, float32 or float64 device array of any shape.
         mask: device array of the shape and dtype of ``dY``.
         dX: device array of the shape and dtype of ``dY`` (may be ``dY`` itself).
     """
     if dX.size == 0:  # nothing to write: launch nothing
         return
     flat = (dY.reshape(dY.size), mask.reshape(mask.size), dX.reshape(dX.size))
-    launch(backprop_dropout_kernel, grid_for(dY.size), *flat)
+    launch(_backprop_kernel(dY.dtype), grid_for(dY.size), *flat)
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """The dropout and backward kernels, for each dtype, as launched."""
+    """The dropout and backward kernels, for each dtype (float16 included), as launched."""
     states = numba.types.Array(numba.from_dtype(xoroshiro128p_dtype), 1, "C")
-    for dtype in FLOAT_DTYPES:
-        flat, s = array(dtype, 1), numba_type(dtype)
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
+        flat, s = array(dtype, 1), numba_type(compute_dtype(dtype))
         short = dtype.name.replace("float", "f")
         argtypes = (states, flat, flat, flat, numba.types.uint64, s)
         yield f"dropout[{short}]", _dropout_kernel(dtype), argtypes
-        yield f"backprop_dropout[{short}]", backprop_dropout_kernel, (flat, flat, flat)
+        yield f"backprop_dropout[{short}]", _backprop_kernel(dtype), (flat, flat, flat)

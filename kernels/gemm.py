@@ -46,11 +46,23 @@ leave registers and the staging fits the 48 KB of static shared memory: threads
 write it as 16-byte vectors (8 neighbouring vectors per quarter-warp, no conflicts)
 and read it back a row of 32 neighbouring elements per warp, coalesced into Z and Y.
 
+**Float16** is a storage format with float32 arithmetic (``common.compute_dtype``). A
+float16 product loads its operands and bias as float16 and converts each element to
+float32 as it arrives in registers, so the shared slabs, the accumulators, the staging
+tile, the constants and the activation (``scalar_functions(float32)``) are all float32
+and the main loop is the float32 one, with the same vector loads and FMAs per load. The
+global loads are scalar 2-byte loads with the float32 layout, so a warp still reads
+consecutive addresses (64 bytes where float32 reads 128). Only the stores round: ``Z``
+and ``Y`` are each rounded to float16 once, ``Y`` from the float32 ``Z``, and results
+beyond float16's range (+-65504) become +-inf. Split-K partials stay float32 and their
+sum rounds. Float16 takes float32's tiles and plan (``TILES``, ``LARGE_TILE_DTYPES``);
+its registers and shared memory are float32's, its flops per byte loaded twice theirs.
+
 **Which tile, and split-K** (``plan_for``). The largest tile whose grid has at least
 one block per SM (``sm_count()``: the device's ``MULTIPROCESSOR_COUNT``, cached per
 device; 132, an H100 / H200 SXM, in the simulator) is taken: 128 x 128 (float32
-only), 64 x 64, 32 x 32 (the only one for products with at most 32 rows or columns).
-When none fills the SMs and K is at least ``2 * SPLIT_MIN_K``, K is split into
+and float16 only), 64 x 64, 32 x 32 (the only one for products with at most 32 rows or
+columns). When none fills the SMs and K is at least ``2 * SPLIT_MIN_K``, K is split into
 ``gridDim.z`` ranges of a multiple of ``BK`` on the 64 x 64 tile (32 x 32 for thin
 products), as many as bring the grid to one block per SM (at most ``MAX_SPLITS``):
 each writes its partial product into a reused scratch buffer (``common.scratch``),
@@ -74,6 +86,9 @@ grid read the same rows of A, so much of each block's traffic is served by L2.
     float32  128 x 128 x 8  8 x 8    256      118-139     111-143     8,448 (42,240)  32      16
     float32  64 x 64 x 8    4 x 4    256      56-79       56-71       4,352 (21,760)  16      8
     float32  32 x 32 x 8    4 x 4    64       72-106      62-87       2,304 (6,912)   8       8
+    float16  128 x 128 x 8  8 x 8    256      118-140     111-145     8,448 (42,240)  64      16
+    float16  64 x 64 x 8    4 x 4    256      56-79       56-72       4,352 (21,760)  32      8
+    float16  32 x 32 x 8    4 x 4    64       77-106      62-92       2,304 (6,912)   16      8
     float64  64 x 64 x 8    4 x 4    256      94-126      78-126      8,448 (25,344)  8       4
     float64  32 x 32 x 8    4 x 4    64       108-136     98-136      4,352 (8,704)   4       4
 
@@ -81,8 +96,8 @@ The sum of split-K partials takes 32-46 registers and no shared memory.
 
 Blocks per SM on an H100 (64K registers, allocated 8 per thread at a time; 228 KB
 shared memory): the 128 x 128 tile 2 (16 warps; 1 for the NT and TT modes above 128
-registers), the 64 x 64 float32 tile 3-4, float64 2-3; shared memory would allow
-more in every variant.
+registers), the 64 x 64 float32 and float16 tile 3-4, float64 2-3; shared memory would
+allow more in every variant.
 """
 
 from __future__ import annotations
@@ -98,8 +113,10 @@ from numba import cuda, types
 from .activations import ELEMENTWISE, scalar_functions
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     PtxVariant,
     array,
+    compute_dtype,
     device_function,
     grid_for,
     launch,
@@ -120,9 +137,11 @@ class Tile(NamedTuple):
 
 
 # 128 x 128 outputs per block, 8 x 8 per thread: 256 threads (8 warps). Per step of k
-# a thread reads 2 + 2 four-float vectors from shared memory for 64 FMAs. Float32 only:
-# in float64 the 64 accumulators alone would take 128 registers.
+# a thread reads 2 + 2 four-float vectors from shared memory for 64 FMAs. Float32 and
+# float16 (whose slabs and accumulators are float32) only: in float64 the 64 accumulators
+# alone would take 128 registers.
 LARGE_TILE = Tile(128, 128, 8, 8, 8)
+LARGE_TILE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 TILES = {
     # 64 x 64 outputs per block, 4 x 4 per thread: 256 threads, one four-element vector
@@ -131,6 +150,8 @@ TILES = {
     np.dtype(np.float32): Tile(64, 64, 8, 4, 4),
     # The same in doubles: two-element (16-byte) vectors, 2 + 2 loads for 16 FMAs.
     np.dtype(np.float64): Tile(64, 64, 8, 4, 4),
+    # Float16 multiplies float32 slabs: the float32 tile.
+    np.dtype(np.float16): Tile(64, 64, 8, 4, 4),
 }
 
 # Thin products (a batch of 32 through a layer, an output layer of 10 units) would
@@ -180,7 +201,7 @@ def _candidate_tiles(M: int, N: int, dtype: Any) -> tuple[Tile, ...]:
     if min(M, N) <= SMALL_EXTENT:
         return (SMALL_TILE,)
     dtype = np.dtype(dtype)
-    large = (LARGE_TILE,) if dtype == np.float32 else ()
+    large = (LARGE_TILE,) if dtype in LARGE_TILE_DTYPES else ()
     return (*large, TILES[dtype], SMALL_TILE)
 
 
@@ -226,26 +247,27 @@ def tile_costs(dtype: Any, tile: Tile | None = None) -> dict[str, float]:
     """Threads, shared memory per block and arithmetic intensity of a tile in ``dtype``.
 
     Args:
-        dtype: float32 or float64.
-        tile: default: the largest tile of ``dtype`` (``LARGE_TILE`` in float32).
+        dtype: float16, float32 or float64 (the operands' storage dtype).
+        tile: default: the largest tile of ``dtype`` (``LARGE_TILE`` in float32 and float16).
 
     Returns:
         ``{"threads", "shared_bytes", "shared_bytes_activation", "flops_per_byte"}``:
         shared memory of the slabs alone and with the activation epilogue's staging
-        tile; flops per byte of global memory loaded, ``2 * BM * BN * BK`` flops per
-        ``(BM + BN) * BK`` elements per K-slab.
+        tile, in the compute dtype (float32 for float16 operands); flops per byte of
+        global memory loaded, ``2 * BM * BN * BK`` flops per ``(BM + BN) * BK`` elements
+        of ``dtype`` per K-slab.
     """
     dtype = np.dtype(dtype)
-    t = tile or (LARGE_TILE if dtype == np.float32 else TILES[dtype])
-    itemsize = dtype.itemsize
-    vec = _vector_width(t, itemsize)
-    slabs = t.bk * (t.bm + t.bn + 2 * vec) * itemsize
-    staging = (t.bm // t.tm) * vec * (t.bn + vec) * itemsize
+    t = tile or (LARGE_TILE if dtype in LARGE_TILE_DTYPES else TILES[dtype])
+    shared_itemsize = compute_dtype(dtype).itemsize
+    vec = _vector_width(t, shared_itemsize)
+    slabs = t.bk * (t.bm + t.bn + 2 * vec) * shared_itemsize
+    staging = (t.bm // t.tm) * vec * (t.bn + vec) * shared_itemsize
     return {
         "threads": (t.bm // t.tm) * (t.bn // t.tn),
         "shared_bytes": slabs,
         "shared_bytes_activation": slabs + staging,
-        "flops_per_byte": 2 * t.bm * t.bn / ((t.bm + t.bn) * itemsize),
+        "flops_per_byte": 2 * t.bm * t.bn / ((t.bm + t.bn) * dtype.itemsize),
     }
 
 
@@ -274,12 +296,16 @@ def _tile_product(
     """Device function ``(A, B, b, Z, Y, chunk)``: this block's tiles of
     ``Y = act(op(A) @ op(B) + b)``.
 
-    ``b`` is read only if ``has_bias``, ``Z`` written only if ``write_z``. With ``split``
-    the block sums over K range ``blockIdx.z`` only, ``[z * chunk, (z + 1) * chunk)``;
-    otherwise over all of K (``chunk`` unused).
+    ``A``, ``B`` and ``b`` are of ``dtype``; everything in between (slabs, accumulators,
+    the staging tile, the activation) is of ``compute_dtype(dtype)``, and a store to ``Z``
+    or ``Y`` rounds to that array's dtype (float16 outputs, or float32 split-K partials of
+    float16 operands). ``b`` is read only if ``has_bias``, ``Z`` written only if
+    ``write_z``. With ``split`` the block sums over K range ``blockIdx.z`` only,
+    ``[z * chunk, (z + 1) * chunk)``; otherwise over all of K (``chunk`` unused).
     """
     bm, bn, bk, tm, tn = tile
-    vec = _vector_width(tile, np.dtype(dtype).itemsize)
+    compute = compute_dtype(dtype)
+    vec = _vector_width(tile, compute.itemsize)
     tx_count, ty_count = bn // tn, bm // tm  # threads per block along columns / rows
     threads = tx_count * ty_count
     # A thread owns tm // vec groups of vec neighbouring rows, group_rows apart, and
@@ -303,9 +329,10 @@ def _tile_product(
     staged = activation != "linear"
     c_shape = (group_rows, bn + vec) if staged else (1, vec)
     c_loads, c_m_step = group_rows * bn // threads, threads // bn  # per thread and group
-    element = numba_type(dtype)
-    zero = scalar(dtype)(0.0)
-    act = scalar_functions(dtype)[activation]
+    element = numba_type(compute)
+    zero = scalar(compute)(0.0)
+    widen = scalar(compute)  # float16 loads to float32; a no-op in float32 and float64
+    act = scalar_functions(compute)[activation]
 
     @device_function
     def fetch_a(A, regs, m, k, M, K):
@@ -314,7 +341,7 @@ def _tile_product(
             mq, kq = m + p * a_m_step, k + p * a_k_step
             v = zero
             if mq < M and kq < K:
-                v = A[_u(kq), _u(mq)] if trans_a else A[_u(mq), _u(kq)]
+                v = widen(A[_u(kq), _u(mq)] if trans_a else A[_u(mq), _u(kq)])
             regs[p] = v
 
     @device_function
@@ -324,7 +351,7 @@ def _tile_product(
             kq, nq = k + p * b_k_step, n + p * b_n_step
             v = zero
             if kq < K and nq < N:
-                v = B[_u(nq), _u(kq)] if trans_b else B[_u(kq), _u(nq)]
+                v = widen(B[_u(nq), _u(kq)] if trans_b else B[_u(kq), _u(nq)])
             regs[p] = v
 
     @device_function
@@ -418,7 +445,7 @@ def _tile_product(
             if has_bias:
                 for j in range(tn):
                     n = n0 + col + j // vec * group_cols + j % vec
-                    b_frag[j] = b[_u(n)] if n < N else zero
+                    b_frag[j] = widen(b[_u(n)]) if n < N else zero
             if not staged:
                 for i in range(tm):
                     m = m0 + row + i // vec * group_rows + i % vec
@@ -485,12 +512,15 @@ def _dense_forward_kernel(dtype: Any, tile: Tile, activation: str, write_z: bool
 
 @functools.cache
 def _sum_partials_kernel(dtype: Any, activation: str, has_bias: bool, write_z: bool) -> Any:
-    act = scalar_functions(dtype)[activation]
+    compute = compute_dtype(dtype)
+    widen = scalar(compute)
+    act = scalar_functions(compute)[activation]
 
     @cuda.jit
     def sum_partials_kernel(P, b, Z, Y):
         """Z = sum over z of P[z] (+ b), Y = act(Z): each element summed by one thread in
-        the order z = 0, 1, ..., so the result is the same on every run."""
+        the order z = 0, 1, ..., so the result is the same on every run. P is of the
+        compute dtype, b, Z and Y of ``dtype`` (rounded once, at the store)."""
         splits, M, N = P.shape
         for e in range(cuda.grid(1), M * N, cuda.gridsize(1)):
             m, n = _u(e // N), _u(e % N)
@@ -498,7 +528,7 @@ def _sum_partials_kernel(dtype: Any, activation: str, has_bias: bool, write_z: b
             for s in range(1, splits):
                 z += P[_u(s), m, n]
             if has_bias:
-                z += b[n]
+                z += widen(b[n])
             if write_z:
                 Z[m, n] = z
             Y[m, n] = act(z)[0]
@@ -529,10 +559,11 @@ def _split_product(
 ) -> Any:
     """Launch the partial products of a split plan; returns them, ``(splits, M, N)``.
 
-    They live in the reused ``gemm_partials`` scratch buffer.
+    They live in the reused ``gemm_partials`` scratch buffer, in the compute dtype
+    (float32 for float16 operands: only the final sum is rounded to float16).
     """
     M, N = shape
-    partials = scratch("gemm_partials", plan.splits * M * N, A.dtype)
+    partials = scratch("gemm_partials", plan.splits * M * N, compute_dtype(A.dtype))
     partials = partials.reshape(plan.splits, M, N)
     grid, block = _launch_shape(plan, M, N)
     kernel = _gemm_partials_kernel(A.dtype, plan.tile, trans_a, trans_b)
@@ -553,9 +584,12 @@ def _sum_partials(P: Any, b: Any, activation: str, has_bias: bool, Z: Any, Y: An
 def gemm(A: Any, B: Any, C: Any, *, trans_a: bool = False, trans_b: bool = False) -> None:
     """Write ``C = op(A) @ op(B)``, where ``op`` transposes when asked, without a copy.
 
+    Float16 operands are multiplied in float32 (float32 slabs and accumulators) and
+    ``C`` is rounded to float16 once.
+
     Args:
-        A: C-contiguous float32 or float64 device array, ``(M, K)``, or ``(K, M)``
-            with ``trans_a``.
+        A: C-contiguous float16, float32 or float64 device array, ``(M, K)``, or
+            ``(K, M)`` with ``trans_a``.
         B: device array of A's dtype, ``(K, N)``, or ``(N, K)`` with ``trans_b``.
         C: device array ``(M, N)`` of A's dtype, overwritten.
         trans_a: multiply by the transpose of ``A``.
@@ -578,8 +612,12 @@ def gemm(A: Any, B: Any, C: Any, *, trans_a: bool = False, trans_b: bool = False
 def dense_forward(X: Any, W: Any, b: Any, activation: str, Z: Any, Y: Any) -> None:
     """Write ``Z = X @ W + b`` and ``Y = activation(Z)`` in one kernel (two when K is split).
 
+    Float16 arrays are a storage format: the product, bias and activation are computed
+    in float32 and ``Z`` and ``Y`` are each rounded to float16 once, ``Y`` from the
+    float32 ``Z``.
+
     Args:
-        X: C-contiguous float32 or float64 device array ``(N, I)``.
+        X: C-contiguous float16, float32 or float64 device array ``(N, I)``.
         W: device array ``(I, O)`` of X's dtype.
         b: device array ``(O,)`` of X's dtype, or ``None`` for no bias (a cached
             device vector of zeros is added then).
@@ -607,17 +645,19 @@ def dense_forward(X: Any, W: Any, b: Any, activation: str, Z: Any, Y: Any) -> No
 
 def _tile_variants(dtype: np.dtype) -> tuple[tuple[str, Tile], ...]:
     """Each tile ``dtype`` can launch, with its label prefix."""
-    large = (("large,", LARGE_TILE),) if dtype == np.float32 else ()
+    large = (("large,", LARGE_TILE),) if dtype in LARGE_TILE_DTYPES else ()
     return (*large, ("", TILES[dtype]), ("small,", SMALL_TILE))
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every tile of every dtype: every transpose mode of gemm, and dense_forward for every
-    activation (``linear`` as the engine launches it, writing ``Z`` once); the split-K
-    partial products on the tiles a split uses, and the sums of partials for gemm and for
-    dense_forward's every activation."""
-    for dtype in FLOAT_DTYPES:
-        matrix, vector, stack = array(dtype, 2), array(dtype, 1), array(dtype, 3)
+    """Every tile of every dtype (float16 included): every transpose mode of gemm, and
+    dense_forward for every activation (``linear`` as the engine launches it, writing ``Z``
+    once); the split-K partial products on the tiles a split uses, and the sums of partials
+    for gemm and for dense_forward's every activation. The partials are of the compute
+    dtype (float32 for float16)."""
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
+        matrix, vector = array(dtype, 2), array(dtype, 1)
+        stack = array(compute_dtype(dtype), 3)
         short = dtype.name.replace("float", "f")
         modes = [(trans_a, trans_b) for trans_a in (False, True) for trans_b in (False, True)]
         for size, tile in _tile_variants(dtype):

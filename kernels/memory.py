@@ -2,7 +2,9 @@
 
 These kernels do no arithmetic and close over no constants, so each is one
 dispatcher that Numba specialises per argument dtype; ``ptx_variants`` lists
-the dtypes the engine launches them with.
+the dtypes the engine launches them with. Float16 arrays (mixed precision's
+layers) are filled and copied, and converted to and from float32 and float64
+by the copy (``NumbaEngine.cast``), rounding to nearest as NumPy's ``astype``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, launch, numba_type
+from .common import (
+    FLOAT_DTYPES,
+    HALF_DTYPES,
+    PtxVariant,
+    array,
+    compute_dtype,
+    grid_for,
+    launch,
+    numba_type,
+    scalar,
+)
 
 # Every dtype the engine fills or copies: float buffers, int64 labels and indices.
 _DTYPES = (*FLOAT_DTYPES, np.dtype(np.int64))
@@ -73,11 +85,13 @@ def fill(A: Any, value: float) -> None:
 
     Args:
         A: C-contiguous device array of any shape and dtype.
-        value: converted to ``A``'s dtype (as NumPy converts it) before launch.
+        value: converted to ``A``'s dtype (as NumPy converts it) before launch; a float16
+            value is passed as the float32 of that float16, which the kernel stores exactly.
     """
     if A.size == 0:  # nothing to write: launch nothing
         return
-    launch(fill_kernel, grid_for(A.size), _flat(A), A.dtype.type(value))
+    value = scalar(compute_dtype(A.dtype))(A.dtype.type(value))
+    launch(fill_kernel, grid_for(A.size), _flat(A), value)
 
 
 def copy(src: Any, dst: Any) -> None:
@@ -86,7 +100,8 @@ def copy(src: Any, dst: Any) -> None:
     Args:
         src: C-contiguous device array of any shape and dtype.
         dst: device array of the shape of ``src``, of its dtype or, for a conversion
-            (``NumbaEngine.cast``), of the other float dtype: values round to nearest.
+            (``NumbaEngine.cast``), of another float dtype (float16, float32, float64):
+            values round to nearest, once.
     """
     if dst.size == 0:  # nothing to write: launch nothing
         return
@@ -115,9 +130,19 @@ def take_rows(A: Any, indices: Any, out: Any) -> None:
     launch(take_rows_kernel, grid, A.reshape(A.shape[0], row_size), indices, _flat(out))
 
 
+def _conversions() -> Iterator[tuple[np.dtype, np.dtype]]:
+    """Every ``(source, target)`` pair of distinct float dtypes ``NumbaEngine.cast`` copies
+    between: float32 and float64 both ways, and float16 to and from each."""
+    floats = (*FLOAT_DTYPES, *HALF_DTYPES)
+    for source in floats:
+        for target in floats:
+            if source != target:
+                yield source, target
+
+
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Fill, copy and both gathers, for float32, float64 and int64, as launched, and the
-    converting copies of ``NumbaEngine.cast``."""
+    """Fill, copy and both gathers, for float32, float64 and int64, as launched; fill and
+    copy for float16; and the converting copies of ``NumbaEngine.cast``."""
     index = array(np.int64, 1)
     for dtype in _DTYPES:
         flat, rows = array(dtype, 1), array(dtype, 2)
@@ -126,7 +151,12 @@ def ptx_variants() -> Iterator[PtxVariant]:
         yield f"copy[{short}]", copy_kernel, (flat, flat)
         yield f"take_rows[{short}]", take_rows_kernel, (rows, index, flat)
         yield f"take[{short}]", take_kernel, (flat, index, flat)
+    for dtype in HALF_DTYPES:  # mixed precision's layers: no gathers of float16
+        flat = array(dtype, 1)
+        short = dtype.name.replace("float", "f")
+        yield f"fill[{short}]", fill_kernel, (flat, numba_type(compute_dtype(dtype)))
+        yield f"copy[{short}]", copy_kernel, (flat, flat)
     # the engine's cast: a copy between the float dtypes, converting as it stores
-    f32, f64 = array(np.float32, 1), array(np.float64, 1)
-    yield "copy[f32->f64]", copy_kernel, (f32, f64)
-    yield "copy[f64->f32]", copy_kernel, (f64, f32)
+    for source, target in _conversions():
+        names = (source.name.replace("float", "f"), target.name.replace("float", "f"))
+        yield f"copy[{names[0]}->{names[1]}]", copy_kernel, (array(source, 1), array(target, 1))

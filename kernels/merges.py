@@ -12,6 +12,10 @@ carried in the last input's gradient array, which keeps what is left at the end.
 Layout of the ``(N, F)`` kernels: a 2-D grid, ``threadIdx.x`` along the columns
 (a warp reads consecutive elements of a row: coalesced), block rows striding
 over the rows. ``accumulate`` and ``scale`` run over flat arrays of any shape.
+
+Float16 arrays (a mixed-precision layer's) are loaded into float32, combined in float32
+and rounded once per store: a fold of ``n`` inputs rounds its ``n - 1`` partial results,
+as the same fold in NumPy's float16 does.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from numba import cuda
 
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     MAX_BLOCKS,
     THREADS,
     WARP,
     PtxVariant,
     array,
+    compute_dtype,
     device_function,
     grid_for,
     launch,
@@ -93,6 +99,7 @@ def _pair_function(op: str) -> Any:
 @functools.cache
 def _pair_kernel(dtype: Any, op: str) -> Any:
     combine = _pair_function(op)
+    widen = scalar(compute_dtype(dtype))  # float16 loads to float32; a no-op otherwise
 
     @cuda.jit
     def merge_pair_kernel(A, B, Y):
@@ -101,7 +108,7 @@ def _pair_kernel(dtype: Any, op: str) -> Any:
         j, start = cuda.grid(2)
         if j < F:
             for i in range(start, N, cuda.gridsize(2)[1]):
-                Y[i, j] = combine(A[i, j], B[i, j])
+                Y[i, j] = combine(widen(A[i, j]), widen(B[i, j]))
 
     return merge_pair_kernel
 
@@ -136,7 +143,8 @@ def _columns_from_kernel(dtype: Any) -> Any:
 
 @functools.cache
 def _route_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    widen = scalar(compute_dtype(dtype))  # compared as float32: IEEE's == for float16 too
+    zero = scalar(compute_dtype(dtype))(0.0)
 
     @cuda.jit
     def route_first_match_kernel(G, X, Y, dX, R):
@@ -146,7 +154,7 @@ def _route_kernel(dtype: Any) -> Any:
         if j < F:
             for i in range(start, N, cuda.gridsize(2)[1]):
                 g = G[i, j]
-                if X[i, j] == Y[i, j]:
+                if widen(X[i, j]) == widen(Y[i, j]):
                     dX[i, j] = g
                     R[i, j] = zero
                 else:
@@ -158,7 +166,8 @@ def _route_kernel(dtype: Any) -> Any:
 
 @functools.cache
 def _keep_matches_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    widen = scalar(compute_dtype(dtype))
+    zero = scalar(compute_dtype(dtype))(0.0)
 
     @cuda.jit
     def keep_matches_kernel(G, X, Y, dX):
@@ -167,29 +176,33 @@ def _keep_matches_kernel(dtype: Any) -> Any:
         j, start = cuda.grid(2)
         if j < F:
             for i in range(start, N, cuda.gridsize(2)[1]):
-                dX[i, j] = G[i, j] if X[i, j] == Y[i, j] else zero
+                dX[i, j] = G[i, j] if widen(X[i, j]) == widen(Y[i, j]) else zero
 
     return keep_matches_kernel
 
 
 @functools.cache
 def _scale_kernel(dtype: Any) -> Any:
+    widen = scalar(compute_dtype(dtype))
+
     @cuda.jit
     def scale_kernel(A, factor, Y):
         """Y = factor * A over flat arrays of one size; Y may be A."""
         for k in range(cuda.grid(1), A.size, cuda.gridsize(1)):
-            Y[k] = factor * A[k]
+            Y[k] = factor * widen(A[k])
 
     return scale_kernel
 
 
 @functools.cache
 def _accumulate_kernel(dtype: Any) -> Any:
+    widen = scalar(compute_dtype(dtype))
+
     @cuda.jit
     def accumulate_kernel(dst, src):
         """dst += src over flat arrays of one size."""
         for k in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
-            dst[k] += src[k]
+            dst[k] = widen(dst[k]) + widen(src[k])
 
     return accumulate_kernel
 
@@ -216,26 +229,26 @@ def _copy_columns_from(dY: Any, offset: int, dX: Any) -> None:
 
 
 def scale(A: Any, factor: float, out: Any) -> None:
-    """Write ``out = factor * A`` elementwise, ``factor`` rounded to ``A``'s dtype.
+    """Write ``out = factor * A`` elementwise, ``factor`` rounded to the dtype ``A`` is
+    computed in (float32 for float16).
 
     Args:
-        A: C-contiguous float32 or float64 device array of any shape.
+        A: C-contiguous float16, float32 or float64 device array of any shape.
         factor: the multiplier.
         out: device array of the shape and dtype of ``A`` (may be ``A`` itself).
     """
     if out.size == 0:  # nothing to write: launch nothing
         return
     grid = grid_for(A.size)
-    launch(
-        _scale_kernel(A.dtype), grid, A.reshape(A.size), A.dtype.type(factor), out.reshape(out.size)
-    )
+    factor = scalar(compute_dtype(A.dtype))(factor)
+    launch(_scale_kernel(A.dtype), grid, A.reshape(A.size), factor, out.reshape(out.size))
 
 
 def accumulate(dst: Any, src: Any) -> None:
     """Add ``src`` into ``dst`` in place.
 
     Args:
-        dst: C-contiguous float32 or float64 device array of any shape.
+        dst: C-contiguous float16, float32 or float64 device array of any shape.
         src: device array of the shape and dtype of ``dst``.
     """
     if dst.size == 0:  # nothing to write: launch nothing
@@ -253,7 +266,7 @@ def merge(op: str, inputs: Sequence[Any], Y: Any) -> None:
 
     Args:
         op: ``"concatenate"``, ``"average"`` or one of ``PAIR_OPS``.
-        inputs: float32 or float64 device arrays ``(N, F)`` of one dtype, at least one
+        inputs: float16, float32 or float64 device arrays ``(N, F)`` of one dtype, at least one
             (``"subtract"``: exactly two); for ``"concatenate"`` ``(N, F_i)``.
         Y: device array ``(N, F)`` (``(N, sum of F_i)`` for ``"concatenate"``) of that
             dtype, none of the inputs.
@@ -328,9 +341,9 @@ def _route_to_first_matches(dY: Any, inputs: Sequence[Any], Y: Any, grads: Seque
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every kernel this module launches, for each dtype (and each pair op)."""
+    """Every kernel this module launches, for each dtype, float16 included (and each pair op)."""
     index = numba_type("int64")
-    for dtype in FLOAT_DTYPES:
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
         flat, rows = array(dtype, 1), array(dtype, 2)
         short = dtype.name.replace("float", "f")
         for op in PAIR_OPS:
@@ -343,5 +356,6 @@ def ptx_variants() -> Iterator[PtxVariant]:
             (rows, rows, rows, rows, rows),
         )
         yield f"keep_matches[{short}]", _keep_matches_kernel(dtype), (rows, rows, rows, rows)
-        yield f"scale[{short}]", _scale_kernel(dtype), (flat, numba_type(dtype), flat)
+        factor = numba_type(compute_dtype(dtype))  # float16 is scaled by a float32 factor
+        yield f"scale[{short}]", _scale_kernel(dtype), (flat, factor, flat)
         yield f"accumulate[{short}]", _accumulate_kernel(dtype), (flat, flat)

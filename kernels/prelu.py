@@ -5,6 +5,10 @@ The forward pass is elementwise over the flat array. The backward pass writes
 coalesced, deterministic column layout of ``dense_backward.py`` (a block is 32
 columns by 8 rows of threads; a second pass adds the block rows' partials).
 Without ``dalpha`` (a frozen layer) the backward pass is elementwise, as the forward.
+
+Float16 arrays (a mixed-precision layer's) are loaded into float32, computed and summed
+in float32 (partial rows included, ``launch_with_column_sums``), and rounded once when
+stored.
 """
 
 from __future__ import annotations
@@ -15,13 +19,23 @@ from typing import Any
 
 from numba import cuda
 
-from .common import FLOAT_DTYPES, PtxVariant, array, grid_for, launch, scalar
+from .common import (
+    FLOAT_DTYPES,
+    HALF_DTYPES,
+    PtxVariant,
+    array,
+    compute_dtype,
+    grid_for,
+    launch,
+    scalar,
+)
 from .dense_backward import ROW_THREADS, STRIP, launch_with_column_sums, strip_fold
 
 
 @functools.cache
 def _forward_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    widen = scalar(compute_dtype(dtype))  # float16 loads to float32; a no-op otherwise
+    zero = scalar(compute_dtype(dtype))(0.0)
 
     @cuda.jit
     def prelu_forward_kernel(X, alpha, Y):
@@ -31,16 +45,17 @@ def _forward_kernel(dtype: Any) -> Any:
         for k in range(start, N * O, cuda.gridsize(1)):
             i = k // O
             j = k - i * O
-            x = X[i, j]
-            Y[i, j] = x if x > zero else alpha[j] * x
+            x = widen(X[i, j])
+            Y[i, j] = x if x > zero else widen(alpha[j]) * x
 
     return prelu_forward_kernel
 
 
 @functools.cache
 def _backward_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
-    fold = strip_fold(dtype)
+    widen = scalar(compute_dtype(dtype))
+    zero = scalar(compute_dtype(dtype))(0.0)
+    fold = strip_fold(compute_dtype(dtype))
 
     @cuda.jit
     def prelu_backward_kernel(dY, X, alpha, dX, partial):
@@ -49,10 +64,10 @@ def _backward_kernel(dtype: Any) -> Any:
         j = cuda.blockIdx.x * STRIP + cuda.threadIdx.x
         acc = zero
         if j < O:
-            a = alpha[j]
+            a = widen(alpha[j])
             step = cuda.gridDim.y * ROW_THREADS
             for i in range(cuda.blockIdx.y * ROW_THREADS + cuda.threadIdx.y, N, step):
-                x, dy = X[i, j], dY[i, j]
+                x, dy = widen(X[i, j]), widen(dY[i, j])
                 if x > zero:
                     dX[i, j] = dy
                 else:
@@ -65,7 +80,8 @@ def _backward_kernel(dtype: Any) -> Any:
 
 @functools.cache
 def _input_gradient_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
+    widen = scalar(compute_dtype(dtype))
+    zero = scalar(compute_dtype(dtype))(0.0)
 
     @cuda.jit
     def prelu_input_gradient_kernel(dY, X, alpha, dX):
@@ -75,8 +91,8 @@ def _input_gradient_kernel(dtype: Any) -> Any:
         for k in range(start, N * O, cuda.gridsize(1)):
             i = k // O
             j = k - i * O
-            dy = dY[i, j]
-            dX[i, j] = dy if X[i, j] > zero else alpha[j] * dy
+            dy = widen(dY[i, j])
+            dX[i, j] = dy if widen(X[i, j]) > zero else widen(alpha[j]) * dy
 
     return prelu_input_gradient_kernel
 
@@ -85,7 +101,7 @@ def prelu_forward(X: Any, alpha: Any, Y: Any) -> None:
     """Write ``Y = where(X > 0, X, alpha * X)``, ``alpha`` broadcast along the rows.
 
     Args:
-        X: float32 or float64 device array ``(N, O)``, C-contiguous.
+        X: float16, float32 or float64 device array ``(N, O)``, C-contiguous.
         alpha: device array ``(O,)`` of the dtype of ``X``.
         Y: device array of the shape and dtype of ``X`` (may be ``X`` itself).
     """
@@ -100,7 +116,7 @@ def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> 
     Without ``dalpha`` (a frozen layer) one elementwise kernel writes ``dX`` alone.
 
     Args:
-        dY: float32 or float64 device array ``(N, O)``, the gradient of the output.
+        dY: float16, float32 or float64 device array ``(N, O)``, the gradient of the output.
         X: the forward pass's input, shape and dtype of ``dY``.
         alpha: device array ``(O,)`` of that dtype.
         dX: device array of the shape and dtype of ``X`` (may be ``dY`` itself).
@@ -116,8 +132,10 @@ def prelu_backward(dY: Any, X: Any, alpha: Any, dX: Any, dalpha: Any | None) -> 
 
 
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every kernel this module launches (the column sums' second pass is dense_backward's)."""
-    for dtype in FLOAT_DTYPES:
+    """Every kernel this module launches, float16 included (the column sums' second pass is
+    dense_backward's). The float16 backward writes ``dalpha`` itself (one block row) or
+    float32 partial rows (``prelu_backward[f16,partials]``)."""
+    for dtype in (*FLOAT_DTYPES, *HALF_DTYPES):
         vector, rows = array(dtype, 1), array(dtype, 2)
         short = dtype.name.replace("float", "f")
         yield f"prelu_forward[{short}]", _forward_kernel(dtype), (rows, vector, rows)
@@ -130,4 +148,11 @@ def ptx_variants() -> Iterator[PtxVariant]:
             f"prelu_input_gradient[{short}]",
             _input_gradient_kernel(dtype),
             (rows, rows, vector, rows),
+        )
+    for dtype in HALF_DTYPES:
+        vector, rows, partials = array(dtype, 1), array(dtype, 2), array(compute_dtype(dtype), 2)
+        yield (
+            f"prelu_backward[{dtype.name.replace('float', 'f')},partials]",
+            _backward_kernel(dtype),
+            (rows, rows, vector, rows, partials),
         )

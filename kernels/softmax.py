@@ -14,6 +14,11 @@ bit-identical from run to run. Each row is read two or three times; between
 passes it stays in L1/L2, and recomputing ``exp`` costs less than a write.
 
 The cross-entropy gradients are plain elementwise passes over flat arrays.
+
+Softmax, log-softmax and softmax backward also take float16 arrays (a mixed-precision
+layer's): they load float16, compute in float32 (the maxima, sums and shared-memory trees
+too) and round once when they store. The cross-entropy gradients belong to the loss,
+which runs in the model's float32 or float64.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from numba import cuda, types
 
 from .common import (
     FLOAT_DTYPES,
+    HALF_DTYPES,
     THREADS,
     PtxVariant,
     array,
+    compute_dtype,
     grid_for,
     launch,
     numba_type,
@@ -41,10 +48,12 @@ from .rows import group_reductions, row_grid
 
 @functools.cache
 def _softmax_kernel(dtype: Any, log: bool) -> Any:
-    f = scalar(dtype)
+    compute = compute_dtype(dtype)
+    widen = scalar(compute)  # float16 loads to float32; a no-op otherwise
+    f = scalar(compute)
     zero, neg_inf = f(0.0), f(-np.inf)
-    element = numba_type(dtype)
-    group_sum, _, group_max, _ = group_reductions(dtype)
+    element = numba_type(compute)
+    group_sum, _, group_max, _ = group_reductions(compute)
 
     @cuda.jit
     def softmax_kernel(Z, Y, width):
@@ -61,12 +70,12 @@ def _softmax_kernel(dtype: Any, log: bool) -> Any:
             m = neg_inf
             if i < N:
                 for j in range(lane, O, width):
-                    m = max(m, Z[i, j])
+                    m = max(m, widen(Z[i, j]))
             m = group_max(s, t, lane, width, m)
             total = zero
             if i < N:
                 for j in range(lane, O, width):
-                    total += math.exp(Z[i, j] - m)
+                    total += math.exp(widen(Z[i, j]) - m)
             total = group_sum(s, t, lane, width, total)
             if i < N:
                 if log:
@@ -74,19 +83,21 @@ def _softmax_kernel(dtype: Any, log: bool) -> Any:
                     # log(total) to the precision of m's magnitude.
                     log_total = math.log(total)
                     for j in range(lane, O, width):
-                        Y[i, j] = (Z[i, j] - m) - log_total
+                        Y[i, j] = (widen(Z[i, j]) - m) - log_total
                 else:
                     for j in range(lane, O, width):
-                        Y[i, j] = math.exp(Z[i, j] - m) / total
+                        Y[i, j] = math.exp(widen(Z[i, j]) - m) / total
 
     return softmax_kernel
 
 
 @functools.cache
 def _softmax_backward_kernel(dtype: Any) -> Any:
-    zero = scalar(dtype)(0.0)
-    element = numba_type(dtype)
-    group_sum = group_reductions(dtype)[0]
+    compute = compute_dtype(dtype)
+    widen = scalar(compute)
+    zero = scalar(compute)(0.0)
+    element = numba_type(compute)
+    group_sum = group_reductions(compute)[0]
 
     @cuda.jit
     def softmax_backward_kernel(dY, Y, dZ, width):
@@ -101,11 +112,11 @@ def _softmax_backward_kernel(dtype: Any) -> Any:
             total = zero
             if i < N:
                 for j in range(lane, O, width):
-                    total += dY[i, j] * Y[i, j]
+                    total += widen(dY[i, j]) * widen(Y[i, j])
             total = group_sum(s, t, lane, width, total)
             if i < N:
                 for j in range(lane, O, width):
-                    dZ[i, j] = Y[i, j] * (dY[i, j] - total)
+                    dZ[i, j] = widen(Y[i, j]) * (widen(dY[i, j]) - total)
 
     return softmax_backward_kernel
 
@@ -144,7 +155,7 @@ def softmax(Z: Any, Y: Any) -> None:
     """Write ``Y = exp(Z - rowmax) / rowsum(exp(Z - rowmax))``, row by row.
 
     Args:
-        Z: float32 or float64 device array ``(N, O)``, C-contiguous.
+        Z: float16, float32 or float64 device array ``(N, O)``, C-contiguous.
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
     if Y.size == 0:  # nothing to write: launch nothing
@@ -157,7 +168,7 @@ def log_softmax(Z: Any, Y: Any) -> None:
     """Write ``Y = Z - rowmax - log(rowsum(exp(Z - rowmax)))``, row by row.
 
     Args:
-        Z: float32 or float64 device array ``(N, O)``, C-contiguous.
+        Z: float16, float32 or float64 device array ``(N, O)``, C-contiguous.
         Y: device array of the shape and dtype of ``Z`` (may be ``Z`` itself).
     """
     if Y.size == 0:  # nothing to write: launch nothing
@@ -170,7 +181,8 @@ def softmax_backward(dY: Any, Y: Any, dZ: Any) -> None:
     """Write ``dZ = Y * (dY - rowsum(dY * Y))``, softmax's Jacobian times ``dY``.
 
     Args:
-        dY: float32 or float64 device array ``(N, O)``, the gradient of the softmax output.
+        dY: float16, float32 or float64 device array ``(N, O)``, the gradient of the
+            softmax output.
         Y: the softmax output, shape and dtype of ``dY``.
         dZ: device array of that shape and dtype (may be ``dY`` itself).
     """
@@ -216,23 +228,35 @@ def sigmoid_crossentropy_gradient(P: Any, Y_true: Any, dZ: Any) -> None:
     launch(_difference_kernel(P.dtype), grid_for(P.size), p, y, scale, dz)
 
 
+def _row_variants(dtype: np.dtype) -> Iterator[PtxVariant]:
+    """Softmax, log-softmax and softmax backward in ``dtype``, with their argument types."""
+    rows = array(dtype, 2)
+    short = dtype.name.replace("float", "f")
+    width = types.int64
+    yield f"softmax[{short}]", _softmax_kernel(dtype, False), (rows, rows, width)
+    yield f"log_softmax[{short}]", _softmax_kernel(dtype, True), (rows, rows, width)
+    yield f"softmax_backward[{short}]", _softmax_backward_kernel(dtype), (rows, rows, rows, width)
+
+
+def _gradient_variants(dtype: np.dtype) -> Iterator[PtxVariant]:
+    """The fused cross-entropy gradients in ``dtype``, with their argument types."""
+    flat, rows = array(dtype, 1), array(dtype, 2)
+    short = dtype.name.replace("float", "f")
+    scale = numba_type(dtype)
+    # The one-hot softmax and the sigmoid cross-entropy gradients share this kernel.
+    yield f"scaled_difference[{short}]", _difference_kernel(dtype), (flat, flat, scale, flat)
+    yield (
+        f"softmax_crossentropy_gradient[labels,{short}]",
+        _label_difference_kernel(dtype),
+        (rows, array(np.int64, 1), scale, rows),
+    )
+
+
 def ptx_variants() -> Iterator[PtxVariant]:
-    """Every kernel this module launches, for each dtype, with its argument types."""
+    """Every kernel this module launches, for each dtype, with its argument types: the
+    row kernels in float16 too (a layer's), the loss gradients in float32 and float64."""
     for dtype in FLOAT_DTYPES:
-        flat, rows = array(dtype, 1), array(dtype, 2)
-        short = dtype.name.replace("float", "f")
-        width, scale = types.int64, numba_type(dtype)
-        yield f"softmax[{short}]", _softmax_kernel(dtype, False), (rows, rows, width)
-        yield f"log_softmax[{short}]", _softmax_kernel(dtype, True), (rows, rows, width)
-        yield (
-            f"softmax_backward[{short}]",
-            _softmax_backward_kernel(dtype),
-            (rows, rows, rows, width),
-        )
-        # The one-hot softmax and the sigmoid cross-entropy gradients share this kernel.
-        yield f"scaled_difference[{short}]", _difference_kernel(dtype), (flat, flat, scale, flat)
-        yield (
-            f"softmax_crossentropy_gradient[labels,{short}]",
-            _label_difference_kernel(dtype),
-            (rows, array(np.int64, 1), scale, rows),
-        )
+        yield from _row_variants(dtype)
+        yield from _gradient_variants(dtype)
+    for dtype in HALF_DTYPES:
+        yield from _row_variants(dtype)

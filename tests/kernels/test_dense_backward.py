@@ -5,6 +5,10 @@ rows, so 65 rows need two block rows and the second pass over their partial
 sums, and 33 or 65 columns need two or three column strips. Simulated blocks
 are slow (each thread is an OS thread): every activation runs on one small
 shape, the layout is swept with a few activations.
+
+Float16 arrays are computed in float32 and ``dZ`` and ``db`` rounded once: they are
+checked against float64 references from the float16 inputs within a float32 bound
+plus half a float16 ulp (``half_rounding.half_atol``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pytest
 from dlcore.backends import xp_activations
 from dlcore.kernels import dense_backward as kernels
 from dlcore.kernels.activations import ELEMENTWISE
+from half_rounding import half_atol
 from numba import cuda
 
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
@@ -144,3 +149,114 @@ def test_row_blocks():
     assert kernels.row_blocks(10**6, 10) == kernels.MAX_ROW_BLOCKS
     # Many strips already fill the GPU: fewer block rows.
     assert kernels.row_blocks(10**6, 32 * 2112) == 1
+
+
+# Float32 roundings allowed in one dZ = dY * f'(Z): the derivative's own few (exp, erf,
+# tanh) and the product. Measured against max(|dY|, |dZ|), not |dZ|: f' = 1 - tanh(z)**2
+# cancels, so where it is tiny its float32 error is an ulp of 1, not of f'.
+DERIVATIVE_ULPS = 16
+F16 = np.dtype(np.float16)
+
+
+def half_inputs(rng, shape):
+    """``(dY, Z)`` as float16 arrays (dY standard normal, Z with standard deviation 2)."""
+    dY, Z = inputs(rng, shape, np.float64)
+    return dY.astype(F16), Z.astype(F16)
+
+
+def assert_half_close(fma_atol, dZ, db, dY, expected_dZ, expected_db):
+    """dZ within its float32 error (``DERIVATIVE_ULPS`` of max(|dY|, |dZ|)) plus one
+    float16 rounding; db, a float32 sum of N unrounded products, within N more roundings
+    of the sum of those magnitudes plus one float16 rounding."""
+    assert dZ.dtype == F16 and db.dtype == F16
+    scale = np.maximum(np.abs(dY.astype(np.float64)), np.abs(expected_dZ))
+    dz_atol = fma_atol(scale, ulps=DERIVATIVE_ULPS)
+    db_atol = fma_atol(scale.sum(axis=0), ulps=DERIVATIVE_ULPS + len(dY))
+    np.testing.assert_array_less(
+        np.abs(dZ - expected_dZ), half_atol(expected_dZ, float32_atol=dz_atol)
+    )
+    np.testing.assert_array_less(
+        np.abs(db - expected_db), half_atol(expected_db, float32_atol=db_atol)
+    )
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_every_activation_in_float16(name, rng, fma_atol):
+    dY, Z = half_inputs(rng, (17, 3))
+    dZ, db = launch(name, dY, Z)
+    assert_half_close(fma_atol, dZ, db, dY, *reference(name, dY, Z))
+
+
+# One block, two column strips, two block rows (float32 partial rows, second pass).
+@pytest.mark.parametrize(
+    ("name", "shape"), [("tanh", (1, 1)), ("gelu", (17, 33)), ("elu", (65, 33))]
+)
+def test_float16_across_strips_and_block_rows(name, shape, rng, fma_atol):
+    dY, Z = half_inputs(rng, shape)
+    dZ, db = launch(name, dY, Z)
+    assert_half_close(fma_atol, dZ, db, dY, *reference(name, dY, Z))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 33), (130, 5)], ids=str)
+def test_column_sums_in_float16(shape, rng, fma_atol):
+    A = rng.standard_normal(shape).astype(F16)
+    out = cuda.device_array(shape[1], dtype=F16)
+    kernels.column_sums(cuda.to_device(A), out)
+    magnitude = np.abs(A.astype(np.float64)).sum(axis=0)
+    expected = A.astype(np.float64).sum(axis=0)
+    atol = half_atol(expected, float32_atol=fma_atol(magnitude, ulps=shape[0]))
+    np.testing.assert_array_less(np.abs(out.copy_to_host() - expected), atol)
+
+
+def test_float16_without_bias_and_in_place(rng, fma_atol):
+    dY, Z = half_inputs(rng, (17, 33))
+    dZ, db = launch("gelu", dY, Z, with_bias=False)
+    assert db is None and dZ.dtype == F16
+    expected_dZ = reference("gelu", dY, Z)[0]
+    scale = np.maximum(np.abs(dY.astype(np.float64)), np.abs(expected_dZ))
+    atol = half_atol(expected_dZ, float32_atol=fma_atol(scale, ulps=DERIVATIVE_ULPS))
+    np.testing.assert_array_less(np.abs(dZ - expected_dZ), atol)
+    # Linear in place: dZ is dY, untouched; db its column sums.
+    d_dY, d_db = cuda.to_device(dY), cuda.device_array(33, dtype=F16)
+    kernels.activation_gradient_and_bias("linear", d_dY, cuda.to_device(Z), d_dY, d_db)
+    np.testing.assert_array_equal(d_dY.copy_to_host(), dY)
+    expected_db = dY.astype(np.float64).sum(axis=0)
+    magnitude = np.abs(dY.astype(np.float64)).sum(axis=0)
+    atol = half_atol(expected_db, float32_atol=fma_atol(magnitude, ulps=len(dY)))
+    np.testing.assert_array_less(np.abs(d_db.copy_to_host() - expected_db), atol)
+
+
+def test_float16_over_no_rows_writes_zero_sums():
+    empty = np.zeros((0, 5), F16)
+    dZ, db = launch("relu", empty, empty)
+    assert dZ.shape == (0, 5)
+    np.testing.assert_array_equal(db, np.zeros(5, F16))
+
+
+def test_float16_sums_are_float32_sums_rounded_once():
+    # Column 0: 2048 then sixteen 1s; in float16 2048 + 1 rounds back to 2048, so only a
+    # float32 sum gives 2064. Column 1: +-60000 twice, whose float16 running sum would
+    # overflow at 120000 and stay inf; in float32 it cancels to 0. 65 rows: two block rows.
+    dY = np.zeros((65, 2), F16)
+    dY[:17, 0] = [2048.0] + [1.0] * 16
+    dY[:4, 1] = [60000.0, 60000.0, -60000.0, -60000.0]
+    assert kernels.row_blocks(*dY.shape) == 2
+    dZ, db = launch("linear", dY, dY)
+    np.testing.assert_array_equal(dZ, dY)
+    np.testing.assert_array_equal(db, [2064.0, 0.0])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # simulator
+def test_float16_overflow_is_infinite():
+    # dZ = 60000 * exp(2) and the sum 40000 + 40000 exceed float16's largest value, 65504.
+    dY = np.array([[60000.0, 40000.0], [1.0, 40000.0]], F16)
+    Z = np.array([[2.0, 0.0], [0.0, 0.0]], F16)
+    dZ, db = launch("exponential", dY, Z)
+    np.testing.assert_array_equal(dZ, [[np.inf, 40000.0], [1.0, 40000.0]])
+    np.testing.assert_array_equal(db, [np.inf, np.inf])
+
+
+def test_float16_sums_are_bit_identical_on_repeat(rng):
+    dY, Z = half_inputs(rng, (130, 3))  # three block rows
+    sums = [launch("swish", dY, Z)[1] for _ in range(2)]
+    np.testing.assert_array_equal(sums[0], sums[1])

@@ -2,6 +2,10 @@
 
 Generators use the default grid (64 threads in the simulator), so 4096
 elements take 64 draws a thread and 3 elements leave most threads idle.
+
+Float16 is exact against NumPy's float16: the scale ``1 / (1 - rate)`` is rounded to
+float16, and the float32 product of two float16 numbers is exact before its one rounding,
+as NumPy's float16 product is.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dlcore.kernels import dropout as kernels
 from numba import cuda
 from numba.cuda.random import xoroshiro128p_uniform_float64
 
-DTYPES = (np.float64, np.float32)
+DTYPES = (np.float64, np.float32, np.float16)
 SHAPES = ((1,), (3,), (64, 64), (17, 33))
 
 
@@ -64,7 +68,7 @@ def test_mask_is_the_generators_uniform_draw_at_least_rate():
         warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
         uniform_kernel[twin.blocks, twin.threads_per_block](twin.states, u)
     expected = u.copy_to_host() >= rate
-    for dtype in DTYPES:  # float32 and float64 draw the same decisions
+    for dtype in DTYPES:  # every dtype draws the same decisions
         _, mask = run_dropout(generator, np.ones(n, dtype=dtype), rate)
         np.testing.assert_array_equal(mask != 0, expected)
         generator = kernels.DropoutGenerator(11)

@@ -4,6 +4,9 @@ Blocks are the next power of two of the columns (at most 32) by enough rows for 
 warp: 1, 3 and 17 columns take blocks 1, 4 and 32 wide; with ``MAX_BLOCKS`` patched
 to 1 the block rows stride over the rows. Shapes stay tiny: the simulator runs one
 OS thread per CUDA thread.
+
+Float16 kernels compute in float32 and round once per store; a fold of ``n`` inputs stores
+``n - 1`` partial results, so its tolerance (``half_atol``) counts each of them.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dlcore.kernels import merges
+from half_rounding import half_atol
 from numba import cuda
 
 TOLERANCE = {np.float64: 1e-13, np.float32: 2e-6}
-DTYPES = [np.float64, np.float32]
+DTYPES = [np.float64, np.float32, np.float16]
 ELEMENTWISE = ("add", "multiply", "average", "maximum", "minimum")
 
 
@@ -22,9 +26,34 @@ def dtype_id(value) -> str:
     return getattr(value, "__name__", str(value))
 
 
-def close(actual: np.ndarray, expected: np.ndarray, dtype) -> None:
+def close(actual: np.ndarray, expected: np.ndarray, dtype, stored=None) -> None:
+    """Within the dtype's tolerance; in float16, one rounding per value in ``stored``
+    (default: the output alone) on top of the float32 tolerance."""
+    if dtype == np.float16:
+        float32_atol = TOLERANCE[np.float32] * (1 + np.abs(expected))
+        atol = half_atol(*(stored or [expected]), float32_atol=float32_atol)
+        np.testing.assert_array_less(np.abs(actual - expected), atol)
+        return
     rtol = TOLERANCE[dtype]
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol)
+
+
+def forward_stores(op: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """What ``merges.merge`` stores on the way to its output, in float64 (see ``half_atol``):
+    each partial sum of a sum fold (and the mean), the product once per multiply."""
+    X = [x.astype(np.float64) for x in inputs]
+    if op in ("add", "average"):
+        sums = list(np.cumsum(X, axis=0)[1:])
+        return sums + [sums[-1] / len(X)] if op == "average" else sums
+    if op == "multiply":
+        return [np.prod(X, axis=0)] * (len(X) - 1)
+    return [reference(op, inputs)]
+
+
+def gradient_stores(op: str, n: int, expected: np.ndarray) -> list[np.ndarray]:
+    """What ``merges.merge_backward`` stores on the way to one gradient: for multiply, the
+    product of ``dY`` and the other ``n - 1`` inputs once per multiply."""
+    return [expected] * (n - 1) if op == "multiply" and n > 1 else [expected]
 
 
 def reference(op: str, inputs: list[np.ndarray]) -> np.ndarray:
@@ -101,9 +130,9 @@ CASES = [(op, 3, (17,)) for op in ELEMENTWISE] + [
 def test_merge_and_its_gradient(op, n, widths, dtype, rng):
     inputs = make_inputs(rng, op, n, 5, widths, dtype)
     Y, dY, grads = run(op, inputs)
-    close(Y, reference(op, inputs), dtype)
+    close(Y, reference(op, inputs), dtype, forward_stores(op, inputs))
     for got, expected in zip(grads, reference_gradients(op, dY, inputs), strict=True):
-        close(got, expected, dtype)
+        close(got, expected, dtype, gradient_stores(op, n, expected))
 
 
 @pytest.mark.parametrize("op", [*ELEMENTWISE, "concatenate"])
@@ -140,7 +169,7 @@ def test_accumulate_and_scale(shape, dtype, rng):
     dst, src = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
     d_dst = cuda.to_device(dst)
     merges.accumulate(d_dst, cuda.to_device(src))
-    close(d_dst.copy_to_host(), dst.astype(np.float64) + src, dtype)
+    close(d_dst.copy_to_host(), dst.astype(np.float64) + src.astype(np.float64), dtype)
     d_src, out = cuda.to_device(src), cuda.device_array(shape, dtype=dtype)
     merges.scale(d_src, -0.3, out)
     close(out.copy_to_host(), -0.3 * src.astype(np.float64), dtype)

@@ -2,7 +2,9 @@
 
 The backward pass sums ``alpha``'s gradient in blocks of 32 columns by 8 rows of
 threads, at least 64 rows a block row: 65 rows take two block rows and the
-second pass, 33 and 65 columns two and three strips.
+second pass, 33 and 65 columns two and three strips. Float16 kernels compute and sum
+in float32 and round once (``half_atol``); 65 rows take the float32 partial sums'
+second pass before ``dalpha`` is rounded.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dlcore.kernels import prelu as kernels
+from half_rounding import half_atol
 from numba import cuda
 
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
@@ -20,6 +23,8 @@ CASES = [
     ((65, 3), np.float64),
     ((65, 65), np.float64),
     ((65, 33), np.float32),
+    ((3, 17), np.float16),
+    ((65, 33), np.float16),
 ]
 
 
@@ -28,8 +33,15 @@ def dtype_id(value) -> str:
 
 
 def close(actual: np.ndarray, expected: np.ndarray, dtype) -> None:
-    rtol = TOLERANCE[dtype]
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(1.0, len(expected)))
+    rtol = TOLERANCE[np.float32 if dtype == np.float16 else dtype]
+    atol = rtol * max(1.0, len(expected))
+    if dtype == np.float16:  # float32's tolerance, then one rounding to float16
+        float32_atol = atol + rtol * np.abs(expected)
+        np.testing.assert_array_less(
+            np.abs(actual - expected), half_atol(expected, float32_atol=float32_atol)
+        )
+        return
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def data(rng, shape, dtype):
@@ -72,7 +84,9 @@ def test_prelu_backward_in_place_and_bit_identical_on_repeat(rng):
     np.testing.assert_array_equal(sums[0], sums[1])
 
 
-@pytest.mark.parametrize(("shape", "dtype"), [((3, 17), np.float64), ((17, 3), np.float32)])
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((3, 17), np.float64), ((17, 3), np.float32), ((17, 3), np.float16)]
+)
 def test_prelu_backward_without_dalpha_writes_the_same_dX(shape, dtype, rng):
     X, dY, alpha = data(rng, shape, dtype)
     d_dY, d_X, d_alpha = cuda.to_device(dY), cuda.to_device(X), cuda.to_device(alpha)

@@ -5,6 +5,9 @@ cover one lane per row (O=1), groups wider than the row (3, 10, 17, 33),
 several rows per block and several blocks (65 rows of 10: 16 rows a block), and
 rows wider than a block (300 > 256 threads). Simulated blocks are slow (each
 thread is an OS thread), so the shapes stay small.
+
+Float16 row kernels (softmax, log-softmax, softmax backward) compute in float32 and round
+once: within ``half_atol`` of the float64 reference on their float16 inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dlcore.backends import xp_activations, xp_losses
 from dlcore.kernels import rows
 from dlcore.kernels import softmax as kernels
 from dlcore.kernels.common import THREADS
+from half_rounding import half_atol
 from numba import cuda
 
 SHAPES = [(1, 1), (3, 10), (17, 3), (65, 10), (5, 33), (2, 300)]
@@ -34,14 +38,21 @@ def run(launcher, *arrays: np.ndarray, out_shape=None) -> np.ndarray:
 
 
 def close(actual: np.ndarray, expected: np.ndarray, dtype) -> None:
+    if dtype == np.float16:  # float32's tolerance, then one rounding to float16
+        rtol = TOLERANCE[np.float32]
+        atol = half_atol(expected, float32_atol=rtol * (1 + np.abs(expected)))
+        np.testing.assert_array_less(np.abs(actual - expected), atol)
+        return
     rtol = TOLERANCE[dtype]
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol)
 
 
-# float64 checks the layout on every shape; float32 its precision on two.
+# float64 checks the layout on every shape; float32 and float16 their precision on two.
 ROW_CASES = [(shape, np.float64) for shape in SHAPES] + [
     ((3, 10), np.float32),
     ((2, 300), np.float32),
+    ((3, 10), np.float16),
+    ((2, 300), np.float16),
 ]
 
 
@@ -53,11 +64,12 @@ def test_softmax_forward_and_backward(shape, dtype, rng):
     Y64 = xp_activations.softmax(np, Z64)
     close(run(kernels.softmax, Z), Y64, dtype)
     close(run(kernels.log_softmax, Z), xp_activations.log_softmax(np, Z64), dtype)
-    expected = xp_activations.backward(np, "softmax", dY64, Z64, Y64)
-    close(run(kernels.softmax_backward, dY, Y64.astype(dtype)), expected, dtype)
+    Y = Y64.astype(dtype)  # the backward's input, and its reference's
+    expected = xp_activations.backward(np, "softmax", dY64, Z64, Y.astype(np.float64))
+    close(run(kernels.softmax_backward, dY, Y), expected, dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_softmax_is_stable_for_extreme_logits(dtype):
     Z = np.array(
         [
@@ -73,7 +85,8 @@ def test_softmax_is_stable_for_extreme_logits(dtype):
     assert np.all(np.isfinite(Y)) and np.all(np.isfinite(logY))
     close(Y, xp_activations.softmax(np, Z.astype(np.float64)), dtype)
     close(logY, xp_activations.log_softmax(np, Z.astype(np.float64)), dtype)
-    np.testing.assert_allclose(Y.sum(axis=1), 1.0, rtol=TOLERANCE[dtype])
+    sum_tolerance = Z.shape[1] * float(np.finfo(dtype).eps) if dtype == np.float16 else None
+    np.testing.assert_allclose(Y.sum(axis=1), 1.0, rtol=sum_tolerance or TOLERANCE[dtype])
 
 
 def test_softmax_in_place_and_repeatable(rng):
