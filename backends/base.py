@@ -22,8 +22,8 @@ Conventions used in every docstring below:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -86,6 +86,21 @@ class Workspace:
         self._arrays.clear()
         self._by_request.clear()
         self.memo.clear()
+
+
+class StepCaptureError(RuntimeError):
+    """A training step could not be captured as a graph (``Engine.capture_step``); the
+    message says why. Nothing of the step has run: the caller runs it plainly."""
+
+
+class CapturedStep(Protocol):
+    """A training step captured by ``Engine.capture_step``."""
+
+    def __call__(self) -> list[Any]:
+        """Run the step once more; its results (0-d arrays), new at each call."""
+
+    def release(self) -> None:
+        """Wait for the replays queued and release the graph and the memory it held."""
 
 
 class Engine(abc.ABC):
@@ -207,6 +222,26 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
         """Copy many 0-d engine arrays to the host in one transfer; float64 ``(len(values),)``."""
+
+    def capture_step(self, run: Callable[[], Sequence[Array]]) -> CapturedStep | None:
+        """Capture the operations of ``run()`` as one replayable graph (CUDA graphs).
+
+        ``run`` queues a training step's operations and returns its 0-d results (losses,
+        metric values). An engine that can capture calls it once with its launches
+        recorded instead of run, and returns a callable that runs the whole captured
+        step (the first call included: capturing runs nothing) and returns the step's
+        results as new 0-d arrays each time, so that every replay's values can be read
+        later. The graph reads and writes the arrays ``run`` used, at their addresses:
+        the caller gives it the same input arrays, refilled, before every call, and keeps
+        every number ``run`` read on the host unchanged (they are frozen into the graph).
+
+        This default captures nothing: ``None``, and ``run`` is not called.
+
+        Raises:
+            StepCaptureError: the capture failed (``run`` allocated memory, read a value
+                back, raised); nothing of the step has run.
+        """
+        return None
 
     # ------------------------------------------------------------------ dense layers
     @abc.abstractmethod

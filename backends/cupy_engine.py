@@ -83,6 +83,14 @@ class CupyEngine(ArrayAPIEngine):
         )
         linalg.set_compute_type(np.float32, compute_type)
 
+    def capture_step(self, run: Any) -> None:
+        # Not yet: a step's CuPy temporaries come from CuPy's memory pool, which frees a
+        # block when its array dies and hands it to the next request, so a graph would
+        # write memory the pool has since given to other arrays unless the capture ran
+        # with a graph-private pool (``cupy.cuda.graph`` and ``MemoryAsyncPool``), and
+        # cuBLAS needs its workspace set for capture. Left for a session with a GPU.
+        return None
+
     @property
     def device(self) -> str:
         props = self._cupy.cuda.runtime.getDeviceProperties(self._device.id)

@@ -301,22 +301,25 @@ class Model(Trainer):
                 run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
                 layer.bind(engine, [], [], dtype, owner=self, run_dtype=run_dtype)
         self._states = [CallState(engine) for _ in self._nodes]
+        self._idle_states = []  # the predictions' states of the previous placement retire
         self._reset_plan()
 
     def _claim_layers(self) -> None:
         """Put the weights on the current engine if they are on none yet, and make this
         model's buffer hold its layers' weights again if another model sharing a layer
-        has taken them since (the values move along)."""
+        has taken them since (the values move along). Threads that call it at once place
+        the weights once."""
         if not self.built:
             return
-        if self.engine is None:
-            engine = config.get_backend()
-            if not engine.supports_dtype(self._built_dtype()):
-                raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
-            custom.check_engine(engine, activations=self._activation_names())
-            self._place(engine, self._host_flat())
-        elif not all(layer._owner is self for layer in self._graph_layers):
-            self._place(self.engine, self._host_flat())
+        with self._lock:
+            if self.engine is None:
+                engine = config.get_backend()
+                if not engine.supports_dtype(self._built_dtype()):
+                    raise RuntimeError(f"engine {engine.name!r} does not support {self.dtype}")
+                custom.check_engine(engine, activations=self._activation_names())
+                self._place(engine, self._host_flat())
+            elif not all(layer._owner is self for layer in self._graph_layers):
+                self._place(self.engine, self._host_flat())
 
     @property
     def weights(self) -> list[Any]:
@@ -718,6 +721,22 @@ class Sequential(Model):
         if not self._stack_layers:
             raise ValueError("the model has no layers; add some with model.add(Dense(...))")
         self._chain()
+
+    def _unbuilt_state(self) -> Any:
+        layers = [
+            (layer, layer.input_features, layer.units, list(layer.inbound_nodes), layer._carried)
+            for layer in self._stack_layers
+        ]
+        return dict(self.__dict__), layers
+
+    def _restore_unbuilt(self, state: Any) -> None:
+        attributes, layers = state
+        self.__dict__.clear()
+        self.__dict__.update(attributes)
+        for layer, input_features, units, inbound_nodes, carried in layers:
+            layer.input_features, layer.units = input_features, units
+            layer.inbound_nodes[:] = inbound_nodes
+            layer._carried = carried
 
     def _shows_connections(self) -> bool:
         return False

@@ -14,12 +14,14 @@ per batch.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import numbers
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,6 +30,7 @@ import numpy as np
 from dlcore import callbacks as callbacks_module
 from dlcore import config, custom, data_checks, losses, mixed_precision, optimizers, saving
 from dlcore import metrics as metrics_module
+from dlcore import step_graphs as step_graphs_module
 from dlcore.backends.base import Array, Engine, Workspace, dtype_name
 from dlcore.layers import CallState, Dense, KerasTensor, Layer, Node
 
@@ -105,6 +108,7 @@ class Trainer(abc.ABC):
     _output_keys: list[str] | None
     output_names: list[str]
     input_names: list[str]
+    name: str
 
     @abc.abstractmethod
     def build(self, input_shape: Any = None) -> None:
@@ -133,6 +137,12 @@ class Trainer(abc.ABC):
         # Keras's model.dtype_policy: under "mixed_float16" compile adds loss scaling
         self.dtype_policy = mixed_precision.global_policy()
         self._weight_casts: list[_WeightCast] = []
+        # Threads: the lock serialises building, placing the weights and refreshing their
+        # cast copies; predictions borrow node states from _idle_states, one set per
+        # concurrent call; _training_thread is the thread inside fit or train_on_batch.
+        self._lock = threading.RLock()
+        self._idle_states: list[list[CallState]] = []
+        self._training_thread: threading.Thread | None = None
 
     # What build() and compile() set; the public methods build or check first.
     def _built_engine(self) -> Engine:
@@ -309,7 +319,9 @@ class Trainer(abc.ABC):
                 )
             )
         if not self.built:
-            self.build(input_shape=(None, checked[0].shape[1]))
+            with self._lock:  # threads predicting at once build it once
+                if not self.built:
+                    self.build(input_shape=(None, checked[0].shape[1]))
         if any(len(array) != len(checked[0]) for array in checked[1:]):
             raise ValueError(
                 f"every input must hold the same number of samples; received "
@@ -339,15 +351,32 @@ class Trainer(abc.ABC):
     def _checked_pair(
         self, x: Any, y: Any, caller: str, x_name: str = "x", y_name: str = "y"
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        xs = self._check_inputs(x, x_name)
-        if y is None:
-            raise ValueError(
-                f"{caller} needs targets {y_name} for the loss; received {y_name}=None"
-            )
-        ys = self._check_targets(y, y_name)
-        for target in ys:
-            data_checks.check_sample_counts(xs[0], target, x_name=x_name, y_name=y_name)
+        # A model built from x here is unbuilt again if y is refused: a failed call
+        # leaves the model as it found it.
+        unbuilt = None if self.built else self._unbuilt_state()
+        try:
+            xs = self._check_inputs(x, x_name)
+            if y is None:
+                raise ValueError(
+                    f"{caller} needs targets {y_name} for the loss; received {y_name}=None"
+                )
+            ys = self._check_targets(y, y_name)
+            for target in ys:
+                data_checks.check_sample_counts(xs[0], target, x_name=x_name, y_name=y_name)
+        except Exception:
+            if unbuilt is not None:
+                self._restore_unbuilt(unbuilt)
+            raise
         return xs, ys
+
+    def _unbuilt_state(self) -> Any:
+        """What ``_restore_unbuilt`` needs to undo a build from the data; ``None`` for a
+        model that is built from its construction (a functional model)."""
+        return None
+
+    def _restore_unbuilt(self, state: Any) -> None:
+        """Undo the build ``_unbuilt_state`` was taken before."""
+        return None
 
     def _to_engine(self, xs: list[np.ndarray], ys: list[np.ndarray] | None) -> tuple[list, list]:
         engine, dtype = self._built_engine(), self._built_dtype()
@@ -408,39 +437,73 @@ class Trainer(abc.ABC):
             raise ValueError(
                 f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
             )
-        xs, ys = self._checked_pair(x, y, "fit()")
-        val: tuple[list[np.ndarray], list[np.ndarray]] | None = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError(
-                    "validation_data must be a tuple (x_val, y_val); sample weights are not "
-                    "supported"
+        with self._training_alone("fit()"):
+            xs, ys = self._checked_pair(x, y, "fit()")
+            val: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+            if validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                    raise ValueError(
+                        "validation_data must be a tuple (x_val, y_val); sample weights are not "
+                        "supported"
+                    )
+                x_val, y_val = validation_data
+                val = self._checked_pair(x_val, y_val, "fit()", x_name="x_val", y_name="y_val")
+            elif validation_split:
+                n = len(xs[0])
+                split_at = int(math.floor(n * (1.0 - validation_split)))
+                if split_at == 0 or split_at == n:
+                    raise ValueError(
+                        f"validation_split={validation_split} of {n} samples leaves "
+                        f"{split_at} for training and {n - split_at} for validation; "
+                        "both need at least one sample"
+                    )
+                val = ([a[split_at:] for a in xs], [a[split_at:] for a in ys])
+                xs, ys = [a[:split_at] for a in xs], [a[:split_at] for a in ys]
+            callback_list = callbacks_module.CallbackList(
+                callbacks,
+                model=self,
+                verbose=verbose,
+                epochs=epochs,
+                steps=math.ceil(len(xs[0]) / batch_size),
+            )
+            metric_groups = self._resolved_metrics()
+            self._prepare()
+            return self._fit_loop(
+                xs,
+                ys,
+                val,
+                batch_size,
+                epochs,
+                initial_epoch,
+                shuffle,
+                metric_groups,
+                callback_list,
+            )
+
+    @contextlib.contextmanager
+    def _training_alone(self, caller: str) -> Iterator[None]:
+        """Hold the model for training in this thread for the block; refuse a second
+        training call (another thread's, or one made from a callback) while one runs.
+
+        Raises:
+            RuntimeError: the model is already training.
+        """
+        current = threading.current_thread()
+        with self._lock:
+            holder = self._training_thread
+            if holder is not None:
+                raise RuntimeError(
+                    f"{caller}: model {self.name!r} is already training in thread "
+                    f"{holder.name!r} (this call is in thread {current.name!r}); one model "
+                    "trains in one thread at a time: wait for that call to return, or "
+                    "train a copy of the model (copy.deepcopy)"
                 )
-            x_val, y_val = validation_data
-            val = self._checked_pair(x_val, y_val, "fit()", x_name="x_val", y_name="y_val")
-        elif validation_split:
-            n = len(xs[0])
-            split_at = int(math.floor(n * (1.0 - validation_split)))
-            if split_at == 0 or split_at == n:
-                raise ValueError(
-                    f"validation_split={validation_split} of {n} samples leaves "
-                    f"{split_at} for training and {n - split_at} for validation; "
-                    "both need at least one sample"
-                )
-            val = ([a[split_at:] for a in xs], [a[split_at:] for a in ys])
-            xs, ys = [a[:split_at] for a in xs], [a[:split_at] for a in ys]
-        callback_list = callbacks_module.CallbackList(
-            callbacks,
-            model=self,
-            verbose=verbose,
-            epochs=epochs,
-            steps=math.ceil(len(xs[0]) / batch_size),
-        )
-        metric_groups = self._resolved_metrics()
-        self._prepare()
-        return self._fit_loop(
-            xs, ys, val, batch_size, epochs, initial_epoch, shuffle, metric_groups, callback_list
-        )
+            self._training_thread = current
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._training_thread = None
 
     def _prepare(self) -> None:
         """Everything a training step needs, before the first one: weights owned by this
@@ -483,39 +546,96 @@ class Trainer(abc.ABC):
         callback_list.on_train_begin()
         epoch_logs: dict[str, float] = {}
         workspace = self._model_workspace()
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            totals = self._totals(engine, metric_groups)
-            order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
-            for step, start in enumerate(starts):
-                callback_list.on_train_batch_begin(step)
-                stop = min(start + batch_size, n)
-                if order is None:
-                    X_batch = [engine.slice_rows(A, start, stop) for A in X]
-                    Y_batch = [engine.slice_rows(A, start, stop) for A in Y]
-                else:
-                    rows = engine.slice_rows(order, start, stop)
-                    X_batch = _shuffled_rows(engine, workspace, "x", X, rows, stop - start)
-                    Y_batch = _shuffled_rows(engine, workspace, "y", Y, rows, stop - start)
-                loss_terms, metric_values = self._train_step(X_batch, Y_batch, metric_groups)
-                totals.add(stop - start, loss_terms, metric_values)
-                batch_logs = (
-                    metrics_module.LazyLogs(totals.logs) if callback_list.wants_batch_logs else None
-                )
-                callback_list.on_train_batch_end(step, batch_logs)
+        graphs = self._step_graphs(engine)
+        try:
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                totals = self._totals(engine, metric_groups)
+                order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
+                for step, start in enumerate(starts):
+                    callback_list.on_train_batch_begin(step)
+                    stop = min(start + batch_size, n)
+                    if order is None:
+                        X_batch = [engine.slice_rows(A, start, stop) for A in X]
+                        Y_batch = [engine.slice_rows(A, start, stop) for A in Y]
+                        if graphs is not None and graphs.may_capture:  # read at fixed addresses
+                            X_batch = _staged_rows(engine, workspace, "x", X_batch)
+                            Y_batch = _staged_rows(engine, workspace, "y", Y_batch)
+                    else:
+                        rows = engine.slice_rows(order, start, stop)
+                        X_batch = _shuffled_rows(engine, workspace, "x", X, rows, stop - start)
+                        Y_batch = _shuffled_rows(engine, workspace, "y", Y, rows, stop - start)
+                    if graphs is None:
+                        loss_terms, metric_values = self._train_step(
+                            X_batch, Y_batch, metric_groups
+                        )
+                    else:
+                        loss_terms, metric_values = self._graph_train_step(
+                            graphs, X_batch, Y_batch, metric_groups
+                        )
+                    totals.add(stop - start, loss_terms, metric_values)
+                    batch_logs = (
+                        metrics_module.LazyLogs(totals.logs)
+                        if callback_list.wants_batch_logs
+                        else None
+                    )
+                    callback_list.on_train_batch_end(step, batch_logs)
+                    if self.stop_training:
+                        break
+                epoch_logs = totals.logs()
+                if validation is not None:
+                    val_logs = self._evaluate_engine_arrays(
+                        *validation, batch_size, metric_groups, callback_list
+                    )
+                    epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
+                callback_list.on_epoch_end(epoch, epoch_logs)
                 if self.stop_training:
                     break
-            epoch_logs = totals.logs()
-            if validation is not None:
-                val_logs = self._evaluate_engine_arrays(
-                    *validation, batch_size, metric_groups, callback_list
-                )
-                epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
-            callback_list.on_epoch_end(epoch, epoch_logs)
-            if self.stop_training:
-                break
+        finally:
+            if graphs is not None:
+                graphs.release()
         callback_list.on_train_end(epoch_logs)
         return callback_list.history
+
+    def _step_graphs(self, engine: Engine) -> step_graphs_module.StepGraphs | None:
+        """The fit's CUDA graphs of its training steps, or ``None`` for plain steps: when
+        ``config.cuda_graphs()`` is off (the default), and for a ``LossScaleOptimizer``,
+        whose loss scale is a host number inside the step (a graph would freeze it) and
+        which decides on the host whether to apply each step."""
+        if not config.cuda_graphs():
+            return None
+        if isinstance(self.optimizer, optimizers.LossScaleOptimizer):
+            return None
+        return step_graphs_module.StepGraphs(engine)
+
+    def _graph_train_step(
+        self,
+        graphs: step_graphs_module.StepGraphs,
+        X: list[Array],
+        Y: list[Array],
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+    ) -> tuple[list[Array], list[Array]]:
+        """``_train_step`` with the gradient computation run, captured or replayed by
+        ``graphs``, and the optimizer's update launched after it."""
+
+        def step() -> tuple[list[Array], list[Array]]:
+            self._forget_step_caches()
+            return self._gradient_step(X, Y, metric_groups)
+
+        loss_terms, metric_values = graphs.run(self._plan, [*X, *Y], step)
+        self._apply_update()
+        return loss_terms, metric_values
+
+    def _forget_step_caches(self) -> None:
+        """Drop what each node kept of the last step it ran for its backward pass.
+
+        Replays do not run the step's Python code, so when a batch shape runs after
+        other shapes' replays the nodes still hold the arrays of the last step that ran
+        plainly; dropping them first lets the engine reuse their memory instead of
+        allocating more (an allocation would fail the capture of that shape).
+        """
+        for state in self._states:
+            state.cache = None
 
     def _totals(
         self, engine: Engine, metric_groups: Sequence[Sequence[metrics_module.Metric]]
@@ -667,6 +787,32 @@ class Trainer(abc.ABC):
         Y: list[Array],
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
     ) -> tuple[list[Array], list[Array]]:
+        """One training step: the gradients, then the optimizer's update; returns the loss
+        terms and metric values (0-d engine arrays)."""
+        loss_terms, metric_values = self._gradient_step(X, Y, metric_groups)
+        self._apply_update()
+        return loss_terms, metric_values
+
+    def _apply_update(self) -> None:
+        """The optimizer's step over the trained ranges of the buffers, from the gradients
+        ``_gradient_step`` wrote."""
+        plan = self._plan
+        assert plan is not None  # _prepare made it
+        if plan.stack is not None:
+            self._compiled_optimizer().apply(self._built_engine(), self._params, self._grads)
+        elif plan.updates:
+            self._compiled_optimizer().apply(
+                self._built_engine(), self._params, self._grads, segments=plan.segments
+            )
+
+    def _gradient_step(
+        self,
+        X: list[Array],
+        Y: list[Array],
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+    ) -> tuple[list[Array], list[Array]]:
+        """Forward pass, losses, metrics and backward pass of a training step: the weight
+        gradients written, the loss terms and metric values returned; no update."""
         engine = self._built_engine()
         plan = self._plan
         assert plan is not None  # _prepare made it
@@ -686,7 +832,6 @@ class Trainer(abc.ABC):
             metric_values = [
                 metric.batch_value(engine, output, Y[0], workspace) for metric in metric_groups[0]
             ]
-            self._compiled_optimizer().apply(engine, self._params, self._grads)
             return [loss_value], metric_values
         values = self._run_graph(X, training=True)
         outputs = self._in_model_dtype([values[self._slots[id(t)]] for t in self._outputs])
@@ -704,10 +849,6 @@ class Trainer(abc.ABC):
                 gradients[slot].append(gradient)
         loss_terms += [penalty for layer in plan.trained_layers for penalty in layer.penalties()]
         self._backward(plan, gradients)
-        if plan.updates:
-            self._compiled_optimizer().apply(
-                engine, self._params, self._grads, segments=plan.segments
-            )
         return loss_terms, metric_values
 
     def _output_terms(
@@ -784,11 +925,19 @@ class Trainer(abc.ABC):
             gradient = engine.scale(gradient, weight, workspace=workspace)
         return gradient
 
-    def _run_graph(self, X: list[Array], *, training: bool) -> list[Array]:
-        """Every tensor's value for the inputs ``X``, in slot order."""
+    def _run_graph(
+        self, X: list[Array], *, training: bool, states: list[CallState] | None = None
+    ) -> list[Array]:
+        """Every tensor's value for the inputs ``X``, in slot order; the nodes keep what
+        they need in ``states`` (the model's own, for training, by default)."""
+        with self._lock if self._weight_casts else contextlib.nullcontext():
+            # the cast copies are shared: refreshing them and reading them is serialised
+            return self._run_nodes(X, training, self._states if states is None else states)
+
+    def _run_nodes(self, X: list[Array], training: bool, states: list[CallState]) -> list[Array]:
+        """``_run_graph``'s work: the weights' cast copies refreshed, then every node."""
         values: list[Any] = [None] * len(self._slots)
         values[: len(X)] = X
-        states = self._states
         slots = self._slots
         engine = self._built_engine()
         for cast in self._weight_casts:
@@ -939,8 +1088,26 @@ class Trainer(abc.ABC):
         return loss_terms, values
 
     def _forward(self, X: list[Array]) -> list[Array]:
-        values = self._run_graph(X, training=False)
+        """The outputs for the inputs ``X``, in inference mode, on node states of its own
+        so that threads predicting at once do not share them."""
+        with self._borrowed_states() as states:
+            values = self._run_graph(X, training=False, states=states)
         return [values[self._slots[id(t)]] for t in self._outputs]
+
+    @contextlib.contextmanager
+    def _borrowed_states(self) -> Iterator[list[CallState]]:
+        """A set of node states that no other call uses during the block: an idle one,
+        else a new one, given back afterwards (unless the weights moved meanwhile)."""
+        with self._lock:
+            pool = self._idle_states
+            engine = self._built_engine()
+            states = pool.pop() if pool else [CallState(engine) for _ in self._nodes]
+        try:
+            yield states
+        finally:
+            with self._lock:
+                if pool is self._idle_states:
+                    pool.append(states)
 
     def evaluate(
         self,
@@ -1045,14 +1212,15 @@ class Trainer(abc.ABC):
             That batch's loss, or ``[loss, ...]`` / a dict as ``evaluate`` returns them.
         """
         self._require_compiled("train_on_batch()")
-        xs, ys = self._checked_pair(x, y, "train_on_batch()")
-        metric_groups = self._resolved_metrics()
-        self._prepare()
-        X, Y = self._to_engine(xs, ys)
-        totals = self._totals(self._built_engine(), metric_groups)
-        loss_terms, values = self._train_step(X, Y, metric_groups)
-        totals.add(len(xs[0]), loss_terms, values)
-        return self._returned(totals.logs(), return_dict)
+        with self._training_alone("train_on_batch()"):
+            xs, ys = self._checked_pair(x, y, "train_on_batch()")
+            metric_groups = self._resolved_metrics()
+            self._prepare()
+            X, Y = self._to_engine(xs, ys)
+            totals = self._totals(self._built_engine(), metric_groups)
+            loss_terms, values = self._train_step(X, Y, metric_groups)
+            totals.add(len(xs[0]), loss_terms, values)
+            return self._returned(totals.logs(), return_dict)
 
     def test_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
         """Loss (and metrics) of ``x``, ``y`` as one batch, without training."""
@@ -1102,6 +1270,19 @@ def _shuffled_rows(
         )
         for i, A in enumerate(arrays)
     ]
+
+
+def _staged_rows(
+    engine: Engine, workspace: Workspace, prefix: str, batches: list[Array]
+) -> list[Array]:
+    """Each batch copied into the workspace arrays ``_shuffled_rows`` gathers into, so that
+    unshuffled batches, too, are read from the same arrays at every step."""
+    staged = []
+    for i, batch in enumerate(batches):
+        out = workspace.array(f"{prefix}{i}", tuple(batch.shape), batch.dtype)
+        engine.assign(out, batch)
+        staged.append(out)
+    return staged
 
 
 def _per_output(value: Any, names: list[str], what: str, allow_single: bool = True) -> list[Any]:

@@ -132,9 +132,34 @@ def launch(kernel: Any, config: tuple[Any, Any], *args: Any) -> None:
     (``PreparedLaunches``); the first launch of each signature, anything the cache
     does not handle, and every launch in the simulator take numba-cuda's dispatcher.
     """
+    if _observer is not None and _observer(kernel, config, args):
+        return
     prepared = _prepared_launches()
     if prepared is None or not prepared.launch(kernel, config, args):
         kernel[config[0], config[1], stream()](*args)
+
+
+# ---------------------------------------------------------------------- launch observers
+LaunchObserver = Callable[[Any, tuple[Any, Any], tuple[Any, ...]], bool]
+"""``observer(kernel, (grid, block), args) -> taken``: shown each launch before it is made;
+``True`` means the observer took the launch and ``launch`` makes none."""
+
+# The step capture in progress (``kernels/graphs.py``) sees every launch; None otherwise.
+_observer: LaunchObserver | None = None
+
+
+def observe_launches(observer: LaunchObserver | None) -> LaunchObserver | None:
+    """Show every ``launch`` to ``observer`` from now on (``None``: to no one); return the
+    observer replaced.
+
+    A CUDA graph capture (``kernels/graphs.py``) records the arrays each launch of the
+    captured step uses, to keep them allocated while the graph lives; the simulator's
+    stand-in for a capture also takes the launches, to make them again at each replay.
+    """
+    global _observer
+    previous = _observer
+    _observer = observer
+    return previous
 
 
 # ---------------------------------------------------------------------- prepared launches

@@ -47,6 +47,7 @@ KERNEL_MODULES = (
     "dropout",
     "memory",
     "fused_mlp",
+    "graphs",
 )
 
 ARCHS = (("sm_80", (8, 0)), ("sm_90", (9, 0)))

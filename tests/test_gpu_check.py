@@ -362,3 +362,35 @@ def test_the_probe_runs_its_checks_on_the_simulated_numba_engine(tmp_path):
     for part in ("softmax", "crossentropy", "take_rows", "dropout kept fraction"):
         assert part in names
     assert all(check["passed"] for check in checks), done.stdout
+
+
+def test_the_graph_probe_compares_histories_and_its_step_is_summarised(tmp_path):
+    plain = {"loss": [0.5, 0.25], "accuracy": [0.5, 0.75]}
+    assert gpu_probe.histories_match(plain, dict(plain)) == {
+        "identical": True,
+        "max_relative_difference": 0.0,
+    }
+    moved = {"loss": [0.5, 0.25 * (1 + 1e-6)], "accuracy": [0.5, 0.75]}
+    match = gpu_probe.histories_match(plain, moved)
+    assert not match["identical"] and match["max_relative_difference"] == pytest.approx(1e-6)
+    assert gpu_probe.histories_match(plain, {"loss": [0.5]})["max_relative_difference"] == math.inf
+    found = tmp_path / "graphs.json"
+    row = {"plain_samples_per_s": 90000.4, "graphs_samples_per_s": 150000.0, "captures": 2}
+    found.write_text(
+        json.dumps(
+            {
+                "cases": {
+                    "fused": {**row, "identical": True},
+                    "nodes": {**row, "identical": False},
+                },
+                "complete": False,
+            }
+        )
+    )
+    summary, _ = gpu_check.parse_graphs("", str(found))
+    assert summary == (
+        "fused 90000 -> 150000 samples/s, 2 captured, same history; "
+        "nodes 90000 -> 150000 samples/s, 2 captured, HISTORIES DIFFER (cut short: see the tail)"
+    )
+    step = {s.name: s for s in gpu_check.plan("python3", str(tmp_path))}["graphs"]
+    assert step.command[-3:] == ["graphs", "--json", step.json_file] and step.limit_s == 45

@@ -15,6 +15,7 @@ stops starting steps at a global deadline (``--deadline``, default 480 s)::
     sanitizer-*   compute-sanitizer racecheck, synccheck, memcheck (when on PATH)        } time
     probe         tools/gpu_probe.py shapes: large and odd shapes against float64 NumPy
     timings       tools/gpu_probe.py timings: gemm GFLOP/s, Adam GB/s, launch cost
+    graphs        tools/gpu_probe.py graphs: a tiny fit with CUDA graph replay off and on
     doctor        python -m dlcore doctor, timed
     bench         python -m dlcore bench --engines cupy numba --peers --repeats 3
     bench-mixed   the same in mixed_float16 (torch autocast, JAX float16), large case, 2 repeats
@@ -220,6 +221,21 @@ def parse_timings(output: str, json_file: str) -> tuple[str, dict[str, Any]]:
     return summary + ("" if data.get("complete") else " (cut short: see the tail)"), data
 
 
+def parse_graphs(output: str, json_file: str) -> tuple[str, dict[str, Any]]:
+    data = _read_json(json_file)
+    if not isinstance(data, dict):
+        return "no graphs file (see the tail)", {}
+    parts = []
+    for case, row in data.get("cases", {}).items():
+        verdict = "same history" if row.get("identical") else "HISTORIES DIFFER"
+        parts.append(
+            f"{case} {row['plain_samples_per_s']:.0f} -> {row['graphs_samples_per_s']:.0f} "
+            f"samples/s, {row['captures']} captured, {verdict}"
+        )
+    summary = "; ".join(parts) or "no numbers"
+    return summary + ("" if data.get("complete") else " (cut short: see the tail)"), data
+
+
 def parse_doctor(output: str, _json_file: str = "") -> tuple[str, dict[str, Any]]:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     verdict = next((line for line in reversed(lines) if line.startswith(("OK:", "FAILED:"))), None)
@@ -395,6 +411,7 @@ def plan(python: str, out: str) -> list[Step]:
             )
         )
     probe_json, timings_json = os.path.join(out, "probe.json"), os.path.join(out, "timings.json")
+    graphs_json = os.path.join(out, "graphs.json")
     bench_json = os.path.join(out, "bench.json")
     mixed_json = os.path.join(out, "bench-mixed.json")
     bench = [python, "-m", "dlcore", "bench", "--engines", "cupy", "numba", "--peers"]
@@ -414,6 +431,15 @@ def plan(python: str, out: str) -> list[Step]:
             60,
             parse=parse_timings,
             json_file=timings_json,
+        ),
+        # the kernels' compilation (an untimed fit per mode) is most of it
+        Step(
+            "graphs",
+            "a 784-50-50-10 fit with CUDA graph replay off and on (tools/gpu_probe.py graphs)",
+            [python, PROBE, "graphs", "--json", graphs_json],
+            45,
+            parse=parse_graphs,
+            json_file=graphs_json,
         ),
         Step(
             "doctor",

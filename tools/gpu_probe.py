@@ -5,13 +5,17 @@ dlcore importable (installed, or laid out as an install would be)::
 
     python tools/gpu_probe.py shapes   [--json FILE] [--small]
     python tools/gpu_probe.py timings  [--json FILE] [--small]
+    python tools/gpu_probe.py graphs   [--json FILE] [--small]
     python tools/gpu_probe.py sanitize [--small]
 
 ``shapes`` checks large and odd shapes against float64 NumPy through the numba
 engine's operations and the kernels' launchers; ``timings`` measures gemm
 GFLOP/s, Adam's GB/s and the cost of a kernel launch (plain, and through
 ``kernels.common.launch`` with and without prepared arguments); ``sanitize`` launches every
-kernel family once on small arrays, for ``compute-sanitizer``. ``--small`` shrinks
+kernel family once on small arrays, for ``compute-sanitizer``; ``graphs`` fits a
+784-50-50-10 model (batch 32) with CUDA graph replay of the training step off and on
+(``dlcore.config.set_cuda_graphs``) and reports the samples/s of each and whether the
+histories match. ``--small`` shrinks
 every size so that the code paths can be tried in Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``); its numbers mean nothing.
 
@@ -534,6 +538,141 @@ def _cupy() -> Any:
         return None
 
 
+# ---------------------------------------------------------------------- graphs
+# The graph probe's model: the benchmark's tiny case, launch-bound on any GPU. "fused" is
+# the dense stack the fused narrow-MLP kernels run (few launches to save); "nodes", the
+# same model with an L2 penalty, runs node by node (about 20 launches per step).
+GRAPH_WIDTHS = {"full": (784, 50, 50, 10), "small": (12, 8, 8, 4)}
+GRAPH_SAMPLES = {"full": 8192, "small": 72}  # 256 and 2 full batches, plus a partial one
+GRAPH_EPOCHS = {"full": 3, "small": 3}  # a shape is captured at its third step
+GRAPH_BATCH = 32
+
+
+def histories_match(plain: dict[str, list[float]], graphs: dict[str, list[float]]) -> dict:
+    """``{"identical": ..., "max_relative_difference": ...}`` between two fits' histories:
+    the same keys and values, relative to each value's magnitude (``inf`` when the keys or
+    lengths differ)."""
+    if plain.keys() != graphs.keys() or any(len(plain[k]) != len(graphs[k]) for k in plain):
+        return {"identical": False, "max_relative_difference": math.inf}
+    worst = 0.0
+    for key in plain:
+        a = np.asarray(plain[key], dtype=np.float64)
+        b = np.asarray(graphs[key], dtype=np.float64)
+        scale = np.maximum(np.abs(a), np.finfo(np.float64).tiny)
+        worst = max(worst, float(np.max(np.abs(a - b) / scale)) if a.size else 0.0)
+    return {"identical": plain == graphs, "max_relative_difference": worst}
+
+
+def run_graphs(small: bool, save: Save) -> dict[str, Any]:
+    """Fit the probe's model with graph replay off and on, timed; compare the histories."""
+    import warnings
+
+    import dlcore
+    from dlcore import config
+
+    engine = _engine()
+    size = "small" if small else "full"
+    print(f"numba engine on {engine.device}", flush=True)
+    rng = np.random.default_rng(0)
+    widths = GRAPH_WIDTHS[size]
+    x = rng.standard_normal((GRAPH_SAMPLES[size], widths[0])).astype(np.float32)
+    y = np.eye(widths[-1], dtype=np.float32)[rng.integers(0, widths[-1], len(x))]
+    result: dict[str, Any] = {"device": engine.device, "complete": False, "cases": {}}
+    for case in ("fused", "nodes"):
+        fits = {}
+        for replay in (False, True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                config.set_cuda_graphs(replay)
+                fits[replay] = _timed_fit(dlcore, engine, case, widths, x, y, GRAPH_EPOCHS[size])
+            fits[replay]["warnings"] = [
+                str(w.message) for w in caught if "has not been run on a GPU" not in str(w.message)
+            ]
+        config.set_cuda_graphs(False)
+        row = {
+            "plain_samples_per_s": fits[False]["samples_per_s"],
+            "graphs_samples_per_s": fits[True]["samples_per_s"],
+            "captures": fits[True]["captures"],
+            "refused": fits[True]["refused"],
+            "warnings": fits[True]["warnings"],
+            **histories_match(fits[False]["history"], fits[True]["history"]),
+        }
+        result["cases"][case] = row
+        print(
+            f"graphs {case}: {row['plain_samples_per_s']:.0f} samples/s plain, "
+            f"{row['graphs_samples_per_s']:.0f} with graph replay ({row['captures']} captured, "
+            f"{len(row['refused'])} refused); histories "
+            f"{'identical' if row['identical'] else 'differ'} "
+            f"(max relative difference {row['max_relative_difference']:.3g})",
+            flush=True,
+        )
+        for reason in row["refused"] + row["warnings"]:
+            print(f"  {reason}", flush=True)
+        save(result)
+    result["complete"] = True
+    return result
+
+
+def _timed_fit(
+    dlcore: Any,
+    engine: Any,
+    case: str,
+    widths: tuple[int, ...],
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+) -> dict[str, Any]:
+    """One compile-then-fit of the probe's model (after an untimed one that compiles the
+    kernels): samples/s, the history, and what ``engine.capture_step`` did."""
+    from dlcore.layers import Dense
+    from dlcore.models import Sequential
+    from dlcore.regularizers import l2
+
+    captures: list[int] = []
+    refused: list[str] = []
+    capture_step = type(engine).capture_step
+
+    def counted(run: Any) -> Any:
+        try:
+            replay = capture_step(engine, run)
+        except Exception as error:
+            refused.append(str(error))
+            raise
+        captures.append(replay is not None)
+        return replay
+
+    def fit(samples: int) -> tuple[dict[str, list[float]], float]:
+        dlcore.set_random_seed(0)
+        regularizer = l2(1e-4) if case == "nodes" else None
+        layers = [
+            Dense(w, activation="relu", input_shape=(i,), kernel_regularizer=regularizer)
+            for i, w in zip(widths[:-2], widths[1:-1])
+        ]
+        model = Sequential([*layers, Dense(widths[-1], activation="softmax")])
+        model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+        start = time.perf_counter()
+        history = model.fit(
+            x[:samples], y[:samples], batch_size=GRAPH_BATCH, epochs=epochs, verbose=0
+        )
+        engine.synchronize()
+        return history.history, time.perf_counter() - start
+
+    engine.capture_step = counted  # an instance attribute: counts this probe's captures only
+    try:
+        fit(3 * GRAPH_BATCH)
+        captures.clear()
+        refused.clear()
+        history, seconds = fit(len(x))
+    finally:
+        del engine.capture_step
+    return {
+        "samples_per_s": len(x) * epochs / seconds,
+        "history": history,
+        "captures": sum(captures),
+        "refused": refused,
+    }
+
+
 # ---------------------------------------------------------------------- sanitize
 def run_sanitize(small: bool, save: Save) -> dict[str, Any]:
     """Launch every kernel family on small arrays: a run for ``compute-sanitizer``."""
@@ -667,6 +806,7 @@ def run_sanitize(small: bool, save: Save) -> dict[str, Any]:
 COMMANDS: dict[str, Callable[[bool, Save], dict[str, Any]]] = {
     "shapes": run_shapes,
     "timings": run_timings,
+    "graphs": run_graphs,
     "sanitize": run_sanitize,
 }
 
