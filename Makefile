@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENGINE ?=
 
 .PHONY: demo test test-fast test-cudasim ptx-report lint bench bench-compare bench-report parity \
-	gpu-check clean
+	gpu-check clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,20 @@ $(PARITY_VENV)/.parity-installed: pyproject.toml | $(PARITY_VENV)/bin/python
 
 parity: $(PARITY_VENV)/.parity-installed
 	DLCORE_REQUIRE_KERAS=1 KERAS_BACKEND=jax $(PARITY_VENV)/bin/python -m pytest $(PARITY_TESTS)
+
+# Long fuzzing of load_model (tests/test_fuzz_model_files.py): FUZZ_EXAMPLES random damaged
+# or crafted files per strategy; the default test run uses a fixed, derandomized budget.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(VENV)/.test-installed
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_model_files.py
+
+# Memory soak (tests/test_soak.py): SOAK_FITS short fits and SOAK_PREDICTS predicts after a
+# warm-up; prints the resident-memory growth per 1,000 calls and fails at 1 KB or more.
+SOAK_FITS ?= 2000
+SOAK_PREDICTS ?= 100000
+soak: $(VENV)/.test-installed
+	DLCORE_SOAK=1 SOAK_FITS=$(SOAK_FITS) SOAK_PREDICTS=$(SOAK_PREDICTS) \
+		$(BIN)/python -m pytest -q -s -m soak tests/test_soak.py
 
 lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check .

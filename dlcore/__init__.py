@@ -33,12 +33,14 @@ from dlcore.config import (
 )
 from dlcore.layers import Input
 from dlcore.models import Model, Sequential
+from dlcore.saving import ModelFileError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Input",
     "Model",
+    "ModelFileError",
     "Sequential",
     "activations",
     "backend",

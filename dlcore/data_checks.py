@@ -13,7 +13,7 @@ import numpy as np
 
 
 def as_numeric(data: Any, name: str) -> np.ndarray:
-    """``data`` as a NumPy array of numbers, or a TypeError/ValueError that says why not."""
+    """``data`` as a NumPy array of real numbers, or a TypeError/ValueError that says why not."""
     if data is None:
         raise ValueError(f"{name} is None; pass a NumPy array (or nested lists) of numbers")
     try:
@@ -23,29 +23,108 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
             f"{name} could not be converted to a numeric array ({error}); "
             "pass a rectangular NumPy array of numbers"
         ) from None
+    if array.dtype.kind == "O":
+        array = _object_as_numbers(array, name)
+    if array.dtype.kind == "c":
+        raise _complex_error(array, name)
     if array.dtype.kind not in "biuf":
-        if array.dtype.kind == "O":
-            try:
-                return as_numeric(array.astype(np.float64), name)
-            except (ValueError, TypeError):
-                pass
-        raise TypeError(
-            f"{name} must hold numbers; received an array of dtype {array.dtype} "
-            f"(e.g. {array.reshape(-1)[:1].tolist()}). Convert it with "
-            f"np.asarray({name}, dtype='float32') after encoding any text as numbers"
-        )
+        raise _not_numbers_error(array, name)
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}); pass at least one sample")
-    # A sum is finite only if every term is; only when it is not does the exact test
-    # (a boolean array as large as the data) run, to say where and to rule out overflow.
-    if array.dtype.kind == "f" and not np.isfinite(np.sum(array)) and not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0]
-        count = int(np.count_nonzero(~np.isfinite(array)))
-        raise ValueError(
-            f"{name} contains {count} NaN or infinite value(s), the first at index "
-            f"{tuple(int(i) for i in bad)}; remove or impute them before training"
-        )
+    _check_finite(array, name)
     return array
+
+
+def _object_as_numbers(array: np.ndarray, name: str) -> np.ndarray:
+    """An object array (mixed Python numbers, huge ints) as float64, or complex128 for
+    complex numbers (refused next); a TypeError naming the first element that is neither."""
+    missing = [index for index, item in enumerate(array.reshape(-1)) if item is None]
+    if missing:
+        where = tuple(int(i) for i in np.unravel_index(missing[0], array.shape))
+        raise ValueError(
+            f"{name} contains {len(missing)} missing value(s) (None), the first at index "
+            f"{where}; remove or impute them before training"
+        )
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    for index, item in enumerate(array.reshape(-1)):
+        if isinstance(item, numbers.Complex) and not isinstance(item, numbers.Real):
+            try:
+                return array.astype(np.complex128)
+            except (TypeError, ValueError):
+                continue  # a non-number comes later; name it
+        where = tuple(int(i) for i in np.unravel_index(index, array.shape))
+        try:
+            float(item)
+        except OverflowError:
+            raise ValueError(
+                f"{name} holds an integer of {len(str(abs(item)))} digits at index {where}, "
+                "beyond the range of float64 (about 1.8e308); rescale the data, or fix the "
+                "value if it is a mistake"
+            ) from None
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must hold numbers; received an array of Python objects whose element "
+                f"at index {where} is {item!r} ({type(item).__name__}). Replace or remove the "
+                f"non-numbers, then convert with np.asarray({name}, dtype='float32')"
+            ) from None
+    return array.astype(np.float64)  # pragma: no cover - some element failed above
+
+
+def _complex_error(array: np.ndarray, name: str) -> TypeError:
+    """The error for complex data: dlcore trains on real numbers only."""
+    imaginary = np.flatnonzero(array.reshape(-1).imag)
+    if imaginary.size == 0:
+        return TypeError(
+            f"{name} must hold real numbers; received complex numbers (dtype {array.dtype}) "
+            f"whose imaginary parts are all zero. Pass {name}.real instead"
+        )
+    item = array.reshape(-1)[imaginary[0]].item()
+    return TypeError(
+        f"{name} must hold real numbers; received complex numbers (dtype {array.dtype}) such "
+        f"as {item!r}. Split each into two real features, e.g. "
+        f"np.concatenate([{name}.real, {name}.imag], axis=-1), or pass np.abs({name})"
+    )
+
+
+def _not_numbers_error(array: np.ndarray, name: str) -> TypeError:
+    """The error for text, dates, durations and other non-numeric dtypes."""
+    example = array.reshape(-1)[:1].tolist()
+    if array.dtype.kind in "mM":
+        fix = (
+            f"Convert them to numbers first, e.g. {name} / np.timedelta64(1, 's') for "
+            "durations in seconds"
+        )
+    else:
+        fix = (
+            f"Convert it with np.asarray({name}, dtype='float32') after encoding any text "
+            "as numbers"
+        )
+    return TypeError(
+        f"{name} must hold numbers; received an array of dtype {array.dtype} "
+        f"(e.g. {example}). {fix}"
+    )
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    """Raise when a float ``array`` holds NaN or infinity, naming the first place."""
+    if array.dtype.kind != "f":
+        return
+    # A sum is finite only if every term is; only when it is not does the exact test
+    # (a boolean array as large as the data) run, to say where and to rule out overflow,
+    # which is then no error and must not warn either.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(array)
+    if np.isfinite(total) or np.isfinite(array).all():
+        return
+    bad = np.argwhere(~np.isfinite(array))[0]
+    count = int(np.count_nonzero(~np.isfinite(array)))
+    raise ValueError(
+        f"{name} contains {count} NaN or infinite value(s), the first at index "
+        f"{tuple(int(i) for i in bad)}; remove or impute them before training"
+    )
 
 
 def check_range(array: np.ndarray, dtype: str, name: str) -> None:
@@ -76,6 +155,8 @@ def check_features(
         ``x`` as a NumPy array of shape ``(N, F)``.
     """
     array = as_numeric(x, name)
+    if array.ndim == 0:
+        raise _single_input_error(array, features, name)
     if array.ndim == 1 and features == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2:
@@ -98,6 +179,29 @@ def check_features(
     return array
 
 
+def _single_input_error(array: np.ndarray, features: int | None, name: str) -> ValueError:
+    """The error for a 0-d input: a model reads rows of features, never a lone number."""
+    value = array.item()
+    if features == 1:
+        fix = (
+            f"for one sample of the model's one feature pass [[{value!r}]] or "
+            f"np.reshape({name}, (1, 1))"
+        )
+    elif features is not None:
+        fix = (
+            f"pass one row of {features} features per sample, e.g. an array of shape "
+            f"(1, {features})"
+        )
+    else:
+        fix = (
+            f"pass one row of features per sample, e.g. [[{value!r}]] for one sample of one feature"
+        )
+    return ValueError(
+        f"expected {name} of shape (samples, features), received the single number "
+        f"{name}={value!r} (shape ()); {fix}"
+    )
+
+
 def check_sample_counts(x: np.ndarray, y: np.ndarray, *, x_name: str = "x", y_name: str = "y"):
     """Raise when ``x`` and ``y`` do not hold the same number of samples."""
     if len(x) != len(y):
@@ -117,6 +221,8 @@ def check_targets(
         float64 array ``(N, units)``.
     """
     array = as_numeric(y, name)
+    if array.ndim == 0:
+        raise _single_target_error(array, loss_name, units, name)
     if loss_name == "sparse_categorical_crossentropy":
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
@@ -126,21 +232,7 @@ def check_targets(
                 f"(samples,), received {name}.shape={array.shape}; for one-hot targets use "
                 "loss='categorical_crossentropy'"
             )
-        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
-            raise ValueError(
-                f"sparse_categorical_crossentropy expects integer class labels, received "
-                f"non-integer values such as {array[array != np.round(array)][0].item()!r}"
-            )
-        labels = array.astype(np.int64)
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= units:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"label {bad} in {name} is out of range for the output layer of {units} "
-                f"units (valid labels 0..{units - 1}); give the last Dense layer as many "
-                "units as there are classes"
-            )
-        return labels
+        return check_labels(array, units, name=name, given=y)
     if array.ndim == 1:
         if units == 1:
             array = array.reshape(-1, 1)
@@ -168,6 +260,73 @@ def check_targets(
         )
     check_range(array, dtype, name)
     return array.astype(np.float64, copy=False)
+
+
+def _single_target_error(array: np.ndarray, loss_name: str, units: int, name: str) -> ValueError:
+    """The error for a 0-d target: fit and evaluate take one target per sample."""
+    value = array.item()
+    if loss_name == "sparse_categorical_crossentropy":
+        expected, example = "integer class labels of shape (samples,)", f"[{value!r}]"
+    else:
+        expected, example = f"targets of shape (samples, {units})", f"[[{value!r}]]"
+        if units > 1:
+            example = f"an array of shape (1, {units})"
+    return ValueError(
+        f"{loss_name} expects {expected}, received the single number {name}={value!r} "
+        f"(shape ()); pass one target per sample of x, e.g. {example} for one sample"
+    )
+
+
+def check_labels(
+    labels: np.ndarray, units: int, *, name: str = "y", given: Any = None, against: str = ""
+) -> np.ndarray:
+    """Integer class labels in ``0..units-1`` as int64, checked before any cast.
+
+    Args:
+        labels: a 1-D array of real numbers (``as_numeric`` has ruled out NaN).
+        units: the number of classes, the output layer's width.
+        name: what the user calls the labels, for the messages.
+        given: the user's own data, whose element is quoted when ``labels`` was
+            converted from Python objects (huge ints), so that the message shows the
+            value as written.
+        against: what gives the number of classes, for the message; the output layer
+            unless said otherwise.
+
+    Returns:
+        ``labels`` as int64.
+    """
+    if labels.dtype.kind == "f":
+        fractional = labels != np.round(labels)
+        if fractional.any():
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects integer class labels, received "
+                f"non-integer values such as {labels[fractional][0].item()!r}; round them "
+                "or map each class to an index 0..n-1"
+            )
+    # Compared in the labels' own dtype: a cast first would wrap huge or unsigned values.
+    low, high = labels.argmin(), labels.argmax()
+    if labels[low] < 0 or labels[high] >= units:
+        index = int(low if labels[low] < 0 else high)
+        against = against or f"the output layer of {units} units"
+        raise ValueError(
+            f"label {_given_label(labels, index, given)} in {name} is out of range for "
+            f"{against} (valid labels 0..{units - 1}); give the last Dense layer as many "
+            "units as there are classes"
+        )
+    return labels.astype(np.int64)
+
+
+def _given_label(labels: np.ndarray, index: int, given: Any) -> str:
+    """The label at ``index`` as the user wrote it: an int when it is one, else the float."""
+    if labels.dtype.kind in "biu":
+        return str(labels[index].item())
+    if given is not None:
+        original = np.asarray(given, dtype=object).reshape(-1)
+        if original.size == labels.size and isinstance(original[index], numbers.Integral):
+            return str(int(original[index]))
+    value = labels[index]
+    # Integral below 2**53: exact as an int; beyond, the float's shortest repr in its dtype.
+    return str(int(value)) if abs(float(value)) < 2**53 else str(value)
 
 
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import backends, custom
+from dlcore import backends, custom, data_checks
 from dlcore.backends import custom as engine_custom
 from dlcore.backends import names
 
@@ -62,7 +62,14 @@ class Loss:
             pred = pred[:, None]
         true: np.ndarray
         if self.name == "sparse_categorical_crossentropy":
-            true = np.asarray(y_true).reshape(-1).astype(np.int64)
+            labels = data_checks.as_numeric(y_true, "y_true").reshape(-1)
+            true = data_checks.check_labels(
+                labels,
+                pred.shape[1],
+                name="y_true",
+                given=y_true,
+                against=f"y_pred of {pred.shape[1]} classes",
+            )
         else:
             true = np.asarray(y_true, dtype=np.float64).reshape(pred.shape)
         return float(engine.loss(self.name, pred, true, from_logits=self.from_logits))

@@ -11,16 +11,32 @@ anything is allocated. The model classes register themselves here
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from dlcore import archive, config, custom, losses, optimizers
+from dlcore.archive import MemberHeader, ModelFileError
+from dlcore.layers import LAYER_CLASSES, InputLayer, Layer
 
 MODEL_FORMATS = {"Sequential": "dlcore.Sequential", "Functional": "dlcore.Model"}
 WEIGHTS_FORMAT = "dlcore.weights"
+_OPTIMIZER_PREFIX = "optimizer/"
+# What a damaged or crafted description makes the code that rebuilds a model raise.
+_DESCRIPTION_ERRORS = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+    ArithmeticError,
+)
 
 _classes: dict[str, Any] = {}
 _from_config: list[Callable[..., Any]] = []
@@ -168,7 +184,9 @@ def load_model(
     """Load a model written by ``save`` onto the current engine.
 
     A compiled model comes back compiled with its optimizer state, so ``fit``
-    continues where it stopped. Nothing in the file is unpickled or executed.
+    continues where it stopped. Nothing in the file is unpickled or executed, nothing
+    is written, and the shapes the file declares are checked against its
+    architecture before any array is read or any weight is made.
 
     Args:
         filepath: the file ``save`` wrote.
@@ -177,23 +195,97 @@ def load_model(
         compile: whether to restore the compile settings and optimizer state.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a dlcore model, is corrupt, or does not match
-            its own description.
+        FileNotFoundError: no such file (``IsADirectoryError``: a directory).
+        ModelFileError: (a ``ValueError``) the file is not a dlcore model, is
+            damaged, or does not match its own description; the message names the
+            file and the problem.
     """
     path = os.fspath(filepath)
-    description, arrays = archive.read_archive(path)
-    if description.get("format") not in MODEL_FORMATS.values() or "built" in description:
-        raise ValueError(
-            f"{path} is a dlcore file but not a saved model (format "
-            f"{description.get('format')!r}); load weights with model.load_weights"
-        )
-    try:
+    description, arrays = archive.read_archive(
+        path, _model_members(path, compile=compile, custom_objects=custom_objects)
+    )
+    with _file_errors(path):
         return restore_model(description, arrays, compile=compile, custom_objects=custom_objects)
+
+
+@contextlib.contextmanager
+def _file_errors(path: str, what: str = "is not a valid dlcore model file") -> Iterator[None]:
+    """Turns what rebuilding a model from a damaged description raises into a
+    ``ModelFileError`` naming ``path``."""
+    try:
+        yield
+    except ModelFileError:
+        raise
     except KeyError as error:
-        raise ValueError(f"{path} is not a valid dlcore model file: missing {error}") from None
-    except (TypeError, ValueError, AttributeError, IndexError) as error:
-        raise ValueError(f"{path} is not a valid dlcore model file: {error}") from None
+        raise ModelFileError(path, f"{path} {what}: missing {error}") from None
+    except _DESCRIPTION_ERRORS as error:
+        raise ModelFileError(path, f"{path} {what}: {error}") from None
+
+
+def _model_members(
+    path: str, *, compile: bool, custom_objects: Mapping[str, Any] | None
+) -> archive.Select:
+    """``read_archive``'s check of a model file: the arrays' declared shapes against the
+    architecture and the optimizer, before anything is read; it reads the parameters,
+    and the optimizer state when ``compile``."""
+
+    def select(description: dict[str, Any], headers: Mapping[str, MemberHeader]) -> list[str]:
+        if description.get("format") not in MODEL_FORMATS.values() or "built" in description:
+            raise ModelFileError(
+                path,
+                f"{path} is a dlcore file but not a saved model (format "
+                f"{description.get('format')!r}); load weights with model.load_weights",
+            )
+        with _file_errors(path):
+            size = sum(map(_count, _architecture_shapes(description, custom_objects)))
+            _check_params(headers["params"], size)
+            state = _optimizer_state_shapes(description, size) if compile else None
+            optimizer_names = _checked_optimizer_members(headers, size, state)
+        return ["params", *(optimizer_names if compile else [])]
+
+    return select
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _optimizer_state_shapes(
+    description: Mapping[str, Any], size: int
+) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of the optimizer state the description's compile settings make, or
+    ``None`` when the file holds no optimizer state."""
+    compiled = description.get("compile")
+    if not compiled or not compiled.get("optimizer_built"):
+        return None
+    return dict(optimizers.get(compiled["optimizer"]).state_shapes(size))
+
+
+def _checked_optimizer_members(
+    headers: Mapping[str, MemberHeader], size: int, state: Mapping[str, tuple[int, ...]] | None
+) -> list[str]:
+    """The names of the optimizer's arrays, each checked: a name the optimizer has (when
+    known), and the shape it has; every other array of the file is refused."""
+    names = []
+    for name, header in headers.items():
+        if name == "params":
+            continue
+        if not name.startswith(_OPTIMIZER_PREFIX):
+            raise ValueError(f"the array {name!r} is not part of a dlcore model file")
+        entry = name[len(_OPTIMIZER_PREFIX) :]
+        if state is not None and entry not in state:
+            raise ValueError(
+                f"the optimizer state has an unexpected entry {entry!r}; with its "
+                f"configuration it has {sorted(state)}"
+            )
+        allowed = {(), (size,)} if state is None else {state[entry]}
+        if header.shape not in allowed:
+            raise ValueError(
+                f"the optimizer state entry {entry!r} has shape {header.shape}; "
+                f"expected {' or '.join(map(str, sorted(allowed)))}"
+            )
+        names.append(name)
+    return names
 
 
 def save_weights(model: Any, filepath: str | os.PathLike, overwrite: bool = True) -> None:
@@ -211,55 +303,152 @@ def save_weights(model: Any, filepath: str | os.PathLike, overwrite: bool = True
 
 
 def load_weights(model: Any, filepath: str | os.PathLike) -> None:
-    """Load weights saved by ``save_weights`` (or a whole model saved by ``save``)."""
+    """Load weights saved by ``save_weights`` (or a whole model saved by ``save``).
+
+    The shapes the file declares are checked against this model before anything is
+    read; the model is unchanged when the file is refused.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: (a ``ValueError``) the file holds no dlcore weights, is
+            damaged, or its weights have other shapes than this model's.
+    """
     model._ensure_built("load_weights()")
     model._claim_layers()
     path = os.fspath(filepath)
-    description, arrays = archive.read_archive(path)
-    if description.get("format") in MODEL_FORMATS.values():
-        try:
-            shapes = _shapes_in_file(description)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"the model file {path} is damaged: {error}") from None
-    elif description.get("format") == WEIGHTS_FORMAT:
-        shapes = [tuple(s) for s in description["shapes"]]
-    else:
-        raise ValueError(f"{path} holds no dlcore weights")
     own = _own_shapes(model)
-    if shapes != own:
-        raise ValueError(f"the weights in {path} have shapes {shapes}, this model has {own}")
-    try:
-        params = _checked_params(arrays, int(model._params.shape[0]))
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"the weights file {path} is damaged: {error}") from None
-    model._set_flat(params)
+
+    def select(description: dict[str, Any], headers: Mapping[str, MemberHeader]) -> list[str]:
+        shapes = _weight_shapes_in_file(path, description)
+        if shapes != own:
+            raise ModelFileError(
+                path, f"the weights in {path} have shapes {shapes}, this model has {own}"
+            )
+        with _file_errors(path, "is a damaged weights file"):
+            _check_params(headers["params"], int(model._params.shape[0]))
+        return ["params"]
+
+    _, arrays = archive.read_archive(path, select)
+    model._set_flat(arrays["params"])
+
+
+def _weight_shapes_in_file(path: str, description: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """The parameter shapes a model or weights file declares."""
+    if description.get("format") in MODEL_FORMATS.values():
+        with _file_errors(path, "is a damaged model file"):
+            return _architecture_shapes(description, None)
+    if description.get("format") == WEIGHTS_FORMAT:
+        with _file_errors(path, "is a damaged weights file"):
+            return [_shape(s) for s in description["shapes"]]
+    raise ModelFileError(path, f"{path} holds no dlcore weights")
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """A list of dimensions from a file's description, checked."""
+    if not isinstance(value, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    ):
+        raise ValueError(f"a parameter shape is {value!r}, not a list of sizes")
+    return tuple(value)
 
 
 def _own_shapes(model: Any) -> list[tuple[int, ...]]:
     return [tuple(s) for layer in model._param_layers for s in layer.parameter_shapes()]
 
 
-def _shapes_in_file(description: Mapping[str, Any]) -> list[tuple[int, ...]]:
-    """The parameter shapes of a file's architecture, found without allocating weights."""
+def _architecture_shapes(
+    description: Mapping[str, Any], custom_objects: Mapping[str, Any] | None
+) -> list[tuple[int, ...]]:
+    """The parameter shapes of a file's architecture, found from the layers' widths
+    alone: no model is built and no weight is made."""
     class_key = next(k for k, v in MODEL_FORMATS.items() if v == description.get("format"))
-    previous = config.floatx()
-    config.set_floatx(description.get("dtype", "float32"))
-    try:
-        model = _from_config[0]({"class_name": class_key, "config": description["model"]})
-        model.build()
-    finally:
-        config.set_floatx(previous)
-    return _own_shapes(model)
+    architecture = description["model"]
+    with custom.custom_object_scope(custom_objects or {}):
+        if class_key == "Sequential":
+            layers = _sequential_widths(architecture, custom_objects)
+        else:
+            layers = _functional_widths(architecture, custom_objects)
+    return [tuple(s) for layer in layers for s in layer.parameter_shapes()]
+
+
+def _layer(entry: Mapping[str, Any], custom_objects: Mapping[str, Any] | None) -> Layer:
+    """A layer, without weights, from a file's ``{"class_name", "config"}``."""
+    name = str(entry["class_name"])
+    cls = LAYER_CLASSES.get(name) or (custom_objects or {}).get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(
+            f"unknown layer type {name!r}; pass its class in custom_objects={{{name!r}: cls}}"
+        )
+    return cls.from_config(dict(entry["config"]))
+
+
+def _sequential_widths(
+    architecture: Mapping[str, Any], custom_objects: Mapping[str, Any] | None
+) -> list[Layer]:
+    """A ``Sequential``'s layers with their input widths set, in order."""
+    width = architecture["input_features"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"input_features must be a positive integer, found {width!r}")
+    layers = [_layer(entry, custom_objects) for entry in architecture["layers"]]
+    for layer in layers:
+        width = layer.output_features(width)
+    return layers
+
+
+def _functional_widths(
+    architecture: Mapping[str, Any], custom_objects: Mapping[str, Any] | None
+) -> list[Layer]:
+    """A functional model's layers with their input widths set, following each call's
+    inbound tensors as ``Model.from_config`` does, without making tensors or weights."""
+    layers: dict[str, Layer] = {}
+    widths: dict[tuple[str, int], int] = {}
+    pending = []
+    for entry in architecture["layers"]:
+        layer = _layer(entry, custom_objects)
+        if layer.name in layers:
+            raise ValueError(f"two layers are named {layer.name!r}")
+        layers[layer.name] = layer
+        if isinstance(layer, InputLayer):
+            widths[(layer.name, 0)] = int(layer.units or 0)
+        calls = list(entry.get("inbound_nodes", []))
+        merges = entry.get("merges") or [False] * len(calls)
+        pending += [(layer, i, refs, merge) for i, (refs, merge) in enumerate(zip(calls, merges))]
+    while pending:
+        remaining = []
+        for layer, index, refs, merge in pending:
+            keys = [(str(ref[0]), int(ref[1])) for ref in refs]
+            if not all(key in widths for key in keys) or (
+                index and (layer.name, index - 1) not in widths
+            ):
+                remaining.append((layer, index, refs, merge))
+                continue
+            inputs = [widths[key] for key in keys]
+            widths[(layer.name, index)] = layer.output_features(inputs if merge else inputs[0])
+        if len(remaining) == len(pending):
+            names = sorted({item[0].name for item in remaining})
+            raise ValueError(
+                f"the layer graph cannot be rebuilt: layers {names} read tensors that no "
+                "layer makes"
+            )
+        pending = remaining
+    return list(layers.values())
+
+
+def _check_params(params: Any, expected: int) -> None:
+    """Check the ``params`` array (or its declared header) against the size the
+    architecture needs."""
+    if params.dtype.kind != "f":
+        raise ValueError(f"params must hold real floats, found dtype {params.dtype}")
+    if tuple(params.shape) != (expected,):
+        raise ValueError(
+            f"params has shape {tuple(params.shape)}; the architecture needs ({expected},): "
+            f"the file holds {math.prod(params.shape)} parameters but its architecture "
+            f"needs {expected}"
+        )
 
 
 def _checked_params(arrays: Mapping[str, np.ndarray], expected: int) -> np.ndarray:
     """The flat ``params`` array of a file, checked against the size the architecture needs."""
     params = arrays["params"]
-    if params.dtype.kind != "f":
-        raise ValueError(f"params must hold real floats, found dtype {params.dtype}")
-    if params.shape != (expected,):
-        raise ValueError(
-            f"params has shape {params.shape}; the architecture needs ({expected},): "
-            f"the file holds {params.size} parameters but its architecture needs {expected}"
-        )
+    _check_params(params, expected)
     return params

@@ -1185,3 +1185,322 @@ def test_one_sample_given_flat_suggests_reshape_1_minus_1(engine):
     model = make_model()
     with pytest.raises(ValueError, match=re.escape("x.reshape(1, -1)")):
         model.predict(np.zeros(FEATURES))
+
+
+# ---------------------------------------------------------------- numbers, labels, dtypes
+# Each case once gave a message about something else (``len() of unsized object``, a wrapped
+# ``label -9223372036854775808``) or a RuntimeWarning; warnings are errors in this suite, so a
+# test passes only when the check raises its own error without warning first.
+def _fit(model, x, y):
+    return lambda: model.fit(x, y, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "method", ["fit", "evaluate", "train_on_batch", "test_on_batch", "predict", "predict_on_batch"]
+)
+@pytest.mark.parametrize("single", [np.float32(1.0), np.array(1.0), 1.0])
+def test_a_single_number_as_inputs_is_named(engine, method, single):
+    model = make_model(loss="sparse_categorical_crossentropy")
+    labels = np.array([1])
+    calls = {
+        "fit": lambda: model.fit(single, labels, verbose=0),
+        "evaluate": lambda: model.evaluate(single, labels, verbose=0),
+        "train_on_batch": lambda: model.train_on_batch(single, labels),
+        "test_on_batch": lambda: model.test_on_batch(single, labels),
+        "predict": lambda: model.predict(single),
+        "predict_on_batch": lambda: model.predict_on_batch(single),
+    }
+    pattern = re.escape(
+        "expected x of shape (samples, features), received the single number x=1.0 (shape ()); "
+        "pass one row of 4 features per sample, e.g. an array of shape (1, 4)"
+    )
+    fails_cleanly(model, calls[method], ValueError, pattern)
+
+
+def test_a_single_number_for_one_feature_or_an_unbuilt_model_suggests_a_row(engine):
+    one_feature = Sequential([Dense(2, input_shape=(1,))])
+    with pytest.raises(ValueError, match=re.escape("pass [[3.5]] or np.reshape(x, (1, 1))")):
+        one_feature.predict(np.float64(3.5))
+    unbuilt = Sequential([Dense(2)])
+    with pytest.raises(ValueError, match=r"received the single number x=2 \(shape \(\)\)"):
+        unbuilt.predict(2)
+    assert not unbuilt.built
+
+
+@pytest.mark.parametrize(
+    "loss,units,activation,single,pattern",
+    [
+        (
+            "sparse_categorical_crossentropy",
+            CLASSES,
+            "softmax",
+            np.int64(1),
+            "sparse_categorical_crossentropy expects integer class labels of shape (samples,), "
+            "received the single number y=1 (shape ()); pass one target per sample of x, "
+            "e.g. [1] for one sample",
+        ),
+        (
+            "mse",
+            1,
+            None,
+            np.array(0.5),
+            "mean_squared_error expects targets of shape (samples, 1), received the single "
+            "number y=0.5 (shape ()); pass one target per sample of x, e.g. [[0.5]]",
+        ),
+        (
+            "categorical_crossentropy",
+            CLASSES,
+            "softmax",
+            1.0,
+            "categorical_crossentropy expects targets of shape (samples, 3), received the single "
+            "number y=1.0 (shape ()); pass one target per sample of x, e.g. an array of shape "
+            "(1, 3)",
+        ),
+    ],
+)
+def test_a_single_number_as_targets_is_named(engine, loss, units, activation, single, pattern):
+    model = make_model(loss=loss, units=units, activation=activation)
+    x, _ = data()
+    fails_cleanly(model, _fit(model, x[:1], single), ValueError, re.escape(pattern))
+    fails_cleanly(
+        model, lambda: model.evaluate(x[:1], single, verbose=0), ValueError, re.escape(pattern)
+    )
+
+
+@pytest.mark.parametrize(
+    "bad,shown",
+    [
+        (1e20, "1e+20"),
+        (-1e20, "-1e+20"),
+        (2.0**63, "9.223372036854776e+18"),
+        (np.float32(3e38), "3e+38"),
+        (np.uint64(2**64 - 1), "18446744073709551615"),
+        (2**70, "1180591620717411303424"),
+        (np.int64(2**63 - 1), "9223372036854775807"),
+        (np.int8(-128), "-128"),
+    ],
+)
+def test_huge_and_negative_labels_are_reported_as_given(engine, bad, shown):
+    model = make_model(loss="sparse_categorical_crossentropy")
+    x, labels = data()
+    if isinstance(bad, int):  # a Python int beyond int64: NumPy keeps it as an object
+        given = [*labels[:-1].tolist(), bad]
+    else:
+        given = labels.astype(np.asarray(bad).dtype)
+        given[-1] = bad
+
+    def pattern(name: str) -> str:
+        return re.escape(
+            f"label {shown} in {name} is out of range for the output layer of 3 units "
+            "(valid labels 0..2); give the last Dense layer as many units as there are classes"
+        )
+
+    fails_cleanly(model, _fit(model, x, given), ValueError, pattern("y"))
+    fails_cleanly(model, lambda: model.test_on_batch(x, given), ValueError, pattern("y"))
+    fails_cleanly(
+        model,
+        lambda: model.fit(x, labels, validation_data=(x, given), verbose=0),
+        ValueError,
+        pattern("y_val"),
+    )
+
+
+@pytest.mark.parametrize("bad", [2.5, 1e-9 + 1.0, np.float32(0.5)])
+def test_non_integral_float_labels_name_the_value_and_the_fix(engine, bad):
+    model = make_model(loss="sparse_categorical_crossentropy")
+    x, labels = data()
+    given = labels.astype(np.asarray(bad).dtype)
+    given[3] = bad
+    pattern = re.escape(
+        "sparse_categorical_crossentropy expects integer class labels, received non-integer "
+        f"values such as {float(np.asarray(bad))!r}; round them or map each class to an "
+        "index 0..n-1"
+    )
+    fails_cleanly(model, _fit(model, x, given), ValueError, pattern)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_infinite_labels_are_rejected(engine, bad):
+    model = make_model(loss="sparse_categorical_crossentropy")
+    x, labels = data()
+    given = labels.astype(np.float64)
+    given[7] = bad
+    pattern = re.escape("y contains 1 NaN or infinite value(s), the first at index (7,)")
+    fails_cleanly(model, _fit(model, x, given), ValueError, pattern)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8, bool])
+def test_unsigned_small_and_bool_labels_in_range_train_like_int64(engine, dtype):
+    x, labels = data()
+    labels = labels % 2 if dtype is bool else labels
+    runs = []
+    for given in (labels.astype(np.int64), labels.astype(dtype)):
+        model = make_model(loss="sparse_categorical_crossentropy")
+        runs.append(model.fit(x, given, epochs=2, shuffle=False, verbose=0).history)
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    "loss,units,activation,targets",
+    [
+        ("mse", 2, None, np.ones((N, 2), dtype=np.uint64)),
+        ("binary_crossentropy", 1, "sigmoid", np.arange(N) % 2 == 0),
+    ],
+)
+def test_unsigned_and_bool_targets_are_accepted(engine, loss, units, activation, targets):
+    model = make_model(loss=loss, units=units, activation=activation)
+    x, _ = data()
+    model.fit(x, targets, verbose=0)
+    assert model.optimizer.iterations == 1
+
+
+def test_unsigned_and_bool_inputs_are_accepted(engine):
+    model = make_model()
+    expected = model.predict(np.ones((2, FEATURES)))
+    np.testing.assert_array_equal(model.predict(np.ones((2, FEATURES), dtype=bool)), expected)
+    np.testing.assert_array_equal(model.predict(np.ones((2, FEATURES), dtype=np.uint64)), expected)
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+def test_complex_numbers_are_refused_with_the_fix(engine, where):
+    model = make_model(loss="mse", units=2, activation=None)
+    x, _ = data()
+    args = {"x": x.astype(np.complex128), "y": np.zeros((N, 2), dtype=np.complex64)}
+    other = {"x": x, "y": np.zeros((N, 2))}
+    args = {**other, where: args[where]}
+    fails_cleanly(
+        model,
+        _fit(model, args["x"], args["y"]),
+        TypeError,
+        re.escape(
+            f"{where} must hold real numbers; received complex numbers (dtype "
+            f"{args[where].dtype}) whose imaginary parts are all zero. Pass {where}.real instead"
+        ),
+    )
+    args[where] = args[where] + 2j
+    fails_cleanly(
+        model,
+        _fit(model, args["x"], args["y"]),
+        TypeError,
+        rf"{where} must hold real numbers; received complex numbers .* such as \(?[0-9.+]*2j\)?\. "
+        rf"Split each into two real features, e.g\. np\.concatenate\(\[{where}\.real, "
+        rf"{where}\.imag\], axis=-1\)",
+    )
+
+
+def test_complex_labels_are_refused(engine):
+    model = make_model(loss="sparse_categorical_crossentropy")
+    x, labels = data()
+    fails_cleanly(
+        model,
+        _fit(model, x, labels + 1j),
+        TypeError,
+        r"y must hold real numbers; received complex numbers \(dtype complex128\) such as 1j",
+    )
+
+
+@pytest.mark.parametrize(
+    "element,error,pattern",
+    [
+        (
+            None,
+            ValueError,
+            r"x contains 1 missing value\(s\) \(None\), the first at index \(3, 2\)",
+        ),
+        (
+            "abc",
+            TypeError,
+            r"x must hold numbers; received an array of Python objects whose "
+            r"element at index \(3, 2\) is 'abc' \(str\)\. Replace or remove the non-numbers",
+        ),
+        ({}, TypeError, r"element at index \(3, 2\) is \{\} \(dict\)"),
+        (
+            10**400,
+            ValueError,
+            r"x holds an integer of 401 digits at index \(3, 2\), beyond the "
+            r"range of float64",
+        ),
+        (1 + 2j, TypeError, r"x must hold real numbers; received complex numbers"),
+    ],
+)
+def test_object_arrays_name_the_element_that_is_not_a_number(engine, element, error, pattern):
+    model = make_model()
+    x, labels = data()
+    given = x.astype(object)
+    given[3, 2] = element
+    fails_cleanly(model, _fit(model, given, to_categorical(labels, CLASSES)), error, pattern)
+    fails_cleanly(model, lambda: model.predict(given), error, pattern)
+
+
+def test_object_arrays_of_python_numbers_are_accepted(engine):
+    model = make_model()
+    x, _ = data()
+    np.testing.assert_array_equal(model.predict(x.astype(object)), model.predict(x))
+
+
+def test_durations_are_refused_with_a_conversion(engine):
+    model = make_model()
+    fails_cleanly(
+        model,
+        lambda: model.predict(np.zeros((2, FEATURES), dtype="m8[s]")),
+        TypeError,
+        re.escape(
+            "x must hold numbers; received an array of dtype timedelta64[s] (e.g. "
+            "[datetime.timedelta(0)]). Convert them to numbers first, e.g. "
+            "x / np.timedelta64(1, 's') for durations in seconds"
+        ),
+    )
+
+
+def test_huge_finite_inputs_are_refused_without_an_overflow_warning(engine):
+    model = make_model()
+    fails_cleanly(
+        model,
+        lambda: model.predict(np.full((N, FEATURES), 1e308)),
+        ValueError,
+        r"x holds values up to 1e\+308, beyond the range of the model's float32",
+    )
+    # float64 data that fit float64 pass, although their sum overflows
+    from dlcore import data_checks
+
+    checked = data_checks.check_features(np.full((N, FEATURES), 1e308), FEATURES)
+    assert checked.shape == (N, FEATURES)
+
+
+@pytest.mark.parametrize(
+    "labels,pattern",
+    [
+        ([5], r"label 5 in y_true is out of range for y_pred of 3 classes \(valid labels 0\.\.2\)"),
+        ([-1], r"label -1 in y_true is out of range"),
+        ([1e20], r"label 1e\+20 in y_true is out of range"),
+        (np.array([2**64 - 1], dtype=np.uint64), r"label 18446744073709551615 in y_true"),
+        ([2.5], r"expects integer class labels, received non-integer values such as 2\.5"),
+        ([np.nan], r"y_true contains 1 NaN or infinite value\(s\)"),
+    ],
+)
+def test_sparse_loss_called_on_the_host_checks_its_labels(labels, pattern):
+    loss = dlcore.losses.SparseCategoricalCrossentropy()
+    with pytest.raises(ValueError, match=pattern):
+        loss(labels, np.array([[0.2, 0.3, 0.5]]))
+    assert loss([2], np.array([[0.2, 0.3, 0.5]])) == pytest.approx(-np.log(0.5))
+
+
+# ---------------------------------------------------------------------- failed calls
+@pytest.mark.parametrize("call", ["fit", "evaluate", "train_on_batch", "test_on_batch"])
+def test_a_refused_call_leaves_an_unbuilt_model_unbuilt(call):
+    """A call that builds the model from x and then refuses y undoes the build, so the
+    next, correct call is not held to the refused x's width."""
+    model = Sequential([Dense(4, activation="relu"), Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    run = getattr(model, call)
+    wide_x = rng.normal(size=(10, 5))
+    with pytest.raises(ValueError, match="same number of samples"):
+        run(wide_x, rng.integers(0, 2, 9))
+    with pytest.raises(ValueError, match="out of range"):
+        run(wide_x, np.full(10, 7))
+    assert not model.built
+    assert model.layers[0].input_features is None
+    assert model.layers[0].inbound_nodes == []
+    run(rng.normal(size=(10, 3)), rng.integers(0, 2, 10))
+    assert model.input_shape == (None, 3)

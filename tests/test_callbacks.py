@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dlcore
 import dlcore.callbacks
 from dlcore.callbacks import (
     Callback,
@@ -28,6 +30,7 @@ from dlcore.callbacks import (
     ProgbarLogger,
     TerminateOnNaN,
     format_value,
+    monitor,
     progress,
 )
 
@@ -396,6 +399,195 @@ def test_terminate_on_nan_ignores_finite_losses_and_can_raise():
         )
 
 
+# ----------------------------------------------------------------------------- diverged models
+# A model whose training diverged (NaN or infinite weights, or a NaN loss) is never saved,
+# recorded as the best or restored, whatever is monitored (issue 11, item 7).
+
+
+class DivergingModel(FakeModel):
+    """A FakeModel whose weights are ``bad`` (NaN or infinity) at the epochs in ``bad_epochs``."""
+
+    def __init__(self, bad_epochs: set[int], bad: float = math.nan) -> None:
+        self.bad_epochs, self.bad = bad_epochs, bad
+        super().__init__()
+
+    def mark(self, epoch: int) -> None:
+        super().mark(epoch)
+        if epoch in self.bad_epochs:
+            self.weights[1][1] = self.bad
+
+
+def _scores(*values: float, loss: float = 1.0) -> list[dict]:
+    """Epoch logs whose val_loss falls and val_accuracy rises by ``values``."""
+    return [{"loss": loss, "val_loss": 1.0 - v, "val_accuracy": v} for v in values]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy"])
+@pytest.mark.parametrize("save_best_only", [False, True])
+@pytest.mark.parametrize("save_weights_only", [False, True])
+def test_model_checkpoint_never_writes_non_finite_weights(
+    tmp_path, bad, monitor, save_best_only, save_weights_only
+):
+    path = tmp_path / "ckpt.keras"
+    kept: list[bytes] = []
+    checkpoint = ModelCheckpoint(
+        path, monitor=monitor, save_best_only=save_best_only, save_weights_only=save_weights_only
+    )
+    keep = LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epoch and kept.append(path.read_bytes())
+    )
+    model = DivergingModel({1}, bad)
+    pattern = re.escape(
+        f"ModelCheckpoint did not save epoch 2 to {str(path)!r}: the model's weights hold NaN "
+        "or infinite values (training diverged), so the file there is left as it was. Lower "
+        "the learning rate; TerminateOnNaN() stops training at the first NaN batch"
+    )
+    # epoch 2 improves on epoch 1 in both monitors, but its weights are not finite
+    with pytest.warns(UserWarning, match=pattern):
+        fit([checkpoint, keep], _scores(0.10, 0.13), model=model)
+    assert len(kept) == 1 and path.read_bytes() == kept[0]
+    assert path.read_text().endswith("epoch=0")
+    if save_best_only:
+        assert checkpoint.best == pytest.approx(0.10 if monitor == "val_accuracy" else 0.90)
+
+
+def test_model_checkpoint_after_a_refused_epoch_saves_the_next_finite_one(tmp_path):
+    template = str(tmp_path / "ckpt-{epoch}.keras")
+    checkpoint = ModelCheckpoint(template, monitor="val_accuracy", save_best_only=True)
+    with pytest.warns(UserWarning, match=r"did not save epoch 2 to .*ckpt-2\.keras.*no file was"):
+        fit([checkpoint], _scores(0.10, 0.13, 0.12), model=DivergingModel({1}))
+    # epoch 3 (0.12) beats the last saved best (0.10), not the refused 0.13
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-1.keras", "ckpt-3.keras"]
+    assert checkpoint.best == 0.12
+
+
+def test_model_checkpoint_best_is_never_an_epoch_whose_loss_is_nan(tmp_path):
+    # a loss-scaling optimizer skips the step: the weights stay finite, the loss is not
+    path = tmp_path / "best.keras"
+    checkpoint = ModelCheckpoint(path, monitor="val_accuracy", save_best_only=True)
+    logs = _scores(0.10, 0.13)
+    logs[1]["loss"] = math.nan
+    with pytest.warns(UserWarning, match=r"did not save epoch 2 to .*: its loss is nan"):
+        fit([checkpoint], logs)
+    assert path.read_text() == "model epoch=0" and checkpoint.best == 0.10
+
+
+def test_model_checkpoint_every_epoch_saves_finite_weights_despite_a_nan_loss(tmp_path):
+    path = tmp_path / "last.keras"
+    logs = _scores(0.10, 0.13)
+    logs[1]["loss"] = math.nan
+    fit([ModelCheckpoint(path)], logs)
+    assert path.read_text() == "model epoch=1"
+
+
+@pytest.mark.parametrize("value", [math.nan, -math.inf])
+def test_model_checkpoint_a_non_finite_monitored_value_is_no_improvement(tmp_path, value, capsys):
+    path = tmp_path / "best.keras"
+    checkpoint = ModelCheckpoint(path, save_best_only=True, verbose=1)
+    fit([checkpoint], [{"val_loss": value}])
+    assert not path.exists() and checkpoint.best == math.inf
+    assert "val_loss did not improve from inf" in capsys.readouterr().out
+    fit([checkpoint], [{"val_loss": 0.5}, {"val_loss": value}])
+    assert path.read_text() == "model epoch=0" and checkpoint.best == 0.5
+
+
+def test_early_stopping_never_restores_non_finite_weights():
+    stop = EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)
+    logs = _scores(0.10, 0.13, 0.09)
+    logs[1]["loss"] = math.nan
+    _, model, ran = fit([stop], logs, model=DivergingModel({1}))
+    assert ran == [0, 1, 2]
+    assert stop.best == 0.10 and stop.best_epoch == 0
+    assert model.epoch_marker() == 0.0
+
+
+def test_early_stopping_checks_the_weights_it_would_restore():
+    # no loss in the logs to tell: the snapshot itself is refused
+    stop = EarlyStopping(monitor="val_accuracy", patience=5, restore_best_weights=True)
+    logs = [{"val_accuracy": v} for v in (0.10, 0.13, 0.12)]
+    _, model, _ = fit([stop], logs, model=DivergingModel({1}, math.inf))
+    assert stop.best == 0.12 and stop.best_epoch == 2
+    assert model.epoch_marker() == 2.0
+
+
+def test_early_stopping_a_nan_monitored_value_is_never_the_best():
+    stop = EarlyStopping(patience=1)
+    _, _, ran = fit([stop], [{"val_loss": v} for v in (math.nan, 0.5, 0.4, math.nan, 0.3)])
+    assert ran == [0, 1, 2, 3]  # the NaN epoch is one without improvement
+    assert stop.best == 0.4 and stop.best_epoch == 2 and stop.stopped_epoch == 3
+
+
+def test_is_better_refuses_non_finite_values():
+    assert not monitor.is_better(math.nan, None, "min", 0.0)
+    assert not monitor.is_better(-math.inf, 1.0, "min", 0.0)
+    assert not monitor.is_better(math.inf, 1.0, "max", 0.0)
+    assert monitor.is_better(0.5, None, "max", 0.0)
+
+
+def test_terminate_on_nan_with_a_val_accuracy_checkpoint_keeps_the_last_finite_model(tmp_path):
+    """The issue's scenario on a real model: TerminateOnNaN and
+    ModelCheckpoint(monitor="val_accuracy", save_best_only=True), with NaN outputs that still
+    score a better accuracy than the last finite epoch. As in Keras 3, TerminateOnNaN stops
+    after the first NaN batch and the epoch still ends; no callback keeps its weights."""
+    from dlcore.layers import Dense
+    from dlcore.models import Sequential, load_model
+    from dlcore.optimizers import SGD
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((32, 4))) + 1.0
+    y = np.arange(32) % 2  # classes 0 and 1, while the model starts out predicting class 2
+    path = tmp_path / "best.keras"
+    with dlcore.use_backend("numpy"):
+        model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+        model.compile(
+            optimizer=SGD(learning_rate=1e-4),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        model.set_weights([np.zeros((4, 3)), np.array([0.0, 0.0, 10.0])])
+        saved: list[bytes] = []
+        batches: list[tuple[int, int]] = []
+        epoch_now = [0]
+
+        def diverge(epoch, logs):  # finite but huge weights: x @ W overflows, the loss is NaN
+            epoch_now[0] = epoch
+            if epoch == 1:
+                saved.append(path.read_bytes())
+                model.set_weights([np.full((4, 3), 3e38), np.zeros(3)])
+
+        callbacks = [
+            TerminateOnNaN(),
+            ModelCheckpoint(path, monitor="val_accuracy", save_best_only=True),
+            EarlyStopping(monitor="val_accuracy", patience=5, restore_best_weights=True),
+            LambdaCallback(
+                on_epoch_begin=diverge,
+                on_train_batch_end=lambda batch, logs: batches.append((epoch_now[0], batch)),
+            ),
+        ]
+        best_weights = None
+        with pytest.warns(UserWarning, match=r"did not save epoch 2 to .*best\.keras.*loss is nan"):
+            history = model.fit(
+                x,
+                y,
+                epochs=4,
+                batch_size=8,
+                shuffle=False,
+                validation_data=(x, y),
+                verbose=0,
+                callbacks=callbacks,
+            ).history
+            best_weights = load_model(path).get_weights()
+    # the NaN epoch scores better than the finite one: without the checks it would be "best"
+    assert history["val_accuracy"][1] > history["val_accuracy"][0]
+    assert math.isnan(history["loss"][1]) and len(history["loss"]) == 2
+    assert batches == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]  # stopped after the NaN batch
+    assert path.read_bytes() == saved[0]
+    assert all(np.isfinite(w).all() for w in best_weights)
+    for restored, kept in zip(model.get_weights(), best_weights, strict=True):
+        np.testing.assert_array_equal(restored, kept)
+
+
 # ----------------------------------------------------------------------------- LambdaCallback
 
 
@@ -485,14 +677,17 @@ def test_callback_list_order_and_params():
     mine = Recorder()
     model = FakeModel()
     cl = CallbackList([mine], model=model, verbose=2, epochs=4, steps=7)
-    assert [type(cb) for cb in cl.callbacks] == [History, Recorder, ProgbarLogger]
+    # Keras 3's order: the user's callbacks, then the History, then the progress bar
+    assert [type(cb) for cb in cl.callbacks] == [Recorder, History, ProgbarLogger]
     assert all(cb.model is model for cb in cl.callbacks)
     assert mine.params == {"verbose": 2, "epochs": 4, "steps": 7}
-    assert [type(cb) for cb in CallbackList([mine], verbose=0).callbacks] == [History, Recorder]
-    # a History or ProgbarLogger the user passes is used instead of a new one
+    assert [type(cb) for cb in CallbackList([mine], verbose=0).callbacks] == [Recorder, History]
+    # a History or ProgbarLogger the user passes is used where it is, instead of a new one
     own_history, own_bar = History(), ProgbarLogger()
     cl = CallbackList([own_bar, own_history], verbose=1)
-    assert cl.callbacks == [own_history, own_bar]
+    assert cl.callbacks == [own_bar, own_history]
+    cl = CallbackList([own_history, mine], verbose=1)
+    assert [type(cb) for cb in cl.callbacks] == [History, Recorder, ProgbarLogger]
     assert cl.history is own_history
     assert CallbackList(None, verbose="auto").params["verbose"] == 1
 

@@ -24,9 +24,11 @@ def _overrides(callback: Callback, name: str) -> bool:
 class CallbackList(Callback):
     """Drives a list of callbacks for ``fit``, adding the History and progress display.
 
-    A :class:`History` is put first (the one in ``callbacks`` if any), then the
-    user's callbacks in order, then for ``verbose`` 1 or 2 a
-    :class:`~dlcore.callbacks.ProgbarLogger` (unless one is already given).
+    The callbacks run in Keras 3's order: the user's callbacks in order, then a
+    new :class:`History` (unless ``callbacks`` holds one, which is used where it
+    is), then for ``verbose`` 1 or 2 a :class:`~dlcore.callbacks.ProgbarLogger`
+    (unless one is already given). So a callback's ``on_epoch_end`` runs before
+    the History records that epoch, as in Keras.
     Batch hooks are only forwarded to the callbacks that override them.
 
     Args:
@@ -65,11 +67,11 @@ class CallbackList(Callback):
         history = next((cb for cb in user if isinstance(cb, History)), None)
         self.history: History = history if history is not None else History()
         self._add_history = add_history
-        if add_history:
-            self.callbacks: list[Callback] = [self.history]
-            self.callbacks += [cb for cb in user if cb is not history]
-        else:
-            self.callbacks = list(user)
+        # Keras 3's order: the user's callbacks (a History among them stays where it is),
+        # then a new History, then the progress bar.
+        self.callbacks: list[Callback] = list(user)
+        if add_history and history is None:
+            self.callbacks.append(self.history)
         if verbose and not any(isinstance(cb, ProgbarLogger) for cb in user):
             self.callbacks.append(ProgbarLogger())
         self._batch_begin_targets: list[Callback] = []

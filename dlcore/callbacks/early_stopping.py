@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 
 from dlcore.callbacks.base import Callback, Logs
-from dlcore.callbacks.monitor import check_mode, is_better, monitor_direction
+from dlcore.callbacks.monitor import (
+    check_mode,
+    diverged,
+    finite_weights,
+    is_better,
+    monitor_direction,
+)
 
 
 class EarlyStopping(Callback):
@@ -18,6 +24,10 @@ class EarlyStopping(Callback):
     seen so far; a change smaller than ``min_delta`` is not an improvement.
     After ``patience`` epochs without improvement, ``model.stop_training`` is
     set and ``fit`` ends after the current epoch.
+
+    An epoch is never the best when its monitored value or its training ``loss`` is
+    NaN or infinite, or (with ``restore_best_weights``) when its weights are: a
+    diverged model is neither kept nor restored.
 
     Args:
         monitor: Log key to watch, e.g. ``"val_loss"`` or ``"accuracy"``.
@@ -118,17 +128,23 @@ class EarlyStopping(Callback):
         if current is None or epoch < self.start_from_epoch:
             return
         self.wait += 1
-        if self._improves(current, self.best):
-            self.best = current
-            self.best_epoch = epoch
-            if self.restore_best_weights:
-                self.best_weights = self._snapshot()
-            if self.baseline is None or self._improves(current, self.baseline):
-                self.wait = 0
-            return
+        if self._improves(current, self.best) and not diverged(logs or {}):
+            snapshot = self._snapshot() if self.restore_best_weights else None
+            if snapshot is None or finite_weights(snapshot):
+                self._record_best(current, epoch, snapshot)
+                return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+    def _record_best(self, current: float, epoch: int, snapshot: list[np.ndarray] | None) -> None:
+        """Keeps ``current`` as the best value (and ``snapshot`` as its weights)."""
+        self.best = current
+        self.best_epoch = epoch
+        if snapshot is not None:
+            self.best_weights = snapshot
+        if self.baseline is None or self._improves(current, self.baseline):
+            self.wait = 0
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         """Reports the stop and restores the best weights if asked."""

@@ -9,7 +9,13 @@ import sys
 import warnings
 
 from dlcore.callbacks.base import Callback, Logs
-from dlcore.callbacks.monitor import check_mode, is_better, monitor_direction
+from dlcore.callbacks.monitor import (
+    check_mode,
+    diverged,
+    finite_weights,
+    is_better,
+    monitor_direction,
+)
 
 
 class ModelCheckpoint(Callback):
@@ -31,6 +37,13 @@ class ModelCheckpoint(Callback):
         save_freq: Only ``"epoch"`` is supported.
         initial_value_threshold: Starting "best" value with
             ``save_best_only=True``: nothing is saved until ``monitor`` beats it.
+
+    A diverged model is never written: in any mode, an epoch whose weights hold NaN
+    or infinity is skipped with a warning naming the epoch and the file, and a file
+    already at that path keeps its bytes. With ``save_best_only``, so is an epoch
+    whose training ``loss`` is not finite, and a NaN monitored value is never an
+    improvement: the NaN epoch that :class:`~dlcore.callbacks.TerminateOnNaN` stops
+    is not taken as the best, even when its NaN outputs still score some accuracy.
 
     Attributes:
         best: Best monitored value so far (``inf``/``-inf`` before the first save).
@@ -84,22 +97,36 @@ class ModelCheckpoint(Callback):
             self.best = math.inf if self._direction == "min" else -math.inf
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
-        """Saves to the formatted path if this epoch should be kept."""
+        """Saves to the formatted path if this epoch should be kept and its weights are
+        finite; otherwise warns and leaves any file already there untouched."""
         logs = logs or {}
         filepath = self._format_path(epoch, logs)
-        if self._should_save(epoch, logs, filepath):
-            if os.path.isdir(filepath):
-                raise ValueError(
-                    f"ModelCheckpoint filepath {filepath!r} is an existing directory; "
-                    "pass the path of a file inside it instead"
-                )
-            directory = os.path.dirname(filepath)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            if self.save_weights_only:
-                self.model.save_weights(filepath)
-            else:
-                self.model.save(filepath)
+        save, improved, line = self._decide(epoch, logs, filepath)
+        problem = self._divergence(logs) if save else ""
+        if problem:
+            warnings.warn(_refusal(epoch, filepath, problem), stacklevel=2)
+            return
+        if improved is not None:
+            self.best = improved
+        if self.verbose > 0 and line:
+            print(line, file=sys.stdout)
+        if save:
+            self._write(filepath)
+
+    def _write(self, filepath: str) -> None:
+        """Saves the model, or its weights, to ``filepath``, creating its directory."""
+        if os.path.isdir(filepath):
+            raise ValueError(
+                f"ModelCheckpoint filepath {filepath!r} is an existing directory; "
+                "pass the path of a file inside it instead"
+            )
+        directory = os.path.dirname(filepath)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(filepath)
+        else:
+            self.model.save(filepath)
 
     def _format_path(self, epoch: int, logs: Logs) -> str:
         try:
@@ -110,11 +137,20 @@ class ModelCheckpoint(Callback):
                 f"key {err.args[0]!r}; available keys: epoch, {', '.join(logs)}"
             ) from None
 
-    def _should_save(self, epoch: int, logs: Logs, filepath: str) -> bool:
+    def _divergence(self, logs: Logs) -> str:
+        """Why this epoch must not be saved, or ``""``: weights that are not finite, or
+        (as the best) an epoch whose training loss is not."""
+        if self.save_best_only and diverged(logs):
+            return f"its loss is {float(logs['loss'])}"
+        if not finite_weights(self.model.get_weights()):
+            return "the model's weights hold NaN or infinite values"
+        return ""
+
+    def _decide(self, epoch: int, logs: Logs, filepath: str) -> tuple[bool, float | None, str]:
+        """Whether to save this epoch, the new best value if it improves, and the line
+        ``verbose=1`` prints; changes nothing, so a refused save keeps the old best."""
         if not self.save_best_only:
-            if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: saving model to {filepath}", file=sys.stdout)
-            return True
+            return True, None, f"\nEpoch {epoch + 1}: saving model to {filepath}"
         current = logs.get(self.monitor)
         if current is None:
             warnings.warn(
@@ -122,23 +158,32 @@ class ModelCheckpoint(Callback):
                 f"logs; available: {', '.join(logs) or 'none'}. Saving this epoch anyway.",
                 stacklevel=3,
             )
-            return True
+            return True, None, ""
         current = float(current)
         if is_better(current, self.best, self._direction, 0.0):
-            if self.verbose > 0:
-                print(
+            return (
+                True,
+                current,
+                (
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
-                    f"{current:.5f}, saving model to {filepath}",
-                    file=sys.stdout,
-                )
-            self.best = current
-            return True
-        if self.verbose > 0:
-            print(
-                f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}",
-                file=sys.stdout,
+                    f"{current:.5f}, saving model to {filepath}"
+                ),
             )
-        return False
+        return (
+            False,
+            None,
+            (f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}"),
+        )
+
+
+def _refusal(epoch: int, filepath: str, problem: str) -> str:
+    """The warning for an epoch of a diverged model: nothing is written."""
+    kept = "the file there is left as it was" if os.path.exists(filepath) else "no file was written"
+    return (
+        f"ModelCheckpoint did not save epoch {epoch + 1} to {filepath!r}: {problem} "
+        f"(training diverged), so {kept}. Lower the learning rate; TerminateOnNaN() stops "
+        "training at the first NaN batch"
+    )
 
 
 def _check_filepath_template(filepath: str) -> None:

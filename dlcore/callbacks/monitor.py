@@ -1,4 +1,5 @@
-"""What callbacks that watch a log value share: its mode, direction and improvement test.
+"""What callbacks that watch a log value share: its mode, direction and improvement test,
+and the tests that keep a diverged model (NaN loss or weights) from counting as the best.
 
 :class:`~dlcore.callbacks.EarlyStopping` and
 :class:`~dlcore.callbacks.ModelCheckpoint` use these.
@@ -6,7 +7,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
 from dlcore import losses
+from dlcore.callbacks.base import Logs
 
 MODES: tuple[str, ...] = ("auto", "min", "max")
 
@@ -47,9 +54,28 @@ def monitor_direction(monitor: str, mode: str, owner: str) -> str:
 
 
 def is_better(value: float, reference: float | None, direction: str, min_delta: float) -> bool:
-    """Keras's improvement test: ``value`` beats ``reference`` by more than ``min_delta``."""
+    """Keras's improvement test: ``value`` beats ``reference`` by more than ``min_delta``.
+
+    A NaN or infinite ``value`` is never an improvement: it comes from a model that has
+    diverged, whose weights no callback should keep.
+    """
+    if not math.isfinite(value):
+        return False
     if reference is None:
         return True
     if direction == "min":
         return value + min_delta < reference
     return value - min_delta > reference
+
+
+def diverged(logs: Logs) -> bool:
+    """Whether the epoch's training ``loss`` is NaN or infinite: such an epoch is never
+    an improvement, whatever other value is monitored (a NaN model still scores some
+    accuracy, by the argmax of its NaN outputs)."""
+    loss = logs.get("loss")
+    return loss is not None and not math.isfinite(float(loss))
+
+
+def finite_weights(weights: Sequence[np.ndarray]) -> bool:
+    """Whether every value of ``weights`` (a model's ``get_weights()``) is finite."""
+    return all(bool(np.isfinite(w).all()) for w in weights)

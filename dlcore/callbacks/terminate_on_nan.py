@@ -11,8 +11,12 @@ from dlcore.callbacks.base import Callback, Logs
 class TerminateOnNaN(Callback):
     """Stops training as soon as the running loss of a batch is NaN or infinite.
 
-    Training then ends after the current epoch (or at once where ``fit``
-    checks ``model.stop_training`` after every batch).
+    As in Keras 3, the check runs after every training batch and ``fit`` stops
+    after that batch; the epoch then ends as usual (its logs, with the NaN loss,
+    reach ``on_epoch_end`` and the History), but no built-in callback takes it as
+    an improvement: :class:`~dlcore.callbacks.ModelCheckpoint` writes no NaN
+    weights and :class:`~dlcore.callbacks.EarlyStopping` neither records nor
+    restores them, so the weights restored or saved are the last finite ones.
 
     Args:
         raise_error: Raise ``RuntimeError`` instead of stopping gracefully;

@@ -21,6 +21,7 @@ class Adagrad(Optimizer):
     """
 
     rule = "adagrad"
+    non_negative_slots = frozenset({"accumulator"})
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ class Adam(Optimizer):
     """
 
     rule = "adam"
+    non_negative_slots = frozenset({"v", "v_max"})
 
     def __init__(
         self,

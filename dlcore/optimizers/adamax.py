@@ -22,6 +22,7 @@ class Adamax(Optimizer):
     """
 
     rule = "adamax"
+    non_negative_slots = frozenset({"u"})
 
     def __init__(
         self,

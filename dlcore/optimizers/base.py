@@ -59,6 +59,10 @@ def _non_negative(owner: str, name: str, value: Any) -> float:
     return _number(owner, name, value, lambda x: x >= 0, "a non-negative number")
 
 
+#: the most steps a state can count: ``get_state`` writes ``iterations`` as an int64
+_MAX_STEPS = 2**63 - 1
+
+
 def _is_index(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -79,6 +83,9 @@ class Optimizer(abc.ABC):
     default_learning_rate: float = 0.001
     #: the name of the update rule ``Engine.optimizer_step`` runs
     rule: ClassVar[str]
+    #: the slots that can never hold a negative number (second moments, accumulators):
+    #: ``set_state`` refuses a state where they do
+    non_negative_slots: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, learning_rate: float | None, kwargs: dict[str, Any]) -> None:
         owner = type(self).__name__
@@ -307,6 +314,38 @@ class Optimizer(abc.ABC):
                 state[name] = self._slot_engine().to_numpy(slot)
         return state
 
+    def _slots_in_use(self) -> list[str]:
+        return [name for name, initial in self._slot_init().items() if initial is not None]
+
+    def state_shapes(self, size: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each entry ``get_state`` returns for ``size`` parameters, with this
+        configuration: ``()`` for ``iterations`` and the host scalars, ``(size,)`` for
+        each slot in use. A file's state is checked against it before it is read."""
+        shapes: dict[str, tuple[int, ...]] = {"iterations": ()}
+        shapes.update({name: () for name in self._host_state()})
+        shapes.update({name: (size,) for name in self._slots_in_use()})
+        return shapes
+
+    def _checked_slot(self, name: str, array: np.ndarray) -> np.ndarray:
+        """``array`` if it can be the slot ``name``: real floats, finite, and non-negative
+        where the rule keeps it so."""
+        owner = type(self).__name__
+        if array.dtype.kind != "f" or array.dtype.fields is not None:
+            raise ValueError(
+                f"{owner} state slot {name!r} expected an array of floats, "
+                f"received dtype {array.dtype}"
+            )
+        if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise ValueError(
+                f"{owner} state slot {name!r} expected finite numbers, received NaN or infinity"
+            )
+        if name in self.non_negative_slots and array.size and array.min() < 0:
+            raise ValueError(
+                f"{owner} state slot {name!r} expected non-negative numbers, received "
+                f"{float(array.min())!r}"
+            )
+        return array
+
     def set_state(self, engine: Engine, state: Mapping[str, Any], dtype: str) -> None:
         """Restore a state returned by ``get_state`` onto ``engine``.
 
@@ -321,13 +360,14 @@ class Optimizer(abc.ABC):
         Raises:
             ValueError: when a slot or scalar is missing, unexpected, or of the
                 wrong size (when built, ``P`` is the built size; otherwise the
-                first slot's size). Nothing is changed then.
+                first slot's size), or a slot is not finite floats or breaks its
+                rule's bounds (a negative second moment). Nothing is changed then.
         """
         owner = type(self).__name__
         if not isinstance(state, Mapping):
             raise ValueError(f"{owner} expected a state dict, received {type(state).__name__}")
-        used = [name for name, initial in self._slot_init().items() if initial is not None]
-        expected = ["iterations", *self._host_state(), *used]
+        used = self._slots_in_use()
+        expected = list(self.state_shapes(0))
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
             raise ValueError(
@@ -339,9 +379,13 @@ class Optimizer(abc.ABC):
             if name not in state and not (fresh and name in used):
                 raise ValueError(f"{owner} state expected an entry {name!r}, received none")
         iterations = np.asarray(state["iterations"])
-        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
+        if (
+            iterations.shape != ()
+            or iterations.dtype.kind not in "iu"
+            or not 0 <= int(iterations) <= _MAX_STEPS
+        ):
             raise ValueError(
-                f"{owner} state expected iterations to be a non-negative integer, "
+                f"{owner} state expected iterations to be a non-negative integer (an int64), "
                 f"received {state['iterations']!r}"
             )
         host = {}
@@ -374,7 +418,7 @@ class Optimizer(abc.ABC):
                     f"{owner} state slot {name!r} expected shape ({size},), "
                     f"received shape {array.shape}"
                 )
-            arrays[name] = array
+            arrays[name] = self._checked_slot(name, array)
         self._iterations = int(iterations)
         self._set_host_state(host)
         if size is None:

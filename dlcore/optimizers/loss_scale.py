@@ -182,16 +182,26 @@ class LossScaleOptimizer(Optimizer):
         state["loss_scale_steps"] = np.asarray(self._finite_steps, dtype=np.int64)
         return state
 
+    def state_shapes(self, size: int) -> dict[str, tuple[int, ...]]:
+        """The inner optimizer's entries, with the scalars ``loss_scale`` and
+        ``loss_scale_steps``."""
+        return {**self.inner_optimizer.state_shapes(size), "loss_scale": (), "loss_scale_steps": ()}
+
     def set_state(self, engine: Engine, state: Mapping[str, Any], dtype: str) -> None:
         """Restore a ``get_state`` result; nothing changes when any entry is invalid."""
         inner = dict(state)
         scale = np.asarray(inner.pop("loss_scale", self.initial_scale))
         steps = np.asarray(inner.pop("loss_scale_steps", 0))
-        if scale.shape != () or not math.isfinite(float(scale)) or float(scale) <= 0:
+        if (
+            scale.shape != ()
+            or scale.dtype.kind not in "iuf"
+            or not math.isfinite(float(scale))
+            or float(scale) <= 0
+        ):
             raise ValueError(
                 f"LossScaleOptimizer state expected a positive loss_scale, received {scale!r}"
             )
-        if steps.shape != () or steps.dtype.kind not in "iu" or int(steps) < 0:
+        if steps.shape != () or steps.dtype.kind not in "iu" or not 0 <= int(steps) < 2**63:
             raise ValueError(
                 "LossScaleOptimizer state expected loss_scale_steps to be a non-negative "
                 f"integer, received {steps!r}"

@@ -25,6 +25,7 @@ class Nadam(Optimizer):
     """
 
     rule = "nadam"
+    non_negative_slots = frozenset({"v"})
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ class RMSprop(Optimizer):
     """
 
     rule = "rmsprop"
+    non_negative_slots = frozenset({"velocity"})
 
     def __init__(
         self,
