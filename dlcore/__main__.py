@@ -157,7 +157,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         f'matmul precision "{runner.MIXED_MATMUL_PRECISION}"; torch under torch.autocast '
         "(float16 with a GradScaler on CUDA for mixed_float16, else bfloat16, also on the "
         "CPU) and JAX with its layers in float16/bfloat16 from float32 parameters, both "
-        "with TF32 allowed. Engines without half-precision kernels (numpy, numba) compute "
+        "with TF32 allowed. Engines without half-precision kernels (numpy; bfloat16 "
+        "everywhere) compute "
         "float32 and the table says so",
     )
     bench.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
