@@ -401,7 +401,7 @@ def test_terminate_on_nan_ignores_finite_losses_and_can_raise():
 
 # ----------------------------------------------------------------------------- diverged models
 # A model whose training diverged (NaN or infinite weights, or a NaN loss) is never saved,
-# recorded as the best or restored, whatever is monitored (issue 11, item 7).
+# recorded as the best or restored, whatever is monitored.
 
 
 class DivergingModel(FakeModel):

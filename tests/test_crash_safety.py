@@ -1,4 +1,4 @@
-"""Saves killed with SIGKILL at random points (issue 11): the target file is always one
+"""Saves killed with SIGKILL at random points: the target file is always one
 complete version, versions never go back, and the next save removes the temporary
 files the killed saves left. 50 kills, about 20 seconds.
 

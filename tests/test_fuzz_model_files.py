@@ -1,4 +1,4 @@
-"""Fuzzing ``load_model`` with damaged and crafted model files (issue 11).
+"""Fuzzing ``load_model`` with damaged and crafted model files.
 
 The property, for every file the strategies make from a saved model: ``load_model``
 either returns a model equal (architecture, weights, optimizer state) to one that

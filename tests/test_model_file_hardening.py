@@ -1,4 +1,4 @@
-"""Damaged and crafted model files (issue 11): ``load_model`` and ``load_weights`` raise
+"""Damaged and crafted model files: ``load_model`` and ``load_weights`` raise
 ``ModelFileError`` naming the file, check sizes before allocating anything, check the
 optimizer's state, and saves remove the temporary files that crashed saves left."""
 
@@ -73,7 +73,7 @@ def test_a_valid_file_still_loads_equal(saved):
     assert same_model(load_model(path), model)
 
 
-# ---------------------------------------------------------------- the exception types of issue 11
+# ---------------------------------------------------------------- one exception type
 def flip(path, at: int, bit: int = 0) -> None:
     data = bytearray(path.read_bytes())
     data[at] ^= 1 << bit
