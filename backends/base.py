@@ -400,6 +400,114 @@ class Engine(abc.ABC):
         A frozen layer passes ``dalpha=None``: then only ``dX`` is computed.
         """
 
+    # ------------------------------------------------------------------ normalization
+    # BatchNormalization, LayerNormalization and Normalization: X is float (N, F), the
+    # per-feature vectors are (F,) of its dtype. Outputs are new arrays, or the
+    # workspace's when one is given.
+
+    @abc.abstractmethod
+    def batch_moments(self, X: Array, *, workspace: Workspace | None = None) -> tuple[Array, Array]:
+        """Column means and biased variances ``mean((X - mean)**2)`` of ``X`` ``(N, F)``,
+        ``N >= 1``: two float ``(F,)`` arrays."""
+
+    @abc.abstractmethod
+    def batch_normalize(
+        self,
+        X: Array,
+        mean: Array,
+        variance: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array]:
+        """``Y = gamma * Xhat + beta`` with ``Xhat = (X - mean) / sqrt(variance + epsilon)``.
+
+        ``mean``, ``variance``, ``gamma`` and ``beta`` are float ``(F,)``; ``gamma=None``
+        means 1 and ``beta=None`` means 0. Returns ``(Y, Xhat)``, both float ``(N, F)``.
+        """
+
+    @abc.abstractmethod
+    def backprop_batch_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        variance: Array,
+        gamma: Array | None,
+        *,
+        epsilon: float,
+        batch_statistics: bool,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        """Backward of ``batch_normalize``: writes ``dgamma = sum(dY * Xhat, axis=0)`` and
+        ``dbeta = sum(dY, axis=0)`` (float ``(F,)``) unless ``None``, returns ``dX`` ``(N, F)``
+        (``None`` without ``need_dX``).
+
+        With ``batch_statistics`` the mean and variance were ``X``'s own (training), and
+        ``dX = gamma / (N * sqrt(variance + epsilon)) * (N * dY - sum(dY) - Xhat *
+        sum(dY * Xhat))``; otherwise they were constants (the moving statistics) and
+        ``dX = gamma * dY / sqrt(variance + epsilon)``.
+        """
+
+    @abc.abstractmethod
+    def update_moving_average(self, moving: Array, value: Array, momentum: float) -> None:
+        """``moving = moving * momentum + value * (1 - momentum)`` in place; float ``(F,)``."""
+
+    @abc.abstractmethod
+    def layer_normalize(
+        self,
+        X: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """Each row normalized over its ``F`` features: ``Xhat = (X - mean_row) /
+        sqrt(var_row + epsilon)`` (biased variance), ``Y = gamma * Xhat + beta``.
+
+        ``gamma`` and ``beta`` are float ``(F,)`` or ``None`` (1 and 0). Returns ``(Y,
+        Xhat, inv_std)``: float ``(N, F)``, ``(N, F)`` and ``(N,)`` with ``inv_std =
+        1 / sqrt(var_row + epsilon)``.
+        """
+
+    @abc.abstractmethod
+    def backprop_layer_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        inv_std: Array,
+        gamma: Array | None,
+        *,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        """Backward of ``layer_normalize``: writes ``dgamma = sum(dY * Xhat, axis=0)`` and
+        ``dbeta = sum(dY, axis=0)`` unless ``None``; returns ``dX = inv_std / F * (F * G -
+        rowsum(G) - Xhat * rowsum(G * Xhat))`` with ``G = gamma * dY`` (``None`` without
+        ``need_dX``)."""
+
+    @abc.abstractmethod
+    def standardize(
+        self,
+        X: Array,
+        mean: Array | None,
+        variance: Array,
+        *,
+        invert: bool,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        """``(X - mean) / d``, or ``mean + X * d`` with ``invert``, where ``d =
+        maximum(sqrt(variance), 1e-7)`` (Keras's ``Normalization``); ``mean=None`` means 0,
+        which gives the layer's input gradient from its output gradient. ``mean`` and
+        ``variance`` are float ``(F,)``; returns float ``(N, F)``."""
+
     # ------------------------------------------------------------------ merges
     # A layer graph joins branches with these: float (N, F_i) inputs, one op from
     # names.MERGES. The returned arrays are new, or the workspace's when one is given.
@@ -500,6 +608,46 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def per_sample_loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        """The per-sample values of the loss ``name`` whose batch mean ``loss`` returns.
+
+        Args: as ``loss``.
+
+        Returns:
+            float ``(N,)``: ``Y_pred``'s dtype on the generic engine, float64 where an
+            engine accumulates in float64 (numba); ``weighted_sum`` takes either.
+        """
+
+    @abc.abstractmethod
+    def weighted_sum(
+        self, values: Array, weights: Array | None = None, *, scale: float = 1.0
+    ) -> Array:
+        """``scale * sum(values * weights)`` as a 0-d float array (``sum(values)`` without
+        ``weights``): a weighted loss (``scale = 1 / N``) or a metric's numerator.
+
+        Args:
+            values: float ``(N,)``.
+            weights: float ``(N,)`` or ``None``.
+            scale: a host number, applied once after the sum.
+
+        Returns:
+            0-d float array, of the dtype of ``values`` (float64 accumulation on numba).
+        """
+
+    @abc.abstractmethod
+    def scale_rows(self, A: Array, w: Array, *, workspace: Workspace | None = None) -> Array:
+        """``A * w[:, None]`` as a new array (or the workspace's): each row of ``A`` times its
+        sample weight. ``A`` is float ``(N, O)``, ``w`` float ``(N,)`` of ``A``'s dtype."""
+
+    @abc.abstractmethod
     def backprop_softmax_crossentropy(
         self, P: Array, Y_true: Array, *, workspace: Workspace | None = None
     ) -> Array:
@@ -595,6 +743,66 @@ class Engine(abc.ABC):
                 them to the buffers' dtype.
         """
 
+    @abc.abstractmethod
+    def gradient_norm_scale(
+        self,
+        grads: Array,
+        segments: Sequence[tuple[int, int]],
+        clipnorm: float,
+        out: Array,
+        *,
+        each: bool = False,
+    ) -> None:
+        """The factors that clip gradients to the norm ``clipnorm``, written on the engine.
+
+        With ``each``, ``out[k] = clipnorm / max(norm_k, clipnorm)`` for the Euclidean
+        norm ``norm_k`` of ``grads[start_k:stop_k]`` (Keras's ``clipnorm``, per weight).
+        Otherwise ``out[0] = clipnorm / max(norm, clipnorm)`` for the norm of all the
+        segments together (``global_clipnorm``), NaN when that norm is not finite.
+        The sums of squares are accumulated in at least the buffer's precision; nothing
+        is read back to the host.
+
+        Args:
+            grads: float ``(P,)``.
+            segments: ``(start, stop)`` ranges of ``grads``, not overlapping.
+            clipnorm: the positive bound, a host number.
+            out: float ``(S,)`` with ``each`` (``S = len(segments)``), else ``(1,)``, of
+                ``grads``'s dtype; written.
+            each: one factor per segment rather than one for all.
+        """
+
+    @abc.abstractmethod
+    def clip_and_decay(
+        self,
+        params: Array,
+        grads: Array,
+        out: Array | None,
+        *,
+        scale: Array | None = None,
+        clipvalue: float | None = None,
+        decay: float = 0.0,
+    ) -> None:
+        """What an optimizer does before its rule, in one pass over flat buffers.
+
+        ``params -= params * decay`` (decoupled weight decay, when ``decay`` is not 0);
+        ``out = clip(grads * scale[0], -clipvalue, clipvalue)``, leaving out the factor
+        when ``scale`` is ``None`` and the clip when ``clipvalue`` is ``None``.
+
+        Args:
+            params: float ``(P,)``, updated in place.
+            grads: float ``(P,)`` of ``params``'s dtype, left unchanged.
+            out: float ``(P,)``, written; ``None`` to decay ``params`` only.
+            scale: float ``(1,)`` on the engine (a ``gradient_norm_scale`` factor), or
+                ``None``.
+            clipvalue: the positive bound of each gradient, or ``None``.
+            decay: the host number ``weight_decay * learning_rate``.
+        """
+
+    @abc.abstractmethod
+    def moving_average(self, average: Array, values: Array, momentum: float) -> None:
+        """``average = momentum * average + (1 - momentum) * values`` in place over flat
+        float buffers of one shape and dtype (the optimizers' ``use_ema``)."""
+
     # ------------------------------------------------------------------ dropout, metrics
     @abc.abstractmethod
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
@@ -608,6 +816,61 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def backprop_dropout(self, dY: Array, mask: Array) -> Array:
         """``dX = dY * mask``, with the mask returned by ``dropout``."""
+
+    # ------------------------------------------------------------------ parameterised
+    # activations and noise (the layers ReLU, LeakyReLU, ELU, GaussianNoise,
+    # GaussianDropout, AlphaDropout). Inputs are float of any shape; outputs are new.
+
+    @abc.abstractmethod
+    def relu_family(
+        self, Z: Array, *, negative_slope: float, max_value: float | None, threshold: float
+    ) -> Array:
+        """Keras's parameterised ReLU, elementwise: ``min(z, max_value)`` where
+        ``z > threshold``, else ``negative_slope * (z - threshold)`` (``max_value=None``:
+        no upper bound)."""
+
+    @abc.abstractmethod
+    def backprop_relu_family(
+        self,
+        dY: Array,
+        Z: Array,
+        *,
+        negative_slope: float,
+        max_value: float | None,
+        threshold: float,
+    ) -> Array:
+        """``dZ = dY * d relu_family / dz``: ``1`` where ``threshold < z < max_value``,
+        ``negative_slope`` where ``z < threshold``, else ``0``."""
+
+    @abc.abstractmethod
+    def elu(self, Z: Array, *, alpha: float) -> Array:
+        """``z`` where ``z > 0``, else ``alpha * (exp(z) - 1)``, elementwise."""
+
+    @abc.abstractmethod
+    def backprop_elu(self, dY: Array, Z: Array, *, alpha: float) -> Array:
+        """``dZ = dY * (1 if z > 0 else alpha * exp(z))``."""
+
+    @abc.abstractmethod
+    def gaussian_noise(self, X: Array, *, stddev: float) -> Array:
+        """``X + stddev * n`` with ``n`` standard normal draws from the engine's generator,
+        one per element (its gradient is ``dY`` itself)."""
+
+    @abc.abstractmethod
+    def gaussian_dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
+        """Multiplicative noise: ``mask = 1 + sqrt(rate / (1 - rate)) * n`` (``n`` standard
+        normal, one per element), ``Y = X * mask``; returns ``(Y, mask)``, whose gradient
+        ``backprop_dropout(dY, mask)`` gives; ``0 <= rate < 1``."""
+
+    @abc.abstractmethod
+    def alpha_dropout(
+        self, X: Array, *, rate: float, noise_shape: tuple[int, int]
+    ) -> tuple[Array, Array]:
+        """Alpha dropout of ``X`` ``(N, F)``: ``kept = u >= rate`` (``u`` uniform in
+        ``[0, 1)``) drawn at ``noise_shape``, ``(N or 1, F or 1)``, and broadcast to ``X``;
+        ``Y = a * (kept * X + (1 - kept) * alpha_p) + b`` with ``alpha_p = -SELU_SCALE *
+        SELU_ALPHA``, ``a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5`` and ``b = -a *
+        alpha_p * rate``. Returns ``(Y, mask)`` with ``mask = a * kept`` of ``X``'s shape,
+        whose gradient ``backprop_dropout(dY, mask)`` gives; ``0 < rate < 1``."""
 
     @abc.abstractmethod
     def count_correct(
@@ -627,4 +890,75 @@ class Engine(abc.ABC):
             Y_pred: float ``(N, O)``.
             Y_true: float ``(N, O)``, or int64 ``(N,)`` for ``"sparse"``.
             workspace: where to take temporaries from instead of allocating them.
+        """
+
+    @abc.abstractmethod
+    def accuracy_values(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        k: int = 1,
+        threshold: float = 0.5,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        """One accuracy per sample: what Keras's accuracy metrics average over samples.
+
+        Args:
+            kind: ``"binary"`` (the fraction of the row's elements where
+                ``Y_pred > threshold`` equals ``Y_true``), ``"categorical"`` (1 where the
+                argmaxes of both rows agree, the first index on ties), ``"sparse"`` (1
+                where the argmax is the int64 label), ``"top_k"`` / ``"sparse_top_k"``
+                (1 where fewer than ``k`` scores of the row exceed the score of the
+                target class: the argmax of ``Y_true`` / the label).
+            Y_pred: float ``(N, O)``.
+            Y_true: float ``(N, O)``, or int64 ``(N,)`` for the sparse kinds.
+            k: for the top-k kinds, at least 1.
+            threshold: for ``"binary"``.
+            workspace: where to take the result from instead of allocating it.
+
+        Returns:
+            float ``(N,)``: ``Y_pred``'s dtype on the generic engine, float64 on numba;
+            ``weighted_sum`` takes either.
+        """
+
+    @abc.abstractmethod
+    def confusion_counts(
+        self,
+        Y_pred: Array,
+        Y_true: Array,
+        thresholds: Array,
+        *,
+        sample_weight: Array | None = None,
+        per_label: bool = False,
+        class_id: int | None = None,
+        top_k: int | None = None,
+        row_max: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        """Weighted confusion counts of a batch at each threshold, as float64.
+
+        An element is a positive label where ``Y_true != 0`` and a positive prediction
+        where ``Y_pred > thresholds[t]``; each counts with its row's sample weight (1
+        without ``sample_weight``).
+
+        Args:
+            Y_pred: float ``(N, O)``.
+            Y_true: float ``(N, O)``.
+            thresholds: float ``(T,)`` of ``Y_pred``'s dtype.
+            sample_weight: float ``(N,)`` or ``None``.
+            per_label: count each column on its own (``L = O``) instead of all the
+                elements together (``L = 1``).
+            class_id: count only this column (``L = 1``).
+            top_k: first set every element outside its row's ``top_k`` largest to
+                ``-inf`` (ties: the earlier column ranks higher).
+            row_max: predict positive where the element is its row's maximum and
+                ``|Y_pred| > 1e-9`` instead of comparing with the thresholds (``T`` is 1).
+            workspace: where to take temporaries from (the result is always new or
+                recycled, so that several metrics' counts of one batch coexist).
+
+        Returns:
+            float64 ``(4, T, L)``: true positives, false positives, true negatives,
+            false negatives.
         """

@@ -167,6 +167,57 @@ def _nadam(
         params[i] -= (learning_rate * m_hat) / (math.sqrt(v_i / v_correction) + epsilon)
 
 
+def _adamw(params, grads, m, v, v_max, alpha, one_minus_beta_1, one_minus_beta_2, epsilon, decay):
+    amsgrad = v_max.shape[0] > 0
+    for i in range(params.shape[0]):
+        g = grads[i]
+        m_i = m[i] + (g - m[i]) * one_minus_beta_1
+        v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
+        m[i] = m_i
+        v[i] = v_i
+        if amsgrad:
+            v_i = max(v_max[i], v_i)
+            v_max[i] = v_i
+        p = params[i]
+        p -= p * decay
+        params[i] = p - (m_i * alpha) / (math.sqrt(v_i) + epsilon)
+
+
+def _adadelta(
+    params, grads, accumulated_grad, accumulated_delta, learning_rate, rho, one_minus_rho, epsilon
+):
+    for i in range(params.shape[0]):
+        g = grads[i]
+        a_g = rho * accumulated_grad[i] + one_minus_rho * (g * g)
+        a_d = accumulated_delta[i]
+        delta = -(math.sqrt(a_d + epsilon) * g) / math.sqrt(a_g + epsilon)
+        accumulated_grad[i] = a_g
+        accumulated_delta[i] = rho * a_d + one_minus_rho * (delta * delta)
+        params[i] += learning_rate * delta
+
+
+def _lion(params, grads, m, learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2):
+    for i in range(params.shape[0]):
+        g = grads[i]
+        m_i = m[i]
+        params[i] -= learning_rate * np.sign(m_i * beta_1 + g * one_minus_beta_1)
+        m[i] = m_i * beta_2 + g * one_minus_beta_2
+
+
+def _ftrl(params, grads, accumulator, linear, learning_rate, power, l1, two_l2, shrinkage):
+    for i in range(params.shape[0]):
+        g = grads[i]
+        w = params[i]
+        a = accumulator[i]
+        new = a + g * g
+        new_power = new**power
+        z = linear[i] + ((g + shrinkage * w) - ((new_power - a**power) / learning_rate) * w)
+        quadratic = new_power / learning_rate + two_l2
+        linear[i] = z
+        accumulator[i] = new
+        params[i] = (min(max(z, -l1), l1) - z) / quadratic
+
+
 # Activation codes of ``dense_stack``'s hidden layers.
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 
@@ -301,4 +352,8 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "adagrad": _adagrad,
     "adamax": _adamax,
     "nadam": _nadam,
+    "adamw": _adamw,
+    "adadelta": _adadelta,
+    "lion": _lion,
+    "ftrl": _ftrl,
 }

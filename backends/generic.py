@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from . import xp_activations, xp_losses, xp_merges, xp_optimizers
+from . import (
+    xp_activations,
+    xp_losses,
+    xp_merges,
+    xp_metrics,
+    xp_normalization,
+    xp_optimizers,
+)
 from .base import Array, Engine, Workspace, dtype_name
 
 
@@ -149,6 +156,82 @@ class ArrayAPIEngine(Engine):
             dalpha[...] = xp.sum(xp.where(positive, xp.zeros_like(X), dY * X), axis=0)
         return xp.where(positive, dY, alpha * dY)
 
+    # ------------------------------------------------------------------ normalization
+    def batch_moments(self, X: Array, *, workspace: Workspace | None = None) -> tuple[Array, Array]:
+        return xp_normalization.batch_moments(self.xp, X)
+
+    def batch_normalize(
+        self,
+        X: Array,
+        mean: Array,
+        variance: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array]:
+        return xp_normalization.batch_normalize(self.xp, X, mean, variance, gamma, beta, epsilon)
+
+    def backprop_batch_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        variance: Array,
+        gamma: Array | None,
+        *,
+        epsilon: float,
+        batch_statistics: bool,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        return xp_normalization.backprop_batch_normalize(
+            self.xp, dY, Xhat, variance, gamma, epsilon, batch_statistics, dgamma, dbeta, need_dX
+        )
+
+    def update_moving_average(self, moving: Array, value: Array, momentum: float) -> None:
+        xp_normalization.update_moving_average(self.xp, moving, value, momentum)
+
+    def layer_normalize(
+        self,
+        X: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array, Array]:
+        return xp_normalization.layer_normalize(self.xp, X, gamma, beta, epsilon)
+
+    def backprop_layer_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        inv_std: Array,
+        gamma: Array | None,
+        *,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        return xp_normalization.backprop_layer_normalize(
+            self.xp, dY, Xhat, inv_std, gamma, dgamma, dbeta, need_dX
+        )
+
+    def standardize(
+        self,
+        X: Array,
+        mean: Array | None,
+        variance: Array,
+        *,
+        invert: bool,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        return xp_normalization.standardize(self.xp, X, mean, variance, invert)
+
     # ------------------------------------------------------------------ merges
     def merge(
         self, op: str, inputs: Sequence[Array], *, workspace: Workspace | None = None
@@ -183,6 +266,29 @@ class ArrayAPIEngine(Engine):
         workspace: Workspace | None = None,
     ) -> Array:
         return xp_losses.loss(self.xp, name, Y_pred, Y_true, from_logits=from_logits)
+
+    def per_sample_loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        return xp_losses.per_sample_loss(self.xp, name, Y_pred, Y_true, from_logits=from_logits)
+
+    def weighted_sum(
+        self, values: Array, weights: Array | None = None, *, scale: float = 1.0
+    ) -> Array:
+        xp = self.xp
+        total = (
+            xp.sum(values) if weights is None else xp.sum(values * xp.astype(weights, values.dtype))
+        )
+        return xp.asarray(total * scale)
+
+    def scale_rows(self, A: Array, w: Array, *, workspace: Workspace | None = None) -> Array:
+        return A * self.xp.reshape(w, (-1, 1))
 
     def backprop_loss(
         self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
@@ -224,6 +330,32 @@ class ArrayAPIEngine(Engine):
     ) -> None:
         xp_optimizers.STEPS[rule](self.xp, params, grads, slots, hyperparameters)
 
+    def gradient_norm_scale(
+        self,
+        grads: Array,
+        segments: Sequence[tuple[int, int]],
+        clipnorm: float,
+        out: Array,
+        *,
+        each: bool = False,
+    ) -> None:
+        xp_optimizers.gradient_norm_scale(self.xp, grads, segments, clipnorm, out, each)
+
+    def clip_and_decay(
+        self,
+        params: Array,
+        grads: Array,
+        out: Array | None,
+        *,
+        scale: Array | None = None,
+        clipvalue: float | None = None,
+        decay: float = 0.0,
+    ) -> None:
+        xp_optimizers.clip_and_decay(self.xp, params, grads, out, scale, clipvalue, decay)
+
+    def moving_average(self, average: Array, values: Array, momentum: float) -> None:
+        xp_optimizers.moving_average(self.xp, average, values, momentum)
+
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
         keep = self._rng.random(tuple(X.shape)) >= rate
@@ -232,6 +364,49 @@ class ArrayAPIEngine(Engine):
 
     def backprop_dropout(self, dY: Array, mask: Array) -> Array:
         return dY * mask
+
+    # ------------------------------------------------------------------ parameterised
+    # activations and noise (drawn from the host generator, as dropout's masks)
+    def relu_family(
+        self, Z: Array, *, negative_slope: float, max_value: float | None, threshold: float
+    ) -> Array:
+        return xp_activations.relu_family(self.xp, Z, negative_slope, max_value, threshold)
+
+    def backprop_relu_family(
+        self,
+        dY: Array,
+        Z: Array,
+        *,
+        negative_slope: float,
+        max_value: float | None,
+        threshold: float,
+    ) -> Array:
+        return xp_activations.backprop_relu_family(
+            self.xp, dY, Z, negative_slope, max_value, threshold
+        )
+
+    def elu(self, Z: Array, *, alpha: float) -> Array:
+        return xp_activations.elu(self.xp, Z, alpha)
+
+    def backprop_elu(self, dY: Array, Z: Array, *, alpha: float) -> Array:
+        return xp_activations.backprop_elu(self.xp, dY, Z, alpha)
+
+    def gaussian_noise(self, X: Array, *, stddev: float) -> Array:
+        noise = self._rng.standard_normal(tuple(X.shape)) * stddev
+        return X + self.asarray(noise, dtype=dtype_name(X.dtype))
+
+    def gaussian_dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
+        noise = 1.0 + self._rng.standard_normal(tuple(X.shape)) * np.sqrt(rate / (1.0 - rate))
+        mask = self.asarray(noise, dtype=dtype_name(X.dtype))
+        return X * mask, mask
+
+    def alpha_dropout(
+        self, X: Array, *, rate: float, noise_shape: tuple[int, int]
+    ) -> tuple[Array, Array]:
+        a, b, alpha_p = xp_activations.alpha_dropout_constants(rate)
+        kept = self._rng.random(tuple(noise_shape)) >= rate
+        mask = self.xp.zeros_like(X) + self.asarray(kept * a, dtype=dtype_name(X.dtype))
+        return self.xp.where(mask != 0.0, a * X + b, a * alpha_p + b), mask
 
     def count_correct(
         self,
@@ -249,3 +424,40 @@ class ArrayAPIEngine(Engine):
         else:
             hits = xp.argmax(Y_pred, axis=-1) == Y_true
         return xp.sum(xp.astype(hits, Y_pred.dtype))
+
+    def accuracy_values(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        k: int = 1,
+        threshold: float = 0.5,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        return xp_metrics.accuracy_values(self.xp, kind, Y_pred, Y_true, k=k, threshold=threshold)
+
+    def confusion_counts(
+        self,
+        Y_pred: Array,
+        Y_true: Array,
+        thresholds: Array,
+        *,
+        sample_weight: Array | None = None,
+        per_label: bool = False,
+        class_id: int | None = None,
+        top_k: int | None = None,
+        row_max: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        return xp_metrics.confusion_counts(
+            self.xp,
+            Y_pred,
+            Y_true,
+            thresholds,
+            sample_weight=sample_weight,
+            per_label=per_label,
+            class_id=class_id,
+            top_k=top_k,
+            row_max=row_max,
+        )

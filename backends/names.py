@@ -61,7 +61,18 @@ ACCURACY_NAMES: dict[str, str | None] = {
 }
 
 # The update rules of Engine.optimizer_step, one per optimizer in dlcore.optimizers.
-OPTIMIZER_RULES: tuple[str, ...] = ("sgd", "adam", "rmsprop", "adagrad", "adamax", "nadam")
+OPTIMIZER_RULES: tuple[str, ...] = (
+    "sgd",
+    "adam",
+    "rmsprop",
+    "adagrad",
+    "adamax",
+    "nadam",
+    "adamw",
+    "adadelta",
+    "lion",
+    "ftrl",
+)
 
 # How Engine.merge combines the outputs of several layers into one (Keras's merging layers).
 MERGES: tuple[str, ...] = (

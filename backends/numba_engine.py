@@ -112,6 +112,8 @@ class NumbaEngine(Engine):
             losses,
             memory,
             merges,
+            metrics,
+            normalization,
             optimizers,
             prelu,
             reductions,
@@ -128,6 +130,8 @@ class NumbaEngine(Engine):
         self._k_losses = losses
         self._k_memory = memory
         self._k_merges = merges
+        self._k_metrics = metrics
+        self._k_normalization = normalization
         self._k_optimizers = optimizers
         self._k_prelu = prelu
         self._k_reductions = reductions
@@ -400,6 +404,113 @@ class NumbaEngine(Engine):
         self._k_prelu.prelu_backward(dY, X, alpha, dX, dalpha)
         return dX
 
+    # ------------------------------------------------------------------ normalization
+    # Outputs are named "norm_*" in a workspace, apart from the layers' other arrays.
+    def batch_moments(self, X: Array, *, workspace: Workspace | None = None) -> tuple[Array, Array]:
+        F = X.shape[1]
+        mean = self._output(workspace, "norm_mean", (F,), X.dtype)
+        variance = self._output(workspace, "norm_variance", (F,), X.dtype)
+        self._k_normalization.batch_moments(X, mean, variance)
+        return mean, variance
+
+    def batch_normalize(
+        self,
+        X: Array,
+        mean: Array,
+        variance: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array]:
+        Y = self._output(workspace, "norm_Y", X.shape, X.dtype)
+        Xhat = self._output(workspace, "norm_Xhat", X.shape, X.dtype)
+        self._k_normalization.batch_normalize(X, mean, variance, gamma, beta, epsilon, Y, Xhat)
+        return Y, Xhat
+
+    def backprop_batch_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        variance: Array,
+        gamma: Array | None,
+        *,
+        epsilon: float,
+        batch_statistics: bool,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        F = dY.shape[1]
+        if (dgamma is None) != (dbeta is None):  # the kernel writes both or neither
+            if dgamma is None:
+                dgamma = self._output(workspace, "norm_dgamma", (F,), dY.dtype)
+            if dbeta is None:
+                dbeta = self._output(workspace, "norm_dbeta", (F,), dY.dtype)
+        dX = self._output(workspace, "norm_dX", dY.shape, dY.dtype) if need_dX else None
+        self._k_normalization.batch_normalize_backward(
+            dY, Xhat, variance, gamma, epsilon, batch_statistics, dgamma, dbeta, dX
+        )
+        return dX
+
+    def update_moving_average(self, moving: Array, value: Array, momentum: float) -> None:
+        self._k_normalization.moving_average(moving, value, momentum)
+
+    def layer_normalize(
+        self,
+        X: Array,
+        gamma: Array | None,
+        beta: Array | None,
+        *,
+        epsilon: float,
+        workspace: Workspace | None = None,
+    ) -> tuple[Array, Array, Array]:
+        Y = self._output(workspace, "norm_Y", X.shape, X.dtype)
+        Xhat = self._output(workspace, "norm_Xhat", X.shape, X.dtype)
+        inv_std = self._output(workspace, "norm_inv_std", (X.shape[0],), X.dtype)
+        self._k_normalization.layer_normalize(X, gamma, beta, epsilon, Y, Xhat, inv_std)
+        return Y, Xhat, inv_std
+
+    def backprop_layer_normalize(
+        self,
+        dY: Array,
+        Xhat: Array,
+        inv_std: Array,
+        gamma: Array | None,
+        *,
+        dgamma: Array | None,
+        dbeta: Array | None,
+        need_dX: bool = True,
+        workspace: Workspace | None = None,
+    ) -> Array | None:
+        F = dY.shape[1]
+        if dgamma is not None or dbeta is not None:
+            if dgamma is None:
+                dgamma = self._output(workspace, "norm_dgamma", (F,), dY.dtype)
+            if dbeta is None:
+                dbeta = self._output(workspace, "norm_dbeta", (F,), dY.dtype)
+            self._k_normalization.column_moment_sums(dY, Xhat, dgamma, dbeta)
+        if not need_dX:
+            return None
+        dX = self._output(workspace, "norm_dX", dY.shape, dY.dtype)
+        self._k_normalization.layer_normalize_backward(dY, Xhat, inv_std, gamma, dX)
+        return dX
+
+    def standardize(
+        self,
+        X: Array,
+        mean: Array | None,
+        variance: Array,
+        *,
+        invert: bool,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        Y = self._output(workspace, "norm_standardized", X.shape, X.dtype)
+        self._k_normalization.standardize(X, mean, variance, invert, Y)
+        return Y
+
     # ------------------------------------------------------------------ merges
     # Outputs are named "merge_*" in a workspace, apart from the layers' other arrays.
     def merge(
@@ -454,6 +565,36 @@ class NumbaEngine(Engine):
             name, Y_pred, Y_true, out, from_logits=from_logits, per_sample=per_sample
         )
         return scalar
+
+    def per_sample_loss(
+        self,
+        name: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        from_logits: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        custom.refuse(self.name, custom.PER_SAMPLE, name)
+        shape = (Y_pred.shape[0],)
+        values = self._output(workspace, "loss_per_sample_values", shape, "float64")
+        self._k_losses.per_sample_values(name, Y_pred, Y_true, values, from_logits=from_logits)
+        return values
+
+    def weighted_sum(
+        self, values: Array, weights: Array | None = None, *, scale: float = 1.0
+    ) -> Array:
+        scalar, out = self._new_scalar(values.dtype)
+        if weights is None:
+            self._k_reductions.map_sum("sum", values, values, out, scale=scale)
+        else:
+            self._k_reductions.map_sum("product", values, weights, out, scale=scale)
+        return scalar
+
+    def scale_rows(self, A: Array, w: Array, *, workspace: Workspace | None = None) -> Array:
+        out = self._output(workspace, "rows_scaled", A.shape, A.dtype)
+        self._k_merges.scale_rows(A, w, out)
+        return out
 
     def backprop_loss(
         self, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
@@ -517,6 +658,34 @@ class NumbaEngine(Engine):
     ) -> None:
         self._k_optimizers.LAUNCHERS[rule](params, grads, slots, hyperparameters)
 
+    def gradient_norm_scale(
+        self,
+        grads: Array,
+        segments: Sequence[tuple[int, int]],
+        clipnorm: float,
+        out: Array,
+        *,
+        each: bool = False,
+    ) -> None:
+        self._k_optimizers.gradient_norm_scale(grads, segments, clipnorm, out, each=each)
+
+    def clip_and_decay(
+        self,
+        params: Array,
+        grads: Array,
+        out: Array | None,
+        *,
+        scale: Array | None = None,
+        clipvalue: float | None = None,
+        decay: float = 0.0,
+    ) -> None:
+        self._k_optimizers.clip_and_decay(
+            params, grads, out, scale=scale, clipvalue=clipvalue, decay=decay
+        )
+
+    def moving_average(self, average: Array, values: Array, momentum: float) -> None:
+        self._k_optimizers.moving_average(average, values, momentum)
+
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
         if self._generator is None:
@@ -534,6 +703,95 @@ class NumbaEngine(Engine):
         self._k_dropout.backprop_dropout(dY, mask, dX)
         return dX
 
+    # ------------------------------------------------------------------ parameterised
+    # activations and noise (kernels/param_activations.py, kernels/noise.py)
+    def _random_states(self) -> Any:
+        """The device generators dropout draws from, created at the first draw."""
+        if self._generator is None:
+            seed = self._seed
+            if seed is None:  # no seed given: as unpredictable as NumPy's default generator
+                seed = int(np.random.default_rng().integers(2**63 - 1))
+            self._generator = self._k_dropout.DropoutGenerator(seed % 2**63)
+        return self._generator
+
+    def relu_family(
+        self, Z: Array, *, negative_slope: float, max_value: float | None, threshold: float
+    ) -> Array:
+        from dlcore.kernels import param_activations
+
+        Y = self._recycled(Z.shape, Z.dtype)
+        param_activations.relu_family(
+            Z, Y, negative_slope=negative_slope, max_value=max_value, threshold=threshold
+        )
+        return Y
+
+    def backprop_relu_family(
+        self,
+        dY: Array,
+        Z: Array,
+        *,
+        negative_slope: float,
+        max_value: float | None,
+        threshold: float,
+    ) -> Array:
+        from dlcore.kernels import param_activations
+
+        dZ = self._recycled(dY.shape, dY.dtype)
+        param_activations.backprop_relu_family(
+            dY, Z, dZ, negative_slope=negative_slope, max_value=max_value, threshold=threshold
+        )
+        return dZ
+
+    def elu(self, Z: Array, *, alpha: float) -> Array:
+        from dlcore.kernels import param_activations
+
+        Y = self._recycled(Z.shape, Z.dtype)
+        param_activations.elu(Z, Y, alpha=alpha)
+        return Y
+
+    def backprop_elu(self, dY: Array, Z: Array, *, alpha: float) -> Array:
+        from dlcore.kernels import param_activations
+
+        dZ = self._recycled(dY.shape, dY.dtype)
+        param_activations.backprop_elu(dY, Z, dZ, alpha=alpha)
+        return dZ
+
+    def gaussian_noise(self, X: Array, *, stddev: float) -> Array:
+        from dlcore.kernels import noise
+
+        Y = self._recycled(X.shape, X.dtype)
+        noise.gaussian(self._random_states(), X, Y, Y, stddev=stddev, mode=noise.ADDITIVE)
+        return Y
+
+    def gaussian_dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
+        from dlcore.kernels import noise
+
+        Y = self._recycled(X.shape, X.dtype)
+        mask = self._recycled(X.shape, X.dtype)
+        stddev = float(np.sqrt(rate / (1.0 - rate)))
+        noise.gaussian(self._random_states(), X, Y, mask, stddev=stddev, mode=noise.MULTIPLICATIVE)
+        return Y, mask
+
+    def alpha_dropout(
+        self, X: Array, *, rate: float, noise_shape: tuple[int, int]
+    ) -> tuple[Array, Array]:
+        from dlcore.kernels import noise
+
+        from .xp_activations import alpha_dropout_constants
+
+        Y = self._recycled(X.shape, X.dtype)
+        mask = self._recycled(X.shape, X.dtype)
+        noise.alpha_dropout(
+            self._random_states(),
+            X,
+            Y,
+            mask,
+            rate=rate,
+            noise_shape=noise_shape,
+            constants=alpha_dropout_constants(rate),
+        )
+        return Y, mask
+
     def count_correct(
         self,
         kind: str,
@@ -548,6 +806,49 @@ class NumbaEngine(Engine):
             hits = workspace.array("row_hits", (Y_pred.shape[0],), "float64")
         self._k_reductions.count_correct(kind, Y_pred, Y_true, out, hits=hits)
         return scalar
+
+    def accuracy_values(
+        self,
+        kind: str,
+        Y_pred: Array,
+        Y_true: Array,
+        *,
+        k: int = 1,
+        threshold: float = 0.5,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        values = self._output(workspace, "accuracy_values", (Y_pred.shape[0],), "float64")
+        self._k_metrics.accuracy_values(kind, Y_pred, Y_true, values, k=k, threshold=threshold)
+        return values
+
+    def confusion_counts(
+        self,
+        Y_pred: Array,
+        Y_true: Array,
+        thresholds: Array,
+        *,
+        sample_weight: Array | None = None,
+        per_label: bool = False,
+        class_id: int | None = None,
+        top_k: int | None = None,
+        row_max: bool = False,
+        workspace: Workspace | None = None,
+    ) -> Array:
+        labels = Y_pred.shape[1] if per_label and class_id is None else 1
+        out = self._recycled((4, thresholds.shape[0], labels), np.float64)
+        self._k_metrics.confusion_counts(
+            Y_pred,
+            Y_true,
+            thresholds,
+            thresholds if sample_weight is None else sample_weight,
+            out,
+            weighted=sample_weight is not None,
+            per_label=per_label,
+            class_id=class_id,
+            top_k=top_k,
+            row_max=row_max,
+        )
+        return out
 
     # ------------------------------------------------------------------ graphs
     def capture_step(self, run: Callable[[], Sequence[Array]]) -> CapturedStep | None:

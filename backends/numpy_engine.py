@@ -440,6 +440,54 @@ class NumpyEngine(ArrayAPIEngine):
             scalar(h["epsilon"]),
         )
 
+    def _adamw_jit(self, params, grads, slots, h) -> None:
+        m, v, v_max = slots
+        scalar = params.dtype.type
+        self._jit(
+            "adamw",
+            [params, grads, m, v, self._absent(v_max, params)],
+            scalar(h["alpha"]),
+            scalar(1.0 - h["beta_1"]),
+            scalar(1.0 - h["beta_2"]),
+            scalar(h["epsilon"]),
+            scalar(h["decay"]),
+        )
+
+    def _adadelta_jit(self, params, grads, slots, h) -> None:
+        scalar = params.dtype.type
+        self._jit(
+            "adadelta",
+            [params, grads, *slots],
+            scalar(h["learning_rate"]),
+            scalar(h["rho"]),
+            scalar(1.0 - h["rho"]),
+            scalar(h["epsilon"]),
+        )
+
+    def _lion_jit(self, params, grads, slots, h) -> None:
+        scalar = params.dtype.type
+        self._jit(
+            "lion",
+            [params, grads, slots[0]],
+            scalar(h["learning_rate"]),
+            scalar(h["beta_1"]),
+            scalar(1.0 - h["beta_1"]),
+            scalar(h["beta_2"]),
+            scalar(1.0 - h["beta_2"]),
+        )
+
+    def _ftrl_jit(self, params, grads, slots, h) -> None:
+        scalar = params.dtype.type
+        self._jit(
+            "ftrl",
+            [params, grads, *slots],
+            scalar(h["learning_rate"]),
+            scalar(h["power"]),
+            scalar(h["l1"]),
+            scalar(2.0 * h["l2"]),
+            scalar(h["shrinkage"]),
+        )
+
     # The fast version of each rule of names.OPTIMIZER_RULES that has one.
     _JIT_STEPS: ClassVar[dict[str, Callable[..., None]]] = {
         "sgd": _sgd_jit,
@@ -448,6 +496,10 @@ class NumpyEngine(ArrayAPIEngine):
         "adagrad": _adagrad_jit,
         "adamax": _adamax_jit,
         "nadam": _nadam_jit,
+        "adamw": _adamw_jit,
+        "adadelta": _adadelta_jit,
+        "lion": _lion_jit,
+        "ftrl": _ftrl_jit,
     }
     _CHUNKED_STEPS: ClassVar[dict[str, Callable[..., None]]] = {"adam": _adam_chunked}
 

@@ -234,3 +234,53 @@ def backward(xp: ModuleType, name: str, dY: Array, Z: Array, Y: Array) -> Array:
     if function is None:
         return custom.backward(xp, name, dY, Z, Y)
     return function(xp, dY, Z, Y)
+
+
+# ---------------------------------------------------------------- parameterised activations
+# The layers ReLU, LeakyReLU and ELU take their constants as arguments; these are the
+# generic engine's versions of Engine.relu_family and Engine.elu.
+
+
+def relu_family(
+    xp: ModuleType, Z: Array, negative_slope: float, max_value: float | None, threshold: float
+) -> Array:
+    """Keras's ReLU: ``min(z, max_value)`` where ``z > threshold``, else
+    ``negative_slope * (z - threshold)``; float ``Z`` of any shape, same shape out."""
+    upper = Z if max_value is None else xp.clip(Z, max=max_value)
+    return xp.where(Z > threshold, upper, negative_slope * (Z - threshold))
+
+
+def backprop_relu_family(
+    xp: ModuleType,
+    dY: Array,
+    Z: Array,
+    negative_slope: float,
+    max_value: float | None,
+    threshold: float,
+) -> Array:
+    """``dY`` times the derivative of ``relu_family``: 1 on ``(threshold, max_value)``,
+    ``negative_slope`` below ``threshold``, 0 elsewhere."""
+    inside = Z > threshold
+    if max_value is not None:
+        inside = inside & (Z < max_value)
+    below = _mask(xp, Z < threshold, dY) * negative_slope
+    return dY * (_mask(xp, inside, dY) + below)
+
+
+def elu(xp: ModuleType, Z: Array, alpha: float) -> Array:
+    """``z`` where ``z > 0``, else ``alpha * (exp(z) - 1)``; float ``Z`` of any shape."""
+    return _elu(xp, Z, alpha)
+
+
+def backprop_elu(xp: ModuleType, dY: Array, Z: Array, alpha: float) -> Array:
+    """``dY`` times ELU's derivative, ``1`` where ``z > 0`` else ``alpha * exp(z)``."""
+    return xp.where(Z > 0.0, dY, dY * (alpha * xp.exp(xp.clip(Z, max=0.0))))
+
+
+def alpha_dropout_constants(rate: float) -> tuple[float, float, float]:
+    """``(a, b, alpha_p)`` of alpha dropout at ``rate`` (``0 < rate < 1``): dropped units
+    take ``alpha_p = -SELU_SCALE * SELU_ALPHA``, then ``y = a * x + b`` restores the
+    mean and variance of a standard normal input."""
+    alpha_p = -SELU_SCALE * SELU_ALPHA
+    a = ((1.0 - rate) * (1.0 + rate * alpha_p**2)) ** -0.5
+    return a, -a * alpha_p * rate, alpha_p

@@ -321,6 +321,22 @@ def loss(
     return xp.asarray(xp.mean(per_sample(xp, Y_pred, _dense_targets(xp, name, Y_pred, Y_true))))
 
 
+def per_sample_loss(
+    xp: ModuleType, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
+) -> Array:
+    """The per-sample values of the loss ``name`` whose batch mean ``loss`` returns.
+
+    Args: as ``loss``.
+
+    Returns:
+        float ``(N,)`` of the dtype of ``Y_pred``.
+    """
+    if name not in _VALUES:
+        return custom.values(xp, name, Y_pred, Y_true)
+    per_sample = _select(name, from_logits, _VALUES, _LOGIT_VALUES)
+    return per_sample(xp, Y_pred, _dense_targets(xp, name, Y_pred, Y_true))
+
+
 def backprop_loss(
     xp: ModuleType, name: str, Y_pred: Array, Y_true: Array, *, from_logits: bool = False
 ) -> Array:

@@ -170,6 +170,85 @@ def nadam(
     params -= (h["learning_rate"] * m_hat) / (xp.sqrt(v_hat) + h["epsilon"])
 
 
+def adamw(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
+) -> None:
+    """AdamW: Adam (or AMSGrad) after a decoupled weight decay, in one pass.
+
+    Slots and hyperparameters: those of ``adam``, and ``decay``, the step's
+    ``weight_decay * learning_rate``.
+
+    ``w -= w * decay``, then the ``adam`` step.
+    """
+    params -= params * h["decay"]
+    adam(xp, params, grads, slots, h)
+
+
+def adadelta(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
+) -> None:
+    """Adadelta (Zeiler, 2012).
+
+    Slots: ``accumulated_grad``, the moving average of ``g**2``; ``accumulated_delta_var``,
+    the moving average of the squared updates. Hyperparameters: ``learning_rate``;
+    ``rho``, the decay rate of both; ``epsilon``, added under the square roots.
+
+    ``accumulated_grad = rho * accumulated_grad + (1 - rho) * g**2``;
+    ``delta = -(sqrt(accumulated_delta_var + epsilon) * g) / sqrt(accumulated_grad + epsilon)``;
+    ``accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * delta**2``;
+    ``w += learning_rate * delta``.
+    """
+    accumulated_grad, accumulated_delta = slots
+    rho, epsilon = h["rho"], h["epsilon"]
+    accumulated_grad[...] = rho * accumulated_grad + (1.0 - rho) * (grads * grads)
+    delta = -(xp.sqrt(accumulated_delta + epsilon) * grads) / xp.sqrt(accumulated_grad + epsilon)
+    accumulated_delta[...] = rho * accumulated_delta + (1.0 - rho) * (delta * delta)
+    params += h["learning_rate"] * delta
+
+
+def lion(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
+) -> None:
+    """Lion (Chen et al., 2023): a step of the sign of an interpolated momentum.
+
+    Slots: ``momentum``. Hyperparameters: ``learning_rate``; ``beta_1``, the
+    interpolation of the step's direction; ``beta_2``, the momentum's decay rate.
+
+    ``w -= learning_rate * sign(m * beta_1 + g * (1 - beta_1))``;
+    ``m = m * beta_2 + g * (1 - beta_2)``.
+    """
+    (m,) = slots
+    beta_1, beta_2 = h["beta_1"], h["beta_2"]
+    params -= h["learning_rate"] * xp.sign(m * beta_1 + grads * (1.0 - beta_1))
+    m[...] = m * beta_2 + grads * (1.0 - beta_2)
+
+
+def ftrl(
+    xp: Any, params: Array, grads: Array, slots: Sequence[Array], h: Mapping[str, float]
+) -> None:
+    """FTRL-Proximal (McMahan et al., 2013), as Keras writes it.
+
+    Slots: ``accumulator``, the sum of ``g**2`` plus its initial value; ``linear``.
+    Hyperparameters: ``learning_rate``; ``power``, minus Keras's
+    ``learning_rate_power`` (so ``0.5`` by default); ``l1``; ``l2``, Keras's
+    ``l2_regularization_strength + beta / (2 * learning_rate)``; ``shrinkage``,
+    ``2 * l2_shrinkage_regularization_strength``.
+
+    ``new = accumulator + g**2``;
+    ``linear += (g + shrinkage * w) - (new**power - accumulator**power) / learning_rate * w``;
+    ``quadratic = new**power / learning_rate + 2 * l2``;
+    ``w = (clip(linear, -l1, l1) - linear) / quadratic``; ``accumulator = new``.
+    """
+    accumulator, linear = slots
+    learning_rate, power, l1 = h["learning_rate"], h["power"], h["l1"]
+    new = accumulator + grads * grads
+    grad_to_use = grads + h["shrinkage"] * params
+    linear += grad_to_use - ((new**power - accumulator**power) / learning_rate) * params
+    quadratic = new**power / learning_rate + 2.0 * h["l2"]
+    params[...] = (xp.clip(linear, -l1, l1) - linear) / quadratic
+    accumulator[...] = new
+
+
 #: The reference step of every rule of ``names.OPTIMIZER_RULES``.
 STEPS: dict[str, Step] = {
     "sgd": sgd,
@@ -178,4 +257,64 @@ STEPS: dict[str, Step] = {
     "adagrad": adagrad,
     "adamax": adamax,
     "nadam": nadam,
+    "adamw": adamw,
+    "adadelta": adadelta,
+    "lion": lion,
+    "ftrl": ftrl,
 }
+
+
+# ---------------------------------------------------------------------- around the rules
+def gradient_norm_scale(
+    xp: Any,
+    grads: Array,
+    segments: Sequence[tuple[int, int]],
+    clipnorm: float,
+    out: Array,
+    each: bool,
+) -> None:
+    """The reference of ``Engine.gradient_norm_scale``: ``clipnorm / max(norm, clipnorm)``
+    per segment (``each``) or for all of them together, into ``out`` on the engine.
+    The joint factor is NaN when the norm is not finite, as Keras's ``global_clipnorm``."""
+    squares = []
+    for start, stop in segments:
+        piece = grads[start:stop]
+        squares.append(xp.sum(piece * piece))
+    # the bound as a 0-d array on the gradients' device, of their dtype
+    bound = xp.full_like(xp.sum(grads[0:0]), clipnorm)
+    if each:
+        for k, total in enumerate(squares):
+            out[k] = bound / xp.maximum(xp.sqrt(total), bound)
+        return
+    total = xp.sum(grads[0:0])
+    for more in squares:
+        total = total + more
+    norm = xp.sqrt(total)
+    out[0] = bound / xp.maximum(norm, bound) + (norm - norm)
+
+
+def clip_and_decay(
+    xp: Any,
+    params: Array,
+    grads: Array,
+    out: Array | None,
+    scale: Array | None,
+    clipvalue: float | None,
+    decay: float,
+) -> None:
+    """The reference of ``Engine.clip_and_decay``: ``params -= params * decay``;
+    ``out = clip(grads * scale[0], -clipvalue, clipvalue)``."""
+    if decay:
+        params -= params * decay
+    if out is None:
+        return
+    clipped = grads if scale is None else grads * scale[0]
+    if clipvalue is not None:
+        clipped = xp.clip(clipped, -clipvalue, clipvalue)
+    out[...] = clipped
+
+
+def moving_average(xp: Any, average: Array, values: Array, momentum: float) -> None:
+    """The reference of ``Engine.moving_average``:
+    ``average = momentum * average + (1 - momentum) * values``."""
+    average[...] = momentum * average + (1.0 - momentum) * values

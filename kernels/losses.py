@@ -687,11 +687,32 @@ def loss(
     Raises:
         KeyError: ``name`` is not one of ``LOSSES``.
     """
+    if per_sample is None:
+        per_sample = scratch("per_sample", Y_pred.shape[0], np.float64)
+    per_sample_values(name, Y_pred, Y_true, per_sample, from_logits=from_logits)
+    reductions.mean_all(per_sample, out)
+
+
+def per_sample_values(
+    name: str, Y_pred: Any, Y_true: Any, per_sample: Any, *, from_logits: bool = False
+) -> None:
+    """Write ``per_sample``, the per-sample values of the loss ``name`` (``loss`` averages
+    them).
+
+    Args:
+        name: one of ``LOSSES``.
+        Y_pred: C-contiguous float device array ``(N, O)``.
+        Y_true: float ``(N, O)`` of the dtype of ``Y_pred``, or int64 labels ``(N,)`` for
+            ``"sparse_categorical_crossentropy"``.
+        per_sample: float64 device array ``(N,)``.
+        from_logits: as in ``loss``.
+
+    Raises:
+        KeyError: ``name`` is not one of ``LOSSES``.
+    """
     name, logits = _variant(name, from_logits)
     N, O = Y_pred.shape
     dtype = Y_pred.dtype
-    if per_sample is None:
-        per_sample = scratch("per_sample", N, np.float64)
     blocks, threads, width = row_grid(N, O)
     if (name, logits) in _ELEMENTWISE:
         factor, _, per_output = _ELEMENTWISE[name, logits]
@@ -705,7 +726,6 @@ def loss(
     else:
         kernel = _row_kernels(dtype, name, logits)[0]
         launch(kernel, (blocks, threads), Y_pred, Y_true, width, per_sample)
-    reductions.mean_all(per_sample, out)
 
 
 def loss_gradient(

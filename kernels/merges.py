@@ -195,6 +195,22 @@ def _scale_kernel(dtype: Any) -> Any:
 
 
 @functools.cache
+def _scale_rows_kernel(dtype: Any) -> Any:
+    widen = scalar(compute_dtype(dtype))
+
+    @cuda.jit
+    def scale_rows_kernel(A, w, Y):
+        """Y[i, j] = A[i, j] * w[i] over (N, F); Y may be A."""
+        N, F = Y.shape
+        j, start = cuda.grid(2)
+        if j < F:
+            for i in range(start, N, cuda.gridsize(2)[1]):
+                Y[i, j] = widen(A[i, j]) * widen(w[i])
+
+    return scale_rows_kernel
+
+
+@functools.cache
 def _accumulate_kernel(dtype: Any) -> Any:
     widen = scalar(compute_dtype(dtype))
 
@@ -226,6 +242,20 @@ def _copy_columns_from(dY: Any, offset: int, dX: Any) -> None:
         return
     blocks, threads = grid_2d(*dX.shape)
     launch(_columns_from_kernel(dX.dtype), (blocks, threads), dY, offset, dX)
+
+
+def scale_rows(A: Any, w: Any, out: Any) -> None:
+    """Write ``out = A * w[:, None]``: each row of ``A`` times its weight.
+
+    Args:
+        A: C-contiguous float device array ``(N, O)``.
+        w: float device array ``(N,)`` of the dtype of ``A``.
+        out: device array of the shape and dtype of ``A`` (may be ``A`` itself).
+    """
+    if out.size == 0:  # nothing to write: launch nothing
+        return
+    blocks, threads = grid_2d(*out.shape)
+    launch(_scale_rows_kernel(A.dtype), (blocks, threads), A, w, out)
 
 
 def scale(A: Any, factor: float, out: Any) -> None:
@@ -359,3 +389,4 @@ def ptx_variants() -> Iterator[PtxVariant]:
         factor = numba_type(compute_dtype(dtype))  # float16 is scaled by a float32 factor
         yield f"scale[{short}]", _scale_kernel(dtype), (flat, factor, flat)
         yield f"accumulate[{short}]", _accumulate_kernel(dtype), (flat, flat)
+        yield f"scale_rows[{short}]", _scale_rows_kernel(dtype), (rows, flat, rows)

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from numba import cuda
 
 from .common import (
@@ -35,7 +36,9 @@ from .common import (
     launch,
     numba_type,
     scalar,
+    scratch,
 )
+from .reductions import map_sum
 
 
 @device_function
@@ -493,6 +496,380 @@ def nadam(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, 
     )
 
 
+# ---------------------------------------------------------------------- AdamW
+@functools.cache
+def _adamw_kernel(amsgrad: bool) -> Any:
+    @cuda.jit
+    def adamw_kernel(
+        params, grads, m, v, v_max, alpha, one_minus_beta_1, one_minus_beta_2, epsilon, decay
+    ):
+        """AdamW over flat (P,) buffers: w -= w * decay, then Adam (AMSGrad: v_max)."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            g = grads[i]
+            m_i = m[i]
+            m_i = m_i + (g - m_i) * one_minus_beta_1
+            v_i = v[i]
+            v_i = v_i + (g * g - v_i) * one_minus_beta_2
+            m[i] = m_i
+            v[i] = v_i
+            if amsgrad:
+                v_i = _maximum(v_max[i], v_i)
+                v_max[i] = v_i
+            p = params[i]
+            p = p - p * decay
+            params[i] = p - (m_i * alpha) / (math.sqrt(v_i) + epsilon)
+
+    return adamw_kernel
+
+
+def adamw(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """AdamW: Adam (AMSGrad when the ``v_max`` slot is given) after the decoupled decay.
+
+    Args:
+        params: float32 or float64 device array ``(P,)``, updated in place.
+        grads: ``(P,)``, dtype of ``params``.
+        slots: ``(m, v, v_max)``, each ``(P,)`` updated in place; ``v_max`` may be ``None``.
+        h: ``alpha``, ``beta_1``, ``beta_2``, ``epsilon`` (as ``adam``) and ``decay``.
+    """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
+    m, v, v_max = slots
+    f = scalar(params.dtype)
+    constants = (
+        f(h["alpha"]),
+        f(1.0 - h["beta_1"]),
+        f(1.0 - h["beta_2"]),
+        f(h["epsilon"]),
+        f(h["decay"]),
+    )
+    kernel = _adamw_kernel(v_max is not None)
+    # without AMSGrad the kernel never reads v_max: v stands in for it
+    launch(
+        kernel,
+        grid_for(params.size),
+        params,
+        grads,
+        m,
+        v,
+        v if v_max is None else v_max,
+        *constants,
+    )
+
+
+# ---------------------------------------------------------------------- Adadelta
+@functools.cache
+def _adadelta_kernel() -> Any:
+    @cuda.jit
+    def adadelta_kernel(
+        params,
+        grads,
+        accumulated_grad,
+        accumulated_delta,
+        learning_rate,
+        rho,
+        one_minus_rho,
+        epsilon,
+    ):
+        """Adadelta over flat (P,) buffers."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            g = grads[i]
+            a_g = rho * accumulated_grad[i] + one_minus_rho * (g * g)
+            a_d = accumulated_delta[i]
+            delta = -(math.sqrt(a_d + epsilon) * g) / math.sqrt(a_g + epsilon)
+            accumulated_grad[i] = a_g
+            accumulated_delta[i] = rho * a_d + one_minus_rho * (delta * delta)
+            params[i] = params[i] + learning_rate * delta
+
+    return adadelta_kernel
+
+
+def adadelta(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """Adadelta.
+
+    Args:
+        params: float32 or float64 device array ``(P,)``, updated in place.
+        grads: ``(P,)``, dtype of ``params``.
+        slots: ``(accumulated_grad, accumulated_delta_var)``, each ``(P,)`` updated in place.
+        h: ``learning_rate``, ``rho``, ``epsilon``.
+    """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
+    accumulated_grad, accumulated_delta = slots
+    f = scalar(params.dtype)
+    launch(
+        _adadelta_kernel(),
+        grid_for(params.size),
+        params,
+        grads,
+        accumulated_grad,
+        accumulated_delta,
+        f(h["learning_rate"]),
+        f(h["rho"]),
+        f(1.0 - h["rho"]),
+        f(h["epsilon"]),
+    )
+
+
+# ---------------------------------------------------------------------- Lion
+@functools.cache
+def _lion_kernel(dtype: Any) -> Any:
+    f = scalar(dtype)
+    zero, one = f(0.0), f(1.0)
+
+    @device_function
+    def sign(x):
+        """``numpy.sign``: -1, 0 or 1, NaN for NaN."""
+        if x > zero:
+            return one
+        if x < zero:
+            return -one
+        return x  # 0 or NaN
+
+    @cuda.jit
+    def lion_kernel(
+        params, grads, m, learning_rate, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2
+    ):
+        """Lion over flat (P,) buffers."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            g = grads[i]
+            m_i = m[i]
+            direction = sign(m_i * beta_1 + g * one_minus_beta_1)
+            params[i] = params[i] - learning_rate * direction
+            m[i] = m_i * beta_2 + g * one_minus_beta_2
+
+    return lion_kernel
+
+
+def lion(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """Lion.
+
+    Args:
+        params: float32 or float64 device array ``(P,)``, updated in place.
+        grads: ``(P,)``, dtype of ``params``.
+        slots: ``(momentum,)``, ``(P,)`` updated in place.
+        h: ``learning_rate``, ``beta_1``, ``beta_2``.
+    """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
+    (m,) = slots
+    f = scalar(params.dtype)
+    launch(
+        _lion_kernel(params.dtype),
+        grid_for(params.size),
+        params,
+        grads,
+        m,
+        f(h["learning_rate"]),
+        f(h["beta_1"]),
+        f(1.0 - h["beta_1"]),
+        f(h["beta_2"]),
+        f(1.0 - h["beta_2"]),
+    )
+
+
+# ---------------------------------------------------------------------- FTRL
+@functools.cache
+def _ftrl_kernel(dtype: Any) -> Any:
+    two = scalar(dtype)(2.0)
+
+    @cuda.jit
+    def ftrl_kernel(params, grads, accumulator, linear, learning_rate, power, l1, l2, shrinkage):
+        """FTRL-Proximal over flat (P,) buffers."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            g = grads[i]
+            w = params[i]
+            a = accumulator[i]
+            new = a + g * g
+            new_power = new**power
+            z = linear[i] + ((g + shrinkage * w) - ((new_power - a**power) / learning_rate) * w)
+            quadratic = new_power / learning_rate + two * l2
+            clipped = min(max(z, -l1), l1)
+            linear[i] = z
+            accumulator[i] = new
+            params[i] = (clipped - z) / quadratic
+
+    return ftrl_kernel
+
+
+def ftrl(params: Any, grads: Any, slots: Sequence[Any | None], h: Mapping[str, float]) -> None:
+    """FTRL-Proximal.
+
+    Args:
+        params: float32 or float64 device array ``(P,)``, updated in place.
+        grads: ``(P,)``, dtype of ``params``.
+        slots: ``(accumulator, linear)``, each ``(P,)`` updated in place.
+        h: ``learning_rate``, ``power``, ``l1``, ``l2``, ``shrinkage``.
+    """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
+    accumulator, linear = slots
+    f = scalar(params.dtype)
+    launch(
+        _ftrl_kernel(params.dtype),
+        grid_for(params.size),
+        params,
+        grads,
+        accumulator,
+        linear,
+        f(h["learning_rate"]),
+        f(h["power"]),
+        f(h["l1"]),
+        f(h["l2"]),
+        f(h["shrinkage"]),
+    )
+
+
+# ---------------------------------------------------------------------- around the rules
+@functools.cache
+def _clip_and_decay_kernel(dtype: Any, scaled: bool, clipped: bool) -> Any:
+    @cuda.jit
+    def clip_and_decay_kernel(params, grads, out, scale, clipvalue, decay):
+        """params -= params * decay; out = clip(grads * scale[0], -clipvalue, clipvalue)."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            p = params[i]
+            params[i] = p - p * decay
+            g = grads[i]
+            if scaled:
+                g = g * scale[0]
+            if clipped:
+                g = min(max(g, -clipvalue), clipvalue)
+            out[i] = g
+
+    return clip_and_decay_kernel
+
+
+@functools.cache
+def _decay_kernel() -> Any:
+    @cuda.jit
+    def decay_kernel(params, decay):
+        """params -= params * decay over a flat (P,) buffer."""
+        for i in range(cuda.grid(1), params.size, cuda.gridsize(1)):
+            p = params[i]
+            params[i] = p - p * decay
+
+    return decay_kernel
+
+
+def clip_and_decay(
+    params: Any,
+    grads: Any,
+    out: Any | None,
+    *,
+    scale: Any | None = None,
+    clipvalue: float | None = None,
+    decay: float = 0.0,
+) -> None:
+    """``params -= params * decay``; ``out = clip(grads * scale[0], -clipvalue, clipvalue)``
+    in one launch (``Engine.clip_and_decay``).
+
+    Args:
+        params: float32 or float64 device array ``(P,)``, updated in place.
+        grads: ``(P,)``, dtype of ``params``, left unchanged.
+        out: ``(P,)``, written; ``None`` to decay ``params`` only.
+        scale: ``(1,)`` device array of the factor, or ``None``.
+        clipvalue: the bound of each gradient, or ``None``.
+        decay: the host number ``weight_decay * learning_rate``.
+    """
+    if params.size == 0:  # nothing to write: launch nothing
+        return
+    f = scalar(params.dtype)
+    grid = grid_for(params.size)
+    if out is None:
+        if decay:
+            launch(_decay_kernel(), grid, params, f(decay))
+        return
+    kernel = _clip_and_decay_kernel(params.dtype, scale is not None, clipvalue is not None)
+    # a kernel without a factor never reads scale: grads stands in for it
+    factor = grads if scale is None else scale
+    bound = f(0.0 if clipvalue is None else clipvalue)
+    launch(kernel, grid, params, grads, out, factor, bound, f(decay))
+
+
+@functools.cache
+def _norm_scale_kernel(dtype: Any, each: bool) -> Any:
+    f = scalar(dtype)
+
+    @cuda.jit
+    def norm_scale_kernel(squares, clipnorm, out):
+        """out[k] = clipnorm / max(sqrt(squares[k]), clipnorm) (each), or out[0] the same
+        for the sum of all the squares, NaN when it is not finite; float64 sums in."""
+        if each:
+            for k in range(cuda.grid(1), squares.size, cuda.gridsize(1)):
+                norm = f(math.sqrt(squares[k]))
+                out[k] = clipnorm / max(norm, clipnorm)
+        elif cuda.grid(1) == 0:
+            total = squares[0] - squares[0]  # 0.0 in float64
+            for k in range(squares.size):
+                total += squares[k]
+            norm = f(math.sqrt(total))
+            out[0] = clipnorm / max(norm, clipnorm) + (norm - norm)
+
+    return norm_scale_kernel
+
+
+def gradient_norm_scale(
+    grads: Any,
+    segments: Sequence[tuple[int, int]],
+    clipnorm: float,
+    out: Any,
+    *,
+    each: bool = False,
+) -> None:
+    """The clipping factors of ``Engine.gradient_norm_scale``: one float64 sum of squares
+    per segment (``reductions.map_sum``) into a reused scratch, then one launch that turns
+    them into ``clipnorm / max(norm, clipnorm)``, per segment or for all together.
+
+    Args:
+        grads: float32 or float64 device array ``(P,)``.
+        segments: ``(start, stop)`` ranges of ``grads``.
+        clipnorm: the positive bound.
+        out: device array of ``grads``'s dtype, ``(len(segments),)`` with ``each``,
+            else ``(1,)``; written.
+        each: one factor per segment rather than one for all.
+    """
+    count = len(segments)
+    squares = scratch("clip_norm_squares", max(count, 1), np.float64)
+    if count == 0:
+        squares[:1].copy_to_device(np.zeros(1))
+    for k, (start, stop) in enumerate(segments):
+        map_sum("penalty", grads[start:stop], grads[start:stop], squares[k : k + 1], c2=1.0)
+    f = scalar(grads.dtype)
+    kernel = _norm_scale_kernel(grads.dtype, each)
+    launch(kernel, grid_for(max(count, 1)), squares[: max(count, 1)], f(clipnorm), out)
+
+
+@functools.cache
+def _moving_average_kernel() -> Any:
+    @cuda.jit
+    def moving_average_kernel(average, values, momentum, one_minus_momentum):
+        """average = momentum * average + (1 - momentum) * values over flat (P,) buffers."""
+        for i in range(cuda.grid(1), average.size, cuda.gridsize(1)):
+            average[i] = momentum * average[i] + one_minus_momentum * values[i]
+
+    return moving_average_kernel
+
+
+def moving_average(average: Any, values: Any, momentum: float) -> None:
+    """``average = momentum * average + (1 - momentum) * values`` in one launch.
+
+    Args:
+        average: float32 or float64 device array ``(P,)``, updated in place.
+        values: ``(P,)`` of ``average``'s dtype.
+        momentum: a host number in ``[0, 1]``.
+    """
+    if average.size == 0:  # nothing to write: launch nothing
+        return
+    f = scalar(average.dtype)
+    launch(
+        _moving_average_kernel(),
+        grid_for(average.size),
+        average,
+        values,
+        f(momentum),
+        f(1.0 - momentum),
+    )
+
+
 #: The launcher of each update rule (the names of ``dlcore.backends.names.OPTIMIZER_RULES``).
 LAUNCHERS: dict[str, Callable[[Any, Any, Sequence[Any | None], Mapping[str, float]], None]] = {
     "sgd": sgd,
@@ -501,6 +878,10 @@ LAUNCHERS: dict[str, Callable[[Any, Any, Sequence[Any | None], Mapping[str, floa
     "adagrad": adagrad,
     "adamax": adamax,
     "nadam": nadam,
+    "adamw": adamw,
+    "adadelta": adadelta,
+    "lion": lion,
+    "ftrl": ftrl,
 }
 
 
@@ -527,3 +908,20 @@ def ptx_variants() -> Iterator[PtxVariant]:
         yield f"adagrad[{short}]", _adagrad_kernel(), (p,) * 3 + (s,) * 2
         yield f"adamax[{short}]", _adamax_kernel(), (p,) * 4 + (s,) * 5
         yield f"nadam[{short}]", _nadam_kernel(), (p,) * 4 + (s,) * 7
+        for amsgrad in (False, True):
+            label = "amsgrad," if amsgrad else ""
+            yield f"adamw[{label}{short}]", _adamw_kernel(amsgrad), (p,) * 5 + (s,) * 5
+        yield f"adadelta[{short}]", _adadelta_kernel(), (p,) * 4 + (s,) * 4
+        yield f"lion[{short}]", _lion_kernel(dtype), (p,) * 3 + (s,) * 5
+        yield f"ftrl[{short}]", _ftrl_kernel(dtype), (p,) * 4 + (s,) * 5
+        for scaled in (False, True):
+            for clipped in (False, True):
+                label = ",".join(["scaled"] * scaled + ["clipped"] * clipped + [short])
+                kernel = _clip_and_decay_kernel(dtype, scaled, clipped)
+                yield f"clip_and_decay[{label}]", kernel, (p,) * 4 + (s,) * 2
+        yield f"decay[{short}]", _decay_kernel(), (p, s)
+        d = array(np.float64, 1)
+        for each in (False, True):
+            label = "each," if each else ""
+            yield f"norm_scale[{label}{short}]", _norm_scale_kernel(dtype, each), (d, s, p)
+        yield f"moving_average[{short}]", _moving_average_kernel(), (p, p, s, s)

@@ -36,6 +36,7 @@ from typing import Any
 # Every module of kernels/ that launches kernels, in the order of the report.
 KERNEL_MODULES = (
     "activations",
+    "param_activations",
     "gemm",
     "softmax",
     "dense_backward",
@@ -43,8 +44,11 @@ KERNEL_MODULES = (
     "merges",
     "losses",
     "reductions",
+    "metrics",
     "optimizers",
     "dropout",
+    "noise",
+    "normalization",
     "memory",
     "fused_mlp",
     "graphs",

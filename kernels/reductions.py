@@ -49,7 +49,7 @@ ITEMS_PER_THREAD = 8
 ACCURACY_KINDS = ("binary", "categorical", "sparse")
 
 # What the whole-array kernel sums, per element pair (a, b) and float64 constants (c1, c2).
-_MAPS = ("sum", "penalty", "nonbinary", "agree")
+_MAPS = ("sum", "penalty", "nonbinary", "agree", "product")
 
 _F64 = np.dtype(np.float64)
 
@@ -80,6 +80,11 @@ def _reduce_kernel(dtype: Any, mapping: str) -> Any:
 
         def term(a, b, c1, c2):
             return one64 if (a > half) == (b > half) else zero64
+
+    elif mapping == "product":
+
+        def term(a, b, c1, c2):
+            return np.float64(a) * np.float64(b)
 
     else:
         raise KeyError(f"unknown reduction {mapping!r}; available: {', '.join(_MAPS)}")
@@ -159,8 +164,9 @@ def map_sum(
     """Write ``out[0] = scale * sum(term(A, B))``, summed in float64, deterministically.
 
     ``term`` is ``mapping``: ``"sum"`` (``A``), ``"penalty"`` (``c1 * |A| + c2 * A**2``),
-    ``"nonbinary"`` (1 where ``A`` is neither 0 nor 1) or ``"agree"`` (1 where
-    ``A > 0.5`` equals ``B > 0.5``). Arrays above ``THREADS * ITEMS_PER_THREAD``
+    ``"nonbinary"`` (1 where ``A`` is neither 0 nor 1), ``"agree"`` (1 where
+    ``A > 0.5`` equals ``B > 0.5``) or ``"product"`` (``A * B``, a weighted sum; ``B``
+    may have another float dtype). Arrays above ``THREADS * ITEMS_PER_THREAD``
     elements need a float64 scratch of one partial per block (at most ``MAX_BLOCKS``),
     the reused ``common.scratch("reduce_partials")``: nothing is allocated per call.
 
@@ -319,6 +325,11 @@ def ptx_variants() -> Iterator[PtxVariant]:
                 _reduce_kernel(dtype, mapping),
                 (flat, flat, f64, f64, f64, flat64),
             )
+        yield (  # a weighted sum of float64 per-sample values with weights of this dtype
+            f"reduce[product,f64x{short}]",
+            _reduce_kernel(_F64, "product"),
+            (flat64, flat, f64, f64, f64, flat64),
+        )
         yield (
             f"penalty_gradient[{short}]",
             _penalty_gradient_kernel(dtype),

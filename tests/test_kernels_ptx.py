@@ -52,6 +52,17 @@ F64_ALLOWED: dict[str, tuple[set[str] | None, str]] = {
         _STORE,
         "per-sample losses are stored in float64 for a float64 batch mean, as losses.py does",
     ),
+    "metrics: accuracy[binary,": (
+        _STORE | {"add.f64", "cvt.rn.f64.s64", "div.rn.f64", "mov.f64", "selp.f64"},
+        "a row's fraction of matching outputs is counted and stored in float64, the dtype "
+        "of every per-sample value the float64 reductions sum",
+    ),
+    "metrics: accuracy[": ({"selp.f64", "st.global.f64"}, "writes float64 hits, as argmax_match["),
+    "metrics: confusion[": (
+        None,
+        "(weighted) confusion counts are summed in float64 so that a count stays exact "
+        "over an epoch",
+    ),
 }
 
 

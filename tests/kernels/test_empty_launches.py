@@ -147,10 +147,14 @@ def test_gemm(M, N, K, launches):
 
 @pytest.mark.parametrize("rule", sorted(optimizers.LAUNCHERS))
 def test_optimizers_on_an_empty_buffer(rule, launches):
-    from test_optimizer_kernels import OPTIMIZERS, step_hyperparameters
+    from test_optimizer_kernels import NEWER_RULES, OPTIMIZERS, step_hyperparameters
 
-    n_state, _, hyper = OPTIMIZERS[rule]
-    present = (True,) * n_state
-    h = {**step_hyperparameters(rule, hyper, present, 1), "nesterov": False}
+    if rule in NEWER_RULES:
+        n_state, _, h = NEWER_RULES[rule]
+        present = (True,) * n_state
+    else:
+        n_state, _, hyper = OPTIMIZERS[rule]
+        present = (True,) * n_state
+        h = {**step_hyperparameters(rule, hyper, present, 1), "nesterov": False}
     optimizers.LAUNCHERS[rule](device(0), device(0), [device(0) for _ in present], h)
     assert launches == []

@@ -215,3 +215,118 @@ def test_grid_stride_loop_covers_every_element(rng, fma_atol):
     run_and_compare(
         rng, "adam", (True, True, True), {}, 100, np.float64, fma_atol, launch=small_grid_adam
     )
+
+
+# ---------------------------------------------------------------------- the newer rules
+# name: (number of state buffers, which may be None, the step's hyperparameters); each step
+# is compared with the float64 reference run from the kernel's state before the step,
+# within a relative tolerance of the kernel's dtype (these rules' terms do not cancel
+# except Lion's sign argument, whose near-zero elements are left out)
+NEWER_RULES = {
+    "adamw": (
+        3,
+        (2,),
+        {"alpha": 0.01, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "decay": 4e-5},
+    ),
+    "adadelta": (2, (), {"learning_rate": 0.5, "rho": 0.95, "epsilon": 1e-7}),
+    "lion": (1, (), {"learning_rate": 0.01, "beta_1": 0.9, "beta_2": 0.99}),
+    "ftrl": (
+        2,
+        (),
+        {"learning_rate": 0.05, "power": 0.5, "l1": 0.01, "l2": 0.02, "shrinkage": 0.01},
+    ),
+}
+NEWER_TOLERANCE = {np.float64: 1e-12, np.float32: 2e-6}
+
+
+def newer_variants() -> list[tuple[str, tuple[bool, ...]]]:
+    cases = []
+    for name, (n_state, optional, _) in NEWER_RULES.items():
+        for mask in range(2 ** len(optional)):
+            present = [True] * n_state
+            for bit, slot in enumerate(optional):
+                present[slot] = bool(mask >> bit & 1)
+            cases.append((name, tuple(present)))
+    return cases
+
+
+def newer_state(rng, name: str, slot: int, size: int, dtype) -> np.ndarray:
+    if name == "ftrl" and slot == 0:  # the accumulator starts positive
+        return np.full(size, 0.1, dtype=dtype)
+    if (name, slot) in {("adamw", 1), ("adamw", 2), ("adadelta", 0), ("adadelta", 1)}:
+        return rng.uniform(0.0, 0.01, size).astype(dtype)  # moving squares: non-negative
+    return (0.01 * rng.standard_normal(size)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=case_id)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("name", "present"), newer_variants(), ids=case_id)
+def test_newer_rules_match_the_reference(name, present, size, dtype, rng):
+    n_state, _, h = NEWER_RULES[name]
+    device = [cuda.to_device(rng.standard_normal(size).astype(dtype))] + [
+        cuda.to_device(newer_state(rng, name, slot, size, dtype)) if present[slot] else None
+        for slot in range(n_state)
+    ]
+    for _ in range(STEPS):
+        grads = rng.standard_normal(size).astype(dtype)
+        before = [d.copy_to_host().astype(np.float64) if d is not None else None for d in device]
+        expected = [b.copy() if b is not None else None for b in before]
+        xp_optimizers.STEPS[name](np, expected[0], grads.astype(np.float64), expected[1:], h)
+        kernels.LAUNCHERS[name](device[0], cuda.to_device(grads), device[1:], h)
+        keep = np.ones(size, dtype=bool)
+        if name == "lion":
+            direction = before[1] * h["beta_1"] + grads * (1.0 - h["beta_1"])
+            keep = np.abs(direction) > 1e-4
+        floor = np.full(size, 1e-7 if dtype == np.float32 else 1e-14)
+        atol = [floor] * len(device)
+        if name == "ftrl":  # w = (clip(linear) - linear) / quadratic cancels near +-l1
+            quadratic = expected[1] ** h["power"] / h["learning_rate"] + 2 * h["l2"]
+            # each power is rounded before their difference cancels
+            powers = (expected[1] ** h["power"] + before[1] ** h["power"]) / h["learning_rate"]
+            linear_terms = (
+                np.abs(before[2])
+                + np.abs(grads)
+                + np.abs(h["shrinkage"] * before[0])
+                + powers * np.abs(before[0])
+            )
+            linear_error = 8 * np.finfo(dtype).eps * (linear_terms + h["l1"])
+            atol = [floor + linear_error / quadratic, floor, floor + linear_error]
+        for k, (d, want) in enumerate(zip(device, expected, strict=True)):
+            if want is None:
+                assert d is None
+                continue
+            got = d.copy_to_host()
+            assert got.dtype == dtype
+            bound = NEWER_TOLERANCE[dtype] * np.abs(want) + atol[k]
+            excess = (np.abs(got - want) - bound)[keep]
+            assert excess.size == 0 or excess.max() <= 0, (k, int(np.argmax(excess)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=case_id)
+def test_clip_decay_norm_and_moving_average_launchers(dtype, rng):
+    size = 1000
+    params = rng.standard_normal(size).astype(dtype)
+    grads = (3 * rng.standard_normal(size)).astype(dtype)
+    tolerance = {"rtol": NEWER_TOLERANCE[dtype], "atol": 1e-7 if dtype == np.float32 else 1e-14}
+    # the clipping factor of each range, and of all together
+    segments = [(0, 10), (10, 600), (600, 1000)]
+    norms = np.array([np.linalg.norm(grads[a:b].astype(np.float64)) for a, b in segments])
+    each = cuda.to_device(np.zeros(3, dtype=dtype))
+    kernels.gradient_norm_scale(cuda.to_device(grads), segments, 2.0, each, each=True)
+    np.testing.assert_allclose(each.copy_to_host(), 2.0 / np.maximum(norms, 2.0), **tolerance)
+    total = cuda.to_device(np.zeros(1, dtype=dtype))
+    kernels.gradient_norm_scale(cuda.to_device(grads), segments, 2.0, total)
+    factor = 2.0 / max(float(np.sqrt(np.sum(norms**2))), 2.0)
+    np.testing.assert_allclose(total.copy_to_host(), [factor], **tolerance)
+    # decay, scale and clip in one pass
+    device_params, out = cuda.to_device(params), cuda.to_device(np.zeros(size, dtype=dtype))
+    kernels.clip_and_decay(
+        device_params, cuda.to_device(grads), out, scale=total, clipvalue=0.5, decay=0.01
+    )
+    expected_grads = np.clip(grads.astype(np.float64) * float(total.copy_to_host()[0]), -0.5, 0.5)
+    np.testing.assert_allclose(out.copy_to_host(), expected_grads, **tolerance)
+    np.testing.assert_allclose(device_params.copy_to_host(), params * (1 - 0.01), **tolerance)
+    # the moving average of the EMA
+    average = cuda.to_device(params)
+    kernels.moving_average(average, cuda.to_device(grads), 0.9)
+    np.testing.assert_allclose(average.copy_to_host(), 0.9 * params + 0.1 * grads, **tolerance)
