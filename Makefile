@@ -48,8 +48,8 @@ test-fast: $(VENV)/.test-installed
 # separate environment; CI runs it. DLCORE_REQUIRE_KERAS=1 turns the parity modules' skip
 # (where Keras cannot be imported) into a failure.
 PARITY_VENV := .venv-parity
-PARITY_TESTS := tests/test_keras_parity.py tests/test_keras_parity_functional.py \
-	tests/test_keras_parity_mixed.py
+# every tests/test_keras_parity*.py module: each compares one part of dlcore with Keras
+PARITY_TESTS := $(sort $(wildcard tests/test_keras_parity*.py))
 
 $(PARITY_VENV)/bin/python:
 	$(PYTHON) -m venv $(PARITY_VENV)

@@ -179,6 +179,41 @@ def check_features(
     return array
 
 
+def flatten_samples(
+    x: Any, dims: tuple[int, ...] | None, *, name: str = "x"
+) -> tuple[Any, tuple[int, ...] | None]:
+    """Samples of a multi-dimensional per-sample shape as flat rows, for ``check_features``.
+
+    Args:
+        x: the user's inputs.
+        dims: the per-sample shape the model expects, or ``None`` when the model is not
+            built yet (then an array of more than 2 dimensions gives its own shape).
+
+    Returns:
+        ``(x, dims)``: ``x`` reshaped to ``(N, prod(dims))`` (row-major, a view of a
+        C-contiguous array) when the per-sample shape has several dimensions, else ``x``
+        as given; and the per-sample shape found (``None`` when flat or not an array).
+    """
+    if dims is not None and len(dims) == 1:
+        return x, None
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError):
+        return x, None  # check_features says what is wrong with it
+    if array.dtype.kind not in "biuf" or array.ndim == 0 or array.size == 0:
+        return x, None
+    if dims is None:
+        if array.ndim <= 2:
+            return x, None
+        dims = tuple(int(d) for d in array.shape[1:])
+    if tuple(array.shape[1:]) != tuple(dims):
+        expected = "(" + ", ".join(["None", *(str(d) for d in dims)]) + ")"
+        raise ValueError(
+            f"the model expects inputs of shape {expected}, received {name}.shape={array.shape}"
+        )
+    return array.reshape(len(array), -1), tuple(dims)
+
+
 def _single_input_error(array: np.ndarray, features: int | None, name: str) -> ValueError:
     """The error for a 0-d input: a model reads rows of features, never a lone number."""
     value = array.item()

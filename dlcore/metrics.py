@@ -15,10 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import custom, losses
+from dlcore import custom, losses, metric_objects
 from dlcore.backends import custom as engine_custom
 from dlcore.backends import names
 from dlcore.backends.base import Array, Engine, Workspace
+from dlcore.metric_objects import (  # noqa: F401  (metrics.AUC(...) and so on)
+    AUC,
+    BinaryAccuracy,
+    CategoricalAccuracy,
+    F1Score,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    MetricObject,
+    Precision,
+    Recall,
+    RootMeanSquaredError,
+    SparseCategoricalAccuracy,
+    SparseTopKCategoricalAccuracy,
+    TopKCategoricalAccuracy,
+)
 
 ACCURACY_NAMES = names.ACCURACY_NAMES
 
@@ -34,18 +49,73 @@ class Metric:
         loss: for a loss used as a metric, that loss.
         function: for a custom metric or loss (``register``, ``losses.register``),
             its registered name.
+        metric_object: for a metric class (``AUC``, ``Precision``, ...), the object.
+        weighted: from ``compile(weighted_metrics=...)``: it weighs samples by the
+            ``sample_weight`` given to ``batch_value`` (``metrics=`` ignore it, as in Keras 3).
     """
 
     key: str
     accuracy_kind: str | None = None
     loss: losses.Loss | None = None
     function: str | None = None
+    metric_object: MetricObject | None = None
+    weighted: bool = False
+
+    @property
+    def counts_state(self) -> bool:
+        """Whether its batch values are confusion counts summed on the engine."""
+        return self.metric_object is not None and self.metric_object.state == "counts"
+
+    @property
+    def sums(self) -> bool:
+        """Whether its unweighted 0-d batch value is a sum over the batch (counts and
+        metric objects) rather than a batch mean (losses, custom functions)."""
+        return self.accuracy_kind is not None or self.metric_object is not None
 
     def batch_value(
-        self, engine: Engine, Y_pred: Array, Y_true: Array, workspace: Workspace | None = None
-    ) -> Array:
-        """The engine's 0-d result for one batch: a count or a batch-mean loss; the
-        engine takes its temporaries from ``workspace`` when one is given."""
+        self,
+        engine: Engine,
+        Y_pred: Array,
+        Y_true: Array,
+        workspace: Workspace | None = None,
+        *,
+        sample_weight: Array | None = None,
+    ) -> Any:
+        """The engine's result for one batch, which ``EpochTotals.add`` takes.
+
+        Unweighted: a 0-d count or sum (accuracies, metric objects) or a batch mean
+        (losses, custom functions). With ``sample_weight`` (float ``(N,)``) and
+        ``weighted``: ``(sum of weight * value, sum of weight)``, two 0-d arrays; metrics
+        given as ``metrics=`` ignore ``sample_weight``, as in Keras 3. Confusion-count
+        metrics: float64 ``(4, T, L)`` either way. The engine takes its temporaries
+        from ``workspace`` when one is given.
+        """
+        weights = sample_weight if self.weighted else None
+        obj = self.metric_object
+        if obj is not None:
+            if obj.state == "counts":
+                return obj.counts(engine, Y_pred, Y_true, weights)
+            if weights is None and obj.accuracy_kind is not None:
+                return engine.count_correct(obj.accuracy_kind, Y_pred, Y_true, workspace=workspace)
+            values = obj.per_sample(engine, Y_pred, Y_true, workspace)
+            if weights is None:
+                return engine.weighted_sum(values)
+            return engine.weighted_sum(values, weights), engine.weighted_sum(weights)
+        if weights is not None:
+            if self.accuracy_kind is not None:
+                values = engine.accuracy_values(
+                    self.accuracy_kind, Y_pred, Y_true, workspace=workspace
+                )
+            else:
+                name = self.function
+                from_logits = False
+                if name is None:
+                    assert self.loss is not None
+                    name, from_logits = self.loss.name, self.loss.from_logits
+                values = engine.per_sample_loss(
+                    name, Y_pred, Y_true, from_logits=from_logits, workspace=workspace
+                )
+            return engine.weighted_sum(values, weights), engine.weighted_sum(weights)
         if self.accuracy_kind is not None:
             return engine.count_correct(self.accuracy_kind, Y_pred, Y_true, workspace=workspace)
         if self.function is not None:  # the batch mean of its per-sample values
@@ -59,7 +129,7 @@ class Metric:
 
     def per_sample_divisor(self, units: int) -> int:
         """Counts of binary accuracy are per output element, others per sample."""
-        return units if self.accuracy_kind == "binary" else 1
+        return units if self.accuracy_kind == "binary" and self.metric_object is None else 1
 
 
 def register(
@@ -105,16 +175,18 @@ def register(
     return function
 
 
-def check_names(metrics: Any) -> list[str]:
-    """Validate ``compile(metrics=...)``: a list of metric names and registered functions.
+def check_names(metrics: Any) -> list[Any]:
+    """Validate ``compile(metrics=...)``: a list of metric names, metric objects (``AUC()``,
+    ...) or classes, and registered functions.
 
     Returns:
         The names: as given, or for a function (or a name that an enclosing
-        ``custom.custom_object_scope`` maps to one) its registered name.
+        ``custom.custom_object_scope`` maps to one) its registered name; metric objects
+        as they are (a class: an object of it with its defaults).
     """
     if metrics is None:
         return []
-    if isinstance(metrics, str) or callable(metrics):
+    if isinstance(metrics, (str, MetricObject)) or callable(metrics):
         metrics = [metrics]
     if not isinstance(metrics, (list, tuple)):
         raise TypeError(
@@ -123,7 +195,11 @@ def check_names(metrics: Any) -> list[str]:
     return [_checked_name(metric) for metric in metrics]
 
 
-def _checked_name(metric: Any) -> str:
+def _checked_name(metric: Any) -> Any:
+    if isinstance(metric, MetricObject):
+        return metric
+    if isinstance(metric, type) and issubclass(metric, MetricObject):
+        return metric()
     if not isinstance(metric, str):
         if callable(metric):
             return _registered_name(metric)
@@ -133,6 +209,8 @@ def _checked_name(metric: Any) -> str:
         )
     key = metric.lower()
     if key in ACCURACY_NAMES or losses.ALIASES.get(key, key) in losses.NAMES:
+        return metric
+    if metric in metric_objects.STRING_NAMES:
         return metric
     function = custom.scoped(metric)
     if function is not None:
@@ -144,6 +222,7 @@ def _checked_name(metric: Any) -> str:
         | set(losses.NAMES)
         | set(losses.ALIASES)
         | set(engine_custom.PER_SAMPLE)
+        | set(metric_objects.STRING_NAMES)
     )
     hint = custom.unknown_hint("metric", metric, "dlcore.metrics.register(fn)")
     raise ValueError(f"unknown metric {metric!r}; available: {', '.join(valid)}{hint}")
@@ -160,8 +239,11 @@ def _registered_name(function: Callable[..., Any]) -> str:
     )
 
 
-def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]:
-    """Turn metric names into ``Metric`` objects for a loss and an output width.
+def resolve(
+    names: Sequence[Any], loss: losses.Loss, units: int, *, weighted: bool = False
+) -> list[Metric]:
+    """Turn metric names and metric objects into ``Metric`` objects for a loss and an
+    output width; ``weighted`` for ``compile(weighted_metrics=...)``.
 
     ``"accuracy"`` (or ``"acc"``) is resolved as Keras 3 does, from the shapes
     the loss implies: binary accuracy for one output unit, sparse accuracy for
@@ -172,6 +254,13 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
     sparse_targets = loss.name == "sparse_categorical_crossentropy"
     resolved = []
     for name in names:
+        if isinstance(name, MetricObject) or (
+            name in metric_objects.STRING_NAMES
+            and name.lower() not in ACCURACY_NAMES
+            and losses.ALIASES.get(name.lower(), name.lower()) not in losses.NAMES
+        ):
+            resolved.append(_object_metric(name, sparse_targets, loss, weighted))
+            continue
         key = name.lower()
         if key in ACCURACY_NAMES:
             kind = ACCURACY_NAMES[key]
@@ -187,9 +276,9 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
                     f"metric {name!r} needs {wanted} but the loss {loss.name!r} takes {given}; "
                     "use metrics=['accuracy'], which picks the matching kind"
                 )
-            resolved.append(Metric(name, accuracy_kind=kind))
+            resolved.append(Metric(name, accuracy_kind=kind, weighted=weighted))
         elif name in engine_custom.PER_SAMPLE:
-            resolved.append(Metric(name, function=name))
+            resolved.append(Metric(name, function=name, weighted=weighted))
         else:
             metric_loss = losses.Loss(name, from_logits=False)
             if (metric_loss.name == "sparse_categorical_crossentropy") != sparse_targets:
@@ -199,8 +288,21 @@ def resolve(names: Sequence[str], loss: losses.Loss, units: int) -> list[Metric]
                 )
             if metric_loss.name == loss.name:
                 metric_loss = loss
-            resolved.append(Metric(name, loss=metric_loss))
+            resolved.append(Metric(name, loss=metric_loss, weighted=weighted))
     return resolved
+
+
+def _object_metric(item: Any, sparse_targets: bool, loss: losses.Loss, weighted: bool) -> Metric:
+    """The ``Metric`` of a metric object, or of a string naming a metric class."""
+    obj = metric_objects.from_string(item) if isinstance(item, str) else item
+    if (obj.targets == "sparse") != sparse_targets:
+        wanted = "integer labels" if obj.targets == "sparse" else "targets of the output's shape"
+        given = "integer labels" if sparse_targets else "targets of the output's shape"
+        raise ValueError(
+            f"metric {obj.name!r} ({type(obj).__name__}) needs {wanted} but the loss "
+            f"{loss.name!r} takes {given}; choose a metric that matches the loss"
+        )
+    return Metric(obj.name, accuracy_kind=obj.accuracy_kind, metric_object=obj, weighted=weighted)
 
 
 class EpochTotals:
@@ -238,50 +340,91 @@ class EpochTotals:
         self._metrics = [
             (metric, width) for group, width in zip(metric_groups, units) for metric in group
         ]
-        self._pending: list[Array] = []
+        self._pending: list[Array] = []  # loss terms, batch after batch
         self._sizes: list[int] = []
         self._width = 0
         self._terms = 0
-        self._sums = np.zeros(1 + self._outputs + len(self._metrics))
+        self._sums = np.zeros(1 + self._outputs)
         self._samples = 0
+        # metrics: the numerators' engine scalars, the metric and host factor of each, and
+        # the denominators known on the host; confusion counts summed on the engine
+        self._metric_pending: list[Array] = []
+        self._metric_targets: list[int] = []
+        self._metric_factors: list[float] = []
+        self._numerators = np.zeros(len(self._metrics))
+        self._denominators = np.zeros(len(self._metrics))
+        self._counts: list[Array | None] = [None] * len(self._metrics)
 
-    def add(self, batch_size: int, loss_terms: Sequence[Array], metric_values: Sequence[Array]):
-        """Record one batch: each output's mean loss, then the penalties; the metric values."""
-        values = list(loss_terms) + list(metric_values)
+    def add(self, batch_size: int, loss_terms: Sequence[Array], metric_values: Sequence[Any]):
+        """Record one batch: each output's mean loss, then the penalties; the metric values
+        as ``Metric.batch_value`` returns them."""
         if self._width == 0:
-            self._width = len(values)
-            self._terms = len(loss_terms)
-        self._pending.extend(values)
+            self._width = self._terms = len(loss_terms)
+        self._pending.extend(loss_terms)
         self._sizes.append(batch_size)
+        for j, ((metric, width), value) in enumerate(zip(self._metrics, metric_values)):
+            if metric.counts_state:
+                total = self._counts[j]
+                if total is None:
+                    total = self._counts[j] = self._engine.zeros(
+                        tuple(int(n) for n in value.shape), dtype="float64"
+                    )
+                self._engine.accumulate(total, value)
+            elif isinstance(value, tuple):  # (weighted sum, sum of weights)
+                self._metric_pending.extend(value)
+                self._metric_targets += [j, -1 - j]
+                self._metric_factors += [1.0, 1.0]
+            else:
+                self._metric_pending.append(value)
+                self._metric_targets.append(j)
+                self._metric_factors.append(1.0 if metric.sums else float(batch_size))
+                self._denominators[j] += batch_size * metric.per_sample_divisor(width)
 
-    def logs(self) -> dict[str, float]:
-        """Averages over all batches recorded so far."""
-        if self._pending:
-            host = self._engine.scalars_to_numpy(self._pending).reshape(-1, self._width)
+    def logs(self) -> dict[str, Any]:
+        """Averages over all batches recorded so far (a metric whose value is a vector,
+        such as ``F1Score(average=None)``, as a float64 array)."""
+        if self._pending or self._metric_pending:
+            host = self._engine.scalars_to_numpy(self._pending + self._metric_pending)
+            host = host.reshape(-1)
+            terms = host[: len(self._pending)].reshape(-1, self._width)
             sizes = np.asarray(self._sizes, dtype=np.float64)
-            per_output = host[:, : self._outputs]
-            penalties = host[:, self._outputs : self._terms].sum(axis=1)
+            per_output = terms[:, : self._outputs]
+            penalties = terms[:, self._outputs : self._terms].sum(axis=1)
             self._sums[0] += float((per_output @ self._weights + penalties) @ sizes)
             for k in range(self._outputs):
                 self._sums[1 + k] += float(per_output[:, k] @ sizes)
-            for j, (metric, _) in enumerate(self._metrics):
-                column = host[:, self._terms + j]
-                counts = metric.accuracy_kind is not None
-                self._sums[1 + self._outputs + j] += float(
-                    column.sum() if counts else column @ sizes
-                )
+            values = host[len(self._pending) :] * np.asarray(self._metric_factors)
+            targets = np.asarray(self._metric_targets, dtype=np.int64)
+            numerator = targets >= 0
+            np.add.at(self._numerators, targets[numerator], values[numerator])
+            np.add.at(self._denominators, -1 - targets[~numerator], values[~numerator])
             self._samples += int(sizes.sum())
             self._pending.clear()
             self._sizes.clear()
+            self._metric_pending.clear()
+            self._metric_targets.clear()
+            self._metric_factors.clear()
         if self._samples == 0:
             return {}
-        logs = {"loss": self._sums[0] / self._samples}
+        logs: dict[str, Any] = {"loss": float(self._sums[0] / self._samples)}
         for k, name in enumerate(self._names):
-            logs[f"{name}_loss"] = self._sums[1 + k] / self._samples
-        for j, (metric, width) in enumerate(self._metrics):
-            divisor = self._samples * metric.per_sample_divisor(width)
-            logs[metric.key] = self._sums[1 + self._outputs + j] / divisor
-        return {key: float(value) for key, value in logs.items()}
+            logs[f"{name}_loss"] = float(self._sums[1 + k] / self._samples)
+        for j, (metric, _) in enumerate(self._metrics):
+            logs[metric.key] = self._metric_result(j, metric)
+        return logs
+
+    def _metric_result(self, j: int, metric: Metric) -> Any:
+        obj = metric.metric_object
+        counts = self._counts[j]
+        if metric.counts_state:
+            assert obj is not None
+            if counts is None:
+                return 0.0
+            result = obj.result(self._engine.to_numpy(counts).astype(np.float64))
+            return float(result) if np.ndim(result) == 0 else np.asarray(result, np.float64)
+        denominator = self._denominators[j]
+        mean = self._numerators[j] / denominator if denominator != 0 else 0.0
+        return float(obj.finish(mean) if obj is not None else mean)
 
 
 class LazyLogs(Mapping):

@@ -414,7 +414,7 @@ class Model(Trainer):
             sources = self._sources_of(layer) if connected else []
             cells = [
                 f"{layer.name} ({type(layer).__name__})",
-                f"(None, {layer.units})",
+                str(layer.output_shape),
                 f"{layer.count_params():,}",
             ]
             if connected:
@@ -425,7 +425,7 @@ class Model(Trainer):
         lines.append("=" * sum(widths))
         itemsize = np.dtype(self.dtype).itemsize
         total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self._param_layers if layer.trainable)
+        trainable = sum(layer.count_trainable_params() for layer in self._param_layers)
         lines += [
             f"Total params: {total:,} ({_human_bytes(total * itemsize)})",
             f"Trainable params: {trainable:,} ({_human_bytes(trainable * itemsize)})",
@@ -660,7 +660,7 @@ class Sequential(Model):
                     f"the layer before it outputs {previous.units} features"
                 )
         if not self._stack_layers and declared is not None and self._input_layer is None:
-            self._input_layer = InputLayer(shape=(declared,))
+            self._input_layer = InputLayer(shape=layer.input_dims or (declared,))
         self._stack_layers.append(layer)
         if self._input_layer is not None:
             try:
@@ -702,14 +702,15 @@ class Sequential(Model):
         that the same seed gives the same weights on every engine.
         """
         if input_shape is not None:
-            features = int(tuple(input_shape)[-1])
-            if self._input_layer is not None and self._input_layer.units != features:
+            shape = tuple(input_shape)  # (None, *dims): the batch size, then a sample's shape
+            dims = tuple(int(d) for d in shape[1:]) if len(shape) > 1 else (int(shape[-1]),)
+            if self._input_layer is not None and self._input_layer.output.dims != dims:
                 raise ValueError(
-                    f"the model's input width is {self._input_layer.units}, "
-                    f"build received input_shape={tuple(input_shape)}"
+                    f"the model's input shape is {self._input_layer.output.shape}, "
+                    f"build received input_shape={shape}"
                 )
             if self._input_layer is None:
-                self._input_layer = InputLayer(shape=(features,))
+                self._input_layer = InputLayer(shape=dims)
         if self.built:
             return
         if self._input_layer is None:
@@ -742,13 +743,14 @@ class Sequential(Model):
         return False
 
     @property
-    def input_shape(self) -> tuple[None, int]:
-        """``(None, features)``, as Keras reports it; the model must know its input width."""
+    def input_shape(self) -> tuple[int | None, ...]:
+        """``(None, features)`` (``(None, *dims)`` for a multi-dimensional input), as Keras
+        reports it; the model must know its input width."""
         if self._input_layer is None:
             raise ValueError(
                 "the model has no input shape yet: give the first layer input_shape=(features,)"
             )
-        return (None, int(self._input_layer.units or 0))
+        return self._input_layer.output.shape
 
     @property
     def output_units(self) -> int:
@@ -761,6 +763,9 @@ class Sequential(Model):
         return {
             "name": self.name,
             "input_features": self.input_features,
+            "input_shape": (
+                None if self._input_layer is None else list(self._input_layer.output.dims)
+            ),
             "layers": [
                 {"class_name": type(layer).__name__, "config": layer.get_config()}
                 for layer in self._stack_layers
@@ -775,8 +780,9 @@ class Sequential(Model):
         with custom.custom_object_scope(custom_objects or {}):
             layers: list[Any] = []
             features = config_dict.get("input_features")
+            dims = config_dict.get("input_shape")  # a sample's shape, when not flat
             if features is not None:
-                layers.append(InputLayer(shape=(features,)))
+                layers.append(InputLayer(shape=tuple(dims) if dims else (features,)))
             layers += [layer_from_config(entry, custom_objects) for entry in config_dict["layers"]]
             return cls(layers, name=config_dict.get("name"))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import archive, config, custom, losses, optimizers
+from dlcore import archive, config, custom, losses, metric_objects, optimizers
 from dlcore.archive import MemberHeader, ModelFileError
 from dlcore.layers import LAYER_CLASSES, InputLayer, Layer
 
@@ -75,7 +75,13 @@ def model_state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         description["compile"] = {
             "loss": [loss.get_config() for loss in model._losses],
             "loss_weights": list(model._loss_weights),
-            "metrics": [list(group) for group in model._metric_names],
+            "metrics": [
+                [metric_objects.serialize(m) for m in group] for group in model._metric_names
+            ],
+            "weighted_metrics": [
+                [metric_objects.serialize(m) for m in group]
+                for group in getattr(model, "_weighted_metric_names", [])
+            ],
             "optimizer": {
                 "class_name": type(optimizer).__name__,
                 "config": optimizer.get_config(),
@@ -136,14 +142,24 @@ def restore_model(
     return model
 
 
+def _deserialized_metrics(groups: Any) -> list[Any]:
+    """The compile settings' metric groups with their metric objects rebuilt."""
+    return [
+        [metric_objects.deserialize(m) for m in group] if isinstance(group, list) else group
+        for group in groups
+    ]
+
+
 def _restore_compile(
     model: Any, compiled: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
 ) -> None:
     """Compile ``model`` as described, with the optimizer's state when there is one."""
     loss = compiled["loss"]
-    metrics = compiled["metrics"]
+    metrics = _deserialized_metrics(compiled["metrics"])
+    weighted = _deserialized_metrics(compiled.get("weighted_metrics") or [])
     many = len(model.output_names) > 1
     model.compile(
+        weighted_metrics=weighted if many or not weighted else weighted[0],
         optimizer=optimizers.get(compiled["optimizer"]),
         loss=[losses.get(item) for item in loss] if isinstance(loss, list) else losses.get(loss),
         metrics=metrics if many or not metrics or not isinstance(metrics[0], list) else metrics[0],

@@ -21,14 +21,26 @@ import numbers
 import os
 import threading
 import time
+import typing
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from dlcore import (
+    batch_sources,
+    config,
+    custom,
+    data_checks,
+    losses,
+    mixed_precision,
+    optimizers,
+    sample_weights,
+    saving,
+)
 from dlcore import callbacks as callbacks_module
-from dlcore import config, custom, data_checks, losses, mixed_precision, optimizers, saving
 from dlcore import metrics as metrics_module
 from dlcore import step_graphs as step_graphs_module
 from dlcore.backends.base import Array, Engine, Workspace, dtype_name
@@ -36,11 +48,16 @@ from dlcore.layers import CallState, Dense, KerasTensor, Layer, Node
 
 _FIT_OPTIONS = (
     "x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, "
-    "shuffle, initial_epoch"
+    "shuffle, class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps, "
+    "validation_batch_size, validation_freq"
 )
 _CROSSENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 # compile() options of Keras that change nothing here: dlcore runs every step eagerly
 _NO_OP_COMPILE_OPTIONS = ("run_eagerly", "jit_compile", "steps_per_execution")
+
+
+# a call's data on the host: inputs, targets and each output's sample weights (or None)
+_Data = tuple[list[np.ndarray], list[np.ndarray], "list[np.ndarray] | None"]
 
 
 class _WeightCast(NamedTuple):
@@ -129,6 +146,10 @@ class Trainer(abc.ABC):
         self._loss_weights: list[float] = []
         self._metric_names: list[list[str]] = []
         self.stop_training = False
+        # the epoch a callback (BackupAndRestore) sets in on_train_begin to resume a fit at
+        self._initial_epoch: int | None = None
+        # whether the call being prepared has sample weights (no fused stack, no graphs)
+        self._sample_weighted = False
         self.history: callbacks_module.History | None = None
         self._params: Array = None
         self._grads: Array = None
@@ -176,6 +197,7 @@ class Trainer(abc.ABC):
         metrics: Any = None,
         loss_weights: Any = None,
         auto_scale_loss: bool = True,
+        weighted_metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         """Configure training.
@@ -186,8 +208,14 @@ class Trainer(abc.ABC):
                 registered custom loss function; for several outputs, a list (one
                 per output) or a dict by output name, or one loss for all.
             metrics: metric names (``"accuracy"``/``"acc"``, the specific accuracies,
-                any loss name) or registered custom metric functions; for several
-                outputs, a list of lists or a dict by output name.
+                any loss name, Keras's metric class names such as ``"auc"``), metric
+                objects (``metrics.AUC(...)``, ...) or registered custom metric
+                functions; for several outputs, a list of lists or a dict by output
+                name. They ignore sample weights, as in Keras 3.
+            weighted_metrics: like ``metrics``, but weighing each sample by the
+                ``sample_weight`` given to ``fit`` / ``evaluate``: ``sum(w * v) / sum(w)``
+                (without weights, the same values as ``metrics``). A name already
+                taken by ``metrics`` is logged as ``weighted_<name>``.
             loss_weights: for several outputs, a list or a dict of floats: the total
                 loss is the weighted sum of the outputs' losses (default 1 each).
             auto_scale_loss: when the model's dtype policy is ``"mixed_float16"``, wrap
@@ -197,7 +225,7 @@ class Trainer(abc.ABC):
         if unknown:
             raise TypeError(
                 f"compile() got unsupported argument(s) {', '.join(unknown)}; "
-                "dlcore supports optimizer, loss, metrics and loss_weights"
+                "dlcore supports optimizer, loss, metrics, weighted_metrics and loss_weights"
             )
         names = self._compile_output_names()
         new_optimizer = optimizers.get(optimizer)
@@ -229,18 +257,26 @@ class Trainer(abc.ABC):
         )
         new_metrics = _metrics_per_output(metrics, names)
         checked = [metrics_module.check_names(item) for item in new_metrics]
+        checked_weighted = [
+            metrics_module.check_names(item)
+            for item in _metrics_per_output(weighted_metrics, names)
+        ]
         if self.built:
             units = self._output_widths()
-            for loss_k, names_k, units_k in zip(new_losses, checked, units):
+            for loss_k, names_k, weighted_k, units_k in zip(
+                new_losses, checked, checked_weighted, units
+            ):
                 metrics_module.resolve(names_k, loss_k, units_k)
+                metrics_module.resolve(weighted_k, loss_k, units_k, weighted=True)
         if self.engine is not None:
             custom.check_engine(
                 self.engine,
                 losses=new_losses,
-                metrics=[m for group in checked for m in group],
+                metrics=[m for group in checked + checked_weighted for m in group],
             )
         self.optimizer = new_optimizer
         self._losses, self._loss_weights, self._metric_names = new_losses, weights, checked
+        self._weighted_metric_names = checked_weighted
         self.loss = new_losses[0] if len(new_losses) == 1 else list(new_losses)
         self._plan = None
 
@@ -254,8 +290,11 @@ class Trainer(abc.ABC):
 
     @property
     def metric_names(self) -> list[str]:
-        """The metric names given to ``compile`` (the first output's, for several)."""
-        return list(self._metric_names[0]) if self._metric_names else []
+        """The metric names given to ``compile`` (the first output's, for several); a metric
+        object by its name."""
+        if not self._metric_names:
+            return []
+        return [getattr(item, "name", item) for item in self._metric_names[0]]
 
     @property
     def metrics_names(self) -> list[str]:
@@ -277,17 +316,40 @@ class Trainer(abc.ABC):
         return [t.features for t in self._outputs]
 
     def _resolved_metrics(self) -> list[list[metrics_module.Metric]]:
-        resolved = []
+        """Each output's metrics, then its weighted metrics, named as Keras 3 logs them:
+        ``<output>_`` before each name for several outputs, ``_1``, ``_2``, ... after a
+        repeated name, and ``weighted_`` before a weighted metric's name already taken."""
         prefix = len(self._losses) > 1
-        for k, (loss, group, units) in enumerate(
-            zip(self._losses, self._metric_names, self._output_widths())
+        weighted_names = getattr(self, "_weighted_metric_names", None) or [[] for _ in self._losses]
+        plain, weighted = [], []
+        for loss, group, weighted_group, units in zip(
+            self._losses, self._metric_names, weighted_names, self._output_widths()
         ):
-            metrics_k = metrics_module.resolve(group, loss, units)
-            if prefix:
-                out = self.output_names[k]
-                metrics_k = [_renamed(metric, f"{out}_{metric.key}") for metric in metrics_k]
-            resolved.append(metrics_k)
-        return resolved
+            plain.append(metrics_module.resolve(group, loss, units))
+            weighted.append(metrics_module.resolve(weighted_group, loss, units, weighted=True))
+        taken: dict[str, int] = {}
+        for k, metrics_k in enumerate(plain):
+            out = f"{self.output_names[k]}_" if prefix else ""
+            for i, metric in enumerate(metrics_k):
+                key = out + metric.key
+                if key in taken:
+                    taken[key] += 1
+                    key = f"{key}_{taken[key] - 1}"
+                else:
+                    taken[key] = 1
+                metrics_k[i] = _renamed(metric, key)
+        for k, metrics_k in enumerate(weighted):
+            out = f"{self.output_names[k]}_" if prefix else ""
+            for i, metric in enumerate(metrics_k):
+                key = out + metric.key
+                if key in taken:
+                    key = f"{out}weighted_{metric.key}"
+                    if key in taken:
+                        taken[key] += 1
+                        key = f"{key}_{taken[key] - 1}"
+                taken.setdefault(key, 1)
+                metrics_k[i] = _renamed(metric, key)
+        return [p + w for p, w in zip(plain, weighted)]
 
     def _log_keys(self) -> list[str]:
         keys = ["loss"]
@@ -308,8 +370,11 @@ class Trainer(abc.ABC):
         count = len(expected) if expected is not None else 1
         arrays = _structured(x, count, keys, name, "input")
         checked = []
+        sample_dims = None  # a multi-dimensional sample shape, to build from
         for i, array in enumerate(arrays):
             label = name if count == 1 else f"{name}[{keys[i] if keys else i}]"
+            dims = self._inputs[i].dims if self.built else None
+            array, sample_dims = data_checks.flatten_samples(array, dims, name=label)
             checked.append(
                 data_checks.check_features(
                     array,
@@ -321,7 +386,7 @@ class Trainer(abc.ABC):
         if not self.built:
             with self._lock:  # threads predicting at once build it once
                 if not self.built:
-                    self.build(input_shape=(None, checked[0].shape[1]))
+                    self.build(input_shape=(None, *(sample_dims or checked[0].shape[1:])))
         if any(len(array) != len(checked[0]) for array in checked[1:]):
             raise ValueError(
                 f"every input must hold the same number of samples; received "
@@ -369,6 +434,48 @@ class Trainer(abc.ABC):
             raise
         return xs, ys
 
+    def _checked_weighted(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        class_weight: Any,
+        caller: str,
+        x_name: str = "x",
+        y_name: str = "y",
+        w_name: str = "sample_weight",
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        """``_checked_pair`` and each output's sample weights (``sample_weights``), or
+        ``None`` when neither ``sample_weight`` nor ``class_weight`` is given."""
+        unbuilt = None if self.built else self._unbuilt_state()
+        xs, ys = self._checked_pair(x, y, caller, x_name, y_name)
+        try:
+            ws = sample_weights.checked_weights(
+                sample_weight,
+                class_weight,
+                ys,
+                self._compile_output_names(),
+                self._built_dtype(),
+                caller,
+                w_name,
+            )
+        except Exception:
+            if unbuilt is not None:
+                self._restore_unbuilt(unbuilt)
+            raise
+        return xs, ys, ws
+
+    def _weights_to_engine(self, ws: list[np.ndarray] | None) -> list[Array] | None:
+        """Each output's weights on the engine; an array shared by outputs is moved once."""
+        if ws is None:
+            return None
+        engine, dtype = self._built_engine(), self._built_dtype()
+        moved: dict[int, Array] = {}
+        for w in ws:
+            if id(w) not in moved:
+                moved[id(w)] = engine.asarray(w, dtype=dtype)
+        return [moved[id(w)] for w in ws]
+
     def _unbuilt_state(self) -> Any:
         """What ``_restore_unbuilt`` needs to undo a build from the data; ``None`` for a
         model that is built from its construction (a functional model)."""
@@ -400,7 +507,13 @@ class Trainer(abc.ABC):
         validation_split: float = 0.0,
         validation_data: Any = None,
         shuffle: bool = True,
+        class_weight: Mapping[int, float] | None = None,
+        sample_weight: Any = None,
         initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int | Sequence[int] = 1,
         **kwargs: Any,
     ) -> callbacks_module.History:
         """Train the model on inputs ``x`` and targets ``y``.
@@ -412,6 +525,19 @@ class Trainer(abc.ABC):
         holds out the *last* fraction of the samples, before shuffling, as Keras
         does; the last batch may be smaller than ``batch_size``. Keras 2's
         ``nb_epoch`` is accepted for ``epochs``.
+
+        ``sample_weight`` (``(N,)`` non-negative floats, or one per output) scales each
+        sample's loss: a batch's loss is ``sum(w * loss) / batch size``, as Keras 3
+        reduces it, and ``weighted_metrics`` average with the weights; ``class_weight``
+        (``{class: weight}``, one output) gives each sample its class's weight.
+        ``validation_data`` may be ``(x_val, y_val, w_val)``.
+
+        ``x`` may also be data that comes in batches (``y`` is then ``None``): a Python
+        generator or iterator of ``(x, y)`` or ``(x, y, sample_weight)`` batches, or a
+        ``dlcore.utils.Sequence``; an epoch is ``steps_per_epoch`` batches (default: the
+        whole ``Sequence``, or the iterator until it is exhausted). ``validation_data``
+        may be one too (``validation_steps`` batches). ``validation_freq`` validates
+        every that many epochs, or at the epochs (from 1) in a list.
 
         Returns:
             A ``History`` whose ``history`` dict maps ``loss``, each output's loss
@@ -437,17 +563,56 @@ class Trainer(abc.ABC):
             raise ValueError(
                 f"validation_split must be a fraction in [0, 1), received {validation_split!r}"
             )
+        validation_batch_size = (
+            data_checks.check_positive_int(
+                validation_batch_size, "validation_batch_size", allow_none=True
+            )
+            or batch_size
+        )
+        validation_epochs = _validation_epochs(validation_freq)
+        if batch_sources.is_batch_source(x):
+            return self._fit_batch_source(
+                x,
+                y,
+                sample_weight,
+                class_weight,
+                validation_split,
+                validation_data,
+                epochs,
+                initial_epoch,
+                verbose,
+                callbacks,
+                shuffle,
+                steps_per_epoch,
+                validation_steps,
+                validation_batch_size,
+                validation_epochs,
+            )
         with self._training_alone("fit()"):
-            xs, ys = self._checked_pair(x, y, "fit()")
-            val: tuple[list[np.ndarray], list[np.ndarray]] | None = None
-            if validation_data is not None:
-                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            xs, ys, ws = self._checked_weighted(x, y, sample_weight, class_weight, "fit()")
+            val: _Data | None = None
+            if validation_data is not None and batch_sources.is_batch_source(validation_data):
+                val = validation_data
+            elif validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
+                    2,
+                    3,
+                ):
                     raise ValueError(
-                        "validation_data must be a tuple (x_val, y_val); sample weights are not "
-                        "supported"
+                        "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                        f"w_val), received {_described(validation_data)}"
                     )
-                x_val, y_val = validation_data
-                val = self._checked_pair(x_val, y_val, "fit()", x_name="x_val", y_name="y_val")
+                x_val, y_val, *w_val = validation_data
+                val = self._checked_weighted(
+                    x_val,
+                    y_val,
+                    w_val[0] if w_val else None,
+                    None,
+                    "fit()",
+                    x_name="x_val",
+                    y_name="y_val",
+                    w_name="w_val",
+                )
             elif validation_split:
                 n = len(xs[0])
                 split_at = int(math.floor(n * (1.0 - validation_split)))
@@ -457,21 +622,32 @@ class Trainer(abc.ABC):
                         f"{split_at} for training and {n - split_at} for validation; "
                         "both need at least one sample"
                     )
-                val = ([a[split_at:] for a in xs], [a[split_at:] for a in ys])
+                val = (
+                    [a[split_at:] for a in xs],
+                    [a[split_at:] for a in ys],
+                    None if ws is None else [w[split_at:] for w in ws],
+                )
                 xs, ys = [a[:split_at] for a in xs], [a[:split_at] for a in ys]
+                ws = None if ws is None else [w[:split_at] for w in ws]
+            steps = math.ceil(len(xs[0]) / batch_size)
+            if steps_per_epoch is not None:
+                steps_per_epoch = _positive(steps_per_epoch, "steps_per_epoch")
+                if steps_per_epoch > steps:
+                    raise ValueError(
+                        f"steps_per_epoch={steps_per_epoch} asks for more batches than the "
+                        f"{len(xs[0])} samples make in batches of {batch_size} ({steps}); "
+                        f"give at most {steps}, or None"
+                    )
+                steps = steps_per_epoch
             callback_list = callbacks_module.CallbackList(
-                callbacks,
-                model=self,
-                verbose=verbose,
-                epochs=epochs,
-                steps=math.ceil(len(xs[0]) / batch_size),
+                callbacks, model=self, verbose=verbose, epochs=epochs, steps=steps
             )
             metric_groups = self._resolved_metrics()
+            self._sample_weighted = ws is not None
             self._prepare()
             return self._fit_loop(
-                xs,
-                ys,
-                val,
+                (xs, ys, ws),
+                _Validation(val, validation_steps, validation_batch_size, validation_epochs),
                 batch_size,
                 epochs,
                 initial_epoch,
@@ -479,6 +655,153 @@ class Trainer(abc.ABC):
                 metric_groups,
                 callback_list,
             )
+
+    def _fit_batch_source(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        class_weight: Any,
+        validation_split: float,
+        validation_data: Any,
+        epochs: int,
+        initial_epoch: int,
+        verbose: int,
+        callbacks: Sequence[callbacks_module.Callback] | None,
+        shuffle: bool,
+        steps_per_epoch: int | None,
+        validation_steps: int | None,
+        validation_batch_size: int,
+        validation_epochs: int | frozenset[int],
+    ) -> callbacks_module.History:
+        """``fit`` on a generator, an iterator or a ``Sequence`` of batches."""
+        for name, value in (("y", y), ("sample_weight", sample_weight)):
+            if value is not None:
+                raise ValueError(
+                    f"fit(): x is a generator or Sequence, so its batches carry the targets "
+                    f"and sample weights; {name} must be None, received {type(value).__name__}"
+                )
+        if validation_split:
+            raise ValueError(
+                "fit(): validation_split cannot split a generator or Sequence; pass the "
+                "validation batches as validation_data"
+            )
+        source = batch_sources.BatchSource(x, steps_per_epoch, shuffle, "x")
+        with self._training_alone("fit()"):
+            first = source.peek()
+            *_, ws = self._checked_batch(first, 0, "x", class_weight)
+            val: Any = None
+            if validation_data is not None and not batch_sources.is_batch_source(validation_data):
+                x_val, y_val, *w_val = validation_data
+                val = self._checked_weighted(
+                    x_val,
+                    y_val,
+                    w_val[0] if w_val else None,
+                    None,
+                    "fit()",
+                    "x_val",
+                    "y_val",
+                    "w_val",
+                )
+            elif validation_data is not None:
+                val = validation_data
+            validation = _Validation(
+                val, validation_steps, validation_batch_size, validation_epochs
+            )
+            callback_list = callbacks_module.CallbackList(
+                callbacks, model=self, verbose=verbose, epochs=epochs, steps=source.steps
+            )
+            metric_groups = self._resolved_metrics()
+            self._sample_weighted = ws is not None or class_weight is not None
+            self._prepare()
+            engine = self._built_engine()
+            validation.to_engine(self)
+            engine.seed(int(config.rng().integers(2**63 - 1)))
+            self.stop_training = False
+            self.history = callback_list.history
+            initial_epoch = self._begin_training(callback_list, initial_epoch)
+            epoch_logs: dict[str, float] = {}
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                totals = self._totals(engine, metric_groups)
+                for step, batch in source.epoch():
+                    callback_list.on_train_batch_begin(step)
+                    xs, ys, ws = self._checked_batch(batch, step, "x", class_weight)
+                    X, Y = self._to_engine(xs, ys)
+                    loss_terms, values = self._train_step(
+                        X, Y, metric_groups, self._weights_to_engine(ws)
+                    )
+                    totals.add(len(xs[0]), loss_terms, values)
+                    callback_list.on_train_batch_end(
+                        step,
+                        metrics_module.LazyLogs(totals.logs)
+                        if callback_list.wants_batch_logs
+                        else None,
+                    )
+                    if self.stop_training:
+                        break
+                if source.exhausted:
+                    warnings.warn(
+                        f"fit(): x ran out of batches at epoch {epoch + 1} of {epochs}; training "
+                        "stops here. Give steps_per_epoch so that the generator yields "
+                        "steps_per_epoch * epochs batches, or make it loop forever",
+                        stacklevel=3,
+                    )
+                    break
+                epoch_logs = totals.logs()
+                epoch_logs.update(validation.logs(self, epoch, metric_groups, callback_list))
+                source.end_epoch()
+                callback_list.on_epoch_end(epoch, epoch_logs)
+                if self.stop_training:
+                    break
+            self._compiled_optimizer().finalize_variable_values(engine, self._params)
+            callback_list.on_train_end(epoch_logs)
+            return callback_list.history
+
+    def _begin_training(
+        self, callback_list: callbacks_module.CallbackList, initial_epoch: int
+    ) -> int:
+        """``on_train_begin``; returns the epoch to start at: ``initial_epoch``, or a later
+        one where a callback (``BackupAndRestore``) resumes an interrupted fit by setting
+        ``_initial_epoch``."""
+        self._initial_epoch = None
+        callback_list.on_train_begin()
+        resumed = typing.cast("int | None", self._initial_epoch)  # a callback may have set it
+        return initial_epoch if resumed is None else max(initial_epoch, resumed)
+
+    def _checked_batch(
+        self, batch: Any, index: int, what: str, class_weight: Any = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        """``_checked_weighted`` of batch ``index`` of a batch source; a refused batch's
+        error names it."""
+        x, y, w = batch_sources.unpacked(batch, index, what, targets=True)
+        try:
+            return self._checked_weighted(x, y, w, class_weight, f"batch {index} of {what}")
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"batch {index} of {what}: {error}") from error
+
+    def _evaluate_batch_source(
+        self,
+        source: batch_sources.BatchSource,
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        hooks: callbacks_module.CallbackList,
+    ) -> dict[str, float]:
+        """Loss and metrics over one epoch of a batch source, with the ``on_test_*`` hooks."""
+        engine = self._built_engine()
+        totals = self._totals(engine, metric_groups)
+        penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
+        hooks.on_test_begin()
+        for step, batch in source.epoch():
+            hooks.on_test_batch_begin(step)
+            xs, ys, ws = self._checked_batch(batch, step, source.what)
+            X, Y = self._to_engine(xs, ys)
+            loss_terms, values = self._test_batch(X, Y, metric_groups, self._weights_to_engine(ws))
+            totals.add(len(xs[0]), loss_terms + penalties, values)
+            hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
+        source.end_epoch()
+        logs = totals.logs()
+        hooks.on_test_end(logs)
+        return logs
 
     @contextlib.contextmanager
     def _training_alone(self, caller: str) -> Iterator[None]:
@@ -521,12 +844,20 @@ class Trainer(abc.ABC):
         elif optimizer._size != int(self._params.shape[0]):
             optimizer.build(engine, int(self._params.shape[0]), dtype)  # says what is wrong
         self._plan = self._make_plan()
+        # the range of each trained weight in the flat buffers (clipnorm clips each one)
+        self._trained_variable_ranges: list[tuple[int, int]] = []
+        for layer in self._param_layers:
+            start = self._layer_ranges[id(layer)][0]
+            for shape in layer.parameter_shapes():
+                stop = start + math.prod(shape)
+                if layer.trainable:
+                    self._trained_variable_ranges.append((start, stop))
+                start = stop
 
     def _fit_loop(
         self,
-        xs: list[np.ndarray],
-        ys: list[np.ndarray],
-        val: tuple[list[np.ndarray], list[np.ndarray]] | None,
+        data: _Data,
+        validation: _Validation,
         batch_size: int,
         epochs: int,
         initial_epoch: int,
@@ -535,15 +866,17 @@ class Trainer(abc.ABC):
         callback_list: callbacks_module.CallbackList,
     ) -> callbacks_module.History:
         engine = self._built_engine()
+        xs, ys, ws = data
         X, Y = self._to_engine(xs, ys)
-        validation = None if val is None else self._to_engine(*val)
+        W = self._weights_to_engine(ws)
+        validation.to_engine(self)
         rng = config.rng()
         engine.seed(int(rng.integers(2**63 - 1)))
         n = len(xs[0])
-        starts = range(0, n, batch_size)
+        starts = range(0, n, batch_size)[: callback_list.params.get("steps")]
         self.stop_training = False
         self.history = callback_list.history
-        callback_list.on_train_begin()
+        initial_epoch = self._begin_training(callback_list, initial_epoch)
         epoch_logs: dict[str, float] = {}
         workspace = self._model_workspace()
         graphs = self._step_graphs(engine)
@@ -555,9 +888,12 @@ class Trainer(abc.ABC):
                 for step, start in enumerate(starts):
                     callback_list.on_train_batch_begin(step)
                     stop = min(start + batch_size, n)
+                    W_batch = None
                     if order is None:
                         X_batch = [engine.slice_rows(A, start, stop) for A in X]
                         Y_batch = [engine.slice_rows(A, start, stop) for A in Y]
+                        if W is not None:
+                            W_batch = [engine.slice_rows(A, start, stop) for A in W]
                         if graphs is not None and graphs.may_capture:  # read at fixed addresses
                             X_batch = _staged_rows(engine, workspace, "x", X_batch)
                             Y_batch = _staged_rows(engine, workspace, "y", Y_batch)
@@ -565,9 +901,11 @@ class Trainer(abc.ABC):
                         rows = engine.slice_rows(order, start, stop)
                         X_batch = _shuffled_rows(engine, workspace, "x", X, rows, stop - start)
                         Y_batch = _shuffled_rows(engine, workspace, "y", Y, rows, stop - start)
+                        if W is not None:
+                            W_batch = _shuffled_weights(engine, workspace, W, rows, stop - start)
                     if graphs is None:
                         loss_terms, metric_values = self._train_step(
-                            X_batch, Y_batch, metric_groups
+                            X_batch, Y_batch, metric_groups, W_batch
                         )
                     else:
                         loss_terms, metric_values = self._graph_train_step(
@@ -583,17 +921,14 @@ class Trainer(abc.ABC):
                     if self.stop_training:
                         break
                 epoch_logs = totals.logs()
-                if validation is not None:
-                    val_logs = self._evaluate_engine_arrays(
-                        *validation, batch_size, metric_groups, callback_list
-                    )
-                    epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
+                epoch_logs.update(validation.logs(self, epoch, metric_groups, callback_list))
                 callback_list.on_epoch_end(epoch, epoch_logs)
                 if self.stop_training:
                     break
         finally:
             if graphs is not None:
                 graphs.release()
+        self._compiled_optimizer().finalize_variable_values(engine, self._params)
         callback_list.on_train_end(epoch_logs)
         return callback_list.history
 
@@ -602,7 +937,7 @@ class Trainer(abc.ABC):
         ``config.cuda_graphs()`` is off (the default), and for a ``LossScaleOptimizer``,
         whose loss scale is a host number inside the step (a graph would freeze it) and
         which decides on the host whether to apply each step."""
-        if not config.cuda_graphs():
+        if not config.cuda_graphs() or self._sample_weighted:
             return None
         if isinstance(self.optimizer, optimizers.LossScaleOptimizer):
             return None
@@ -700,16 +1035,21 @@ class Trainer(abc.ABC):
         ranges = self._layer_ranges
         segments: list[tuple[int, int]] = []
         for layer in param_layers:
-            if layer.trainable:
-                start, stop = ranges[id(layer)]
-                if segments and segments[-1][1] == start:
-                    segments[-1] = (segments[-1][0], stop)
-                else:
-                    segments.append((start, stop))
+            # each trainable weight's range; a layer's non-trainable weights (moving
+            # statistics) are left out, so the optimizer never touches them
+            start = ranges[id(layer)][0]
+            for shape, flag in zip(layer.parameter_shapes(), layer.weight_trainable()):
+                stop = start + int(np.prod(shape, dtype=np.int64))
+                if flag and start < stop:
+                    if segments and segments[-1][1] == start:
+                        segments[-1] = (segments[-1][0], stop)
+                    else:
+                        segments.append((start, stop))
+                start = stop
         total = int(self._params.shape[0])
         whole = segments == [(0, total)]
         return _Plan(
-            stack=self._dense_stack(),
+            stack=None if self._sample_weighted else self._dense_stack(),
             nodes=node_plans,
             needs_grad=needs_grad,
             segments=None if whole else segments,
@@ -786,10 +1126,11 @@ class Trainer(abc.ABC):
         X: list[Array],
         Y: list[Array],
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        W: list[Array] | None = None,
     ) -> tuple[list[Array], list[Array]]:
         """One training step: the gradients, then the optimizer's update; returns the loss
-        terms and metric values (0-d engine arrays)."""
-        loss_terms, metric_values = self._gradient_step(X, Y, metric_groups)
+        terms and metric values (0-d engine arrays). ``W``: each output's sample weights."""
+        loss_terms, metric_values = self._gradient_step(X, Y, metric_groups, W)
         self._apply_update()
         return loss_terms, metric_values
 
@@ -798,11 +1139,18 @@ class Trainer(abc.ABC):
         ``_gradient_step`` wrote."""
         plan = self._plan
         assert plan is not None  # _prepare made it
+        variables = self._trained_variable_ranges
         if plan.stack is not None:
-            self._compiled_optimizer().apply(self._built_engine(), self._params, self._grads)
+            self._compiled_optimizer().apply(
+                self._built_engine(), self._params, self._grads, variables=variables
+            )
         elif plan.updates:
             self._compiled_optimizer().apply(
-                self._built_engine(), self._params, self._grads, segments=plan.segments
+                self._built_engine(),
+                self._params,
+                self._grads,
+                segments=plan.segments,
+                variables=variables,
             )
 
     def _gradient_step(
@@ -810,15 +1158,17 @@ class Trainer(abc.ABC):
         X: list[Array],
         Y: list[Array],
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        W: list[Array] | None = None,
     ) -> tuple[list[Array], list[Array]]:
         """Forward pass, losses, metrics and backward pass of a training step: the weight
-        gradients written, the loss terms and metric values returned; no update."""
+        gradients written, the loss terms and metric values returned; no update.
+        ``W``: each output's sample weights ``(N,)``, or ``None``."""
         engine = self._built_engine()
         plan = self._plan
         assert plan is not None  # _prepare made it
         stack = plan.stack
         workspace = self._model_workspace()
-        if stack is not None:
+        if stack is not None and W is None:
             loss_value, output = engine.dense_stack_step(
                 X[0],
                 Y[0],
@@ -841,7 +1191,12 @@ class Trainer(abc.ABC):
         for k, (output, target) in enumerate(zip(outputs, Y)):
             slot = self._slots[id(self._outputs[k])]
             loss_value, values, gradient = self._output_terms(
-                k, output, target, metric_groups[k], plan.needs_grad[slot]
+                k,
+                output,
+                target,
+                metric_groups[k],
+                plan.needs_grad[slot],
+                None if W is None else W[k],
             )
             loss_terms.append(loss_value)
             metric_values += values
@@ -858,21 +1213,41 @@ class Trainer(abc.ABC):
         target: Array,
         metrics: Sequence[metrics_module.Metric],
         needs_grad: bool,
+        w: Array | None = None,
     ) -> tuple[Array, list[Array], Array | None]:
-        """Output ``k``'s batch-mean loss, its metrics' values and, when ``needs_grad``, its
-        weighted loss gradient (``_loss_gradient``)."""
-        engine, loss = self._built_engine(), self._losses[k]
+        """Output ``k``'s batch loss (weighted by the sample weights ``w`` when given), its
+        metrics' values and, when ``needs_grad``, its weighted loss gradient
+        (``_loss_gradient``)."""
+        engine = self._built_engine()
         plan = self._plan
         assert plan is not None  # _prepare made it
         workspace = self._loss_workspace(k)
-        if needs_grad and plan.fused_outputs[k] == "softmax":
+        if needs_grad and plan.fused_outputs[k] == "softmax" and w is None:
             return self._softmax_crossentropy_terms(k, output, target, metrics, workspace)
-        loss_value = engine.loss(
+        loss_value = self._batch_loss(k, output, target, w, workspace)
+        values = [
+            metric.batch_value(engine, output, target, workspace, sample_weight=w)
+            for metric in metrics
+        ]
+        gradient = self._loss_gradient(k, output, target, workspace, w) if needs_grad else None
+        return loss_value, values, gradient
+
+    def _batch_loss(
+        self, k: int, output: Array, target: Array, w: Array | None, workspace: Workspace | None
+    ) -> Array:
+        """Output ``k``'s loss over a batch: the mean of the per-sample losses, or with sample
+        weights ``w`` their weighted sum over the batch size (Keras's
+        ``"sum_over_batch_size"``)."""
+        engine, loss = self._built_engine(), self._losses[k]
+        if w is None:
+            return engine.loss(
+                loss.name, output, target, from_logits=loss.from_logits, workspace=workspace
+            )
+        values = engine.per_sample_loss(
             loss.name, output, target, from_logits=loss.from_logits, workspace=workspace
         )
-        values = [metric.batch_value(engine, output, target, workspace) for metric in metrics]
-        gradient = self._loss_gradient(k, output, target, workspace) if needs_grad else None
-        return loss_value, values, gradient
+        n = int(output.shape[0])
+        return engine.weighted_sum(values, w, scale=1.0 / n if n else math.nan)
 
     def _softmax_crossentropy_terms(
         self,
@@ -907,9 +1282,12 @@ class Trainer(abc.ABC):
         assert plan is not None  # _prepare made it
         return plan.loss_workspaces[k - 1]
 
-    def _loss_gradient(self, k: int, output: Array, target: Array, workspace: Workspace) -> Array:
-        """Gradient of output ``k``'s weighted loss; with the fused path, with respect to
-        the output layer's pre-activation."""
+    def _loss_gradient(
+        self, k: int, output: Array, target: Array, workspace: Workspace, w: Array | None = None
+    ) -> Array:
+        """Gradient of output ``k``'s weighted loss (each row times its sample weight in
+        ``w`` when given); with the fused path, with respect to the output layer's
+        pre-activation."""
         engine, loss = self._built_engine(), self._losses[k]
         plan = self._plan
         assert plan is not None  # _prepare made it
@@ -920,6 +1298,8 @@ class Trainer(abc.ABC):
             gradient = engine.backprop_sigmoid_crossentropy(output, target)
         else:
             gradient = engine.backprop_loss(loss.name, output, target, from_logits=loss.from_logits)
+        if w is not None:
+            gradient = engine.scale_rows(gradient, w, workspace=workspace)
         weight = self._loss_weights[k] * self._loss_scale()
         if weight != 1.0:
             gradient = engine.scale(gradient, weight, workspace=workspace)
@@ -1044,8 +1424,10 @@ class Trainer(abc.ABC):
         batch_size: int,
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
         hooks: callbacks_module.CallbackList,
+        W: list[Array] | None = None,
     ) -> dict[str, float]:
-        """Loss and metrics over engine arrays in batches, with the ``on_test_*`` hooks."""
+        """Loss and metrics over engine arrays in batches, with the ``on_test_*`` hooks;
+        ``W``: each output's sample weights, or ``None``."""
         engine = self._built_engine()
         totals = self._totals(engine, metric_groups)
         penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
@@ -1058,6 +1440,7 @@ class Trainer(abc.ABC):
                 [engine.slice_rows(A, start, stop) for A in X],
                 [engine.slice_rows(A, start, stop) for A in Y],
                 metric_groups,
+                None if W is None else [engine.slice_rows(A, start, stop) for A in W],
             )
             totals.add(stop - start, loss_terms + penalties, values)
             hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
@@ -1077,14 +1460,18 @@ class Trainer(abc.ABC):
         X: list[Array],
         Y: list[Array],
         metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        W: list[Array] | None = None,
     ) -> tuple[list[Array], list[Array]]:
         engine = self._built_engine()
         outputs = self._in_model_dtype(self._forward(X))
         loss_terms, values = [], []
         for k, (output, target) in enumerate(zip(outputs, Y)):
-            loss = self._losses[k]
-            loss_terms.append(engine.loss(loss.name, output, target, from_logits=loss.from_logits))
-            values += [metric.batch_value(engine, output, target) for metric in metric_groups[k]]
+            w = None if W is None else W[k]
+            loss_terms.append(self._batch_loss(k, output, target, w, None))
+            values += [
+                metric.batch_value(engine, output, target, sample_weight=w)
+                for metric in metric_groups[k]
+            ]
         return loss_terms, values
 
     def _forward(self, X: list[Array]) -> list[Array]:
@@ -1115,12 +1502,15 @@ class Trainer(abc.ABC):
         y: Any = None,
         batch_size: int | None = None,
         verbose: int | str = "auto",
+        sample_weight: Any = None,
+        steps: int | None = None,
         return_dict: bool = False,
         callbacks: Sequence[callbacks_module.Callback] | None = None,
         **kwargs: Any,
     ) -> float | list[float] | dict[str, float]:
         """Loss (and metrics) on ``x``, ``y`` in batches; ``callbacks`` get the
-        ``on_test_*`` hooks.
+        ``on_test_*`` hooks; ``sample_weight`` weighs the loss and ``weighted_metrics``
+        as in ``fit``.
 
         Returns:
             The loss as a float when the model has one output and no metrics, else
@@ -1132,7 +1522,15 @@ class Trainer(abc.ABC):
         self._require_compiled("evaluate()")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
-        xs, ys = self._checked_pair(x, y, "evaluate()")
+        if batch_sources.is_batch_source(x):
+            return self._evaluate_source(
+                x, y, sample_weight, steps, verbose, return_dict, callbacks
+            )
+        xs, ys, ws = self._checked_weighted(x, y, sample_weight, None, "evaluate()")
+        if steps is not None:  # the first steps batches, as Keras
+            rows = _positive(steps, "steps") * batch_size
+            xs, ys = [a[:rows] for a in xs], [a[:rows] for a in ys]
+            ws = None if ws is None else [w[:rows] for w in ws]
         self._claim_layers()
         metric_groups = self._resolved_metrics()
         steps = math.ceil(len(xs[0]) / batch_size)
@@ -1141,9 +1539,40 @@ class Trainer(abc.ABC):
         )
         started = time.perf_counter()
         X, Y = self._to_engine(xs, ys)
-        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_groups, hooks)
+        W = self._weights_to_engine(ws)
+        logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_groups, hooks, W)
         if verbose:
             _print_summary_line(steps, time.perf_counter() - started, logs)
+        return self._returned(logs, return_dict)
+
+    def _evaluate_source(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        steps: int | None,
+        verbose: int,
+        return_dict: bool,
+        callbacks: Sequence[callbacks_module.Callback] | None,
+    ) -> Any:
+        """``evaluate`` on a generator, an iterator or a ``Sequence`` of batches."""
+        for name, value in (("y", y), ("sample_weight", sample_weight)):
+            if value is not None:
+                raise ValueError(
+                    f"evaluate(): x is a generator or Sequence, so its batches carry the "
+                    f"targets and sample weights; {name} must be None"
+                )
+        source = batch_sources.BatchSource(x, steps, False, "x")
+        self._checked_batch(source.peek(), 0, "x")  # builds the model from the first batch
+        self._claim_layers()
+        metric_groups = self._resolved_metrics()
+        hooks = callbacks_module.CallbackList(
+            callbacks, model=self, verbose=0, steps=source.steps, add_history=False
+        )
+        started = time.perf_counter()
+        logs = self._evaluate_batch_source(source, metric_groups, hooks)
+        if verbose:
+            _print_summary_line(source.steps or 0, time.perf_counter() - started, logs)
         return self._returned(logs, return_dict)
 
     def _returned(self, logs: dict[str, float], return_dict: bool) -> Any:
@@ -1169,11 +1598,28 @@ class Trainer(abc.ABC):
         ``callbacks`` get the ``on_predict_*`` hooks, each batch's outputs in
         ``logs["outputs"]``.
         """
+        steps = kwargs.pop("steps", None)
         if kwargs:
             raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         verbose = _check_verbose(verbose)
+        if batch_sources.is_batch_source(x):
+            source = batch_sources.BatchSource(x, steps, False, "x")
+            parts = []
+            for index, batch in source.epoch():
+                inputs = batch_sources.unpacked(batch, index, "x", targets=False)[0]
+                try:
+                    parts.append(self.predict(inputs, batch_size=batch_size, callbacks=callbacks))
+                except (ValueError, TypeError) as error:
+                    raise type(error)(f"batch {index} of x: {error}") from error
+            source.end_epoch()
+            if not parts:
+                raise ValueError("predict(): x yielded no batch")
+            return _joined_predictions(parts)
         xs = self._check_inputs(x)
+        if steps is not None:  # the first steps batches, as Keras
+            rows = _positive(steps, "steps") * batch_size
+            xs = [a[:rows] for a in xs]
         self._claim_layers()
         hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
         started = time.perf_counter()
@@ -1192,6 +1638,8 @@ class Trainer(abc.ABC):
         if verbose:
             _print_summary_line(len(batches), time.perf_counter() - started, {})
         joined = [np.concatenate(parts, axis=0) for parts in zip(*batches)]
+        # an output of a multi-dimensional per-sample shape (a Reshape) as (N, *dims)
+        joined = [part.reshape(len(part), *t.dims) for part, t in zip(joined, self._outputs)]
         return self._structure(joined)
 
     def _structure(self, arrays: list[np.ndarray]) -> Any:
@@ -1205,40 +1653,54 @@ class Trainer(abc.ABC):
         return self.predict_on_batch(x)
 
     # ------------------------------------------------------------------ per batch
-    def train_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
-        """One training step on the whole of ``x``, ``y`` as one batch.
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        class_weight: Mapping[int, float] | None = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """One training step on the whole of ``x``, ``y`` as one batch (with sample or class
+        weights as in ``fit``).
 
         Returns:
             That batch's loss, or ``[loss, ...]`` / a dict as ``evaluate`` returns them.
         """
         self._require_compiled("train_on_batch()")
         with self._training_alone("train_on_batch()"):
-            xs, ys = self._checked_pair(x, y, "train_on_batch()")
+            xs, ys, ws = self._checked_weighted(
+                x, y, sample_weight, class_weight, "train_on_batch()"
+            )
             metric_groups = self._resolved_metrics()
+            self._sample_weighted = ws is not None
             self._prepare()
             X, Y = self._to_engine(xs, ys)
             totals = self._totals(self._built_engine(), metric_groups)
-            loss_terms, values = self._train_step(X, Y, metric_groups)
+            loss_terms, values = self._train_step(X, Y, metric_groups, self._weights_to_engine(ws))
             totals.add(len(xs[0]), loss_terms, values)
             return self._returned(totals.logs(), return_dict)
 
-    def test_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+    def test_on_batch(
+        self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False
+    ) -> Any:
         """Loss (and metrics) of ``x``, ``y`` as one batch, without training."""
         self._require_compiled("test_on_batch()")
-        xs, ys = self._checked_pair(x, y, "test_on_batch()")
+        xs, ys, ws = self._checked_weighted(x, y, sample_weight, None, "test_on_batch()")
         self._claim_layers()
         X, Y = self._to_engine(xs, ys)
         metric_groups = self._resolved_metrics()
         totals = self._totals(self._built_engine(), metric_groups)
         penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
-        loss_terms, values = self._test_batch(X, Y, metric_groups)
+        loss_terms, values = self._test_batch(X, Y, metric_groups, self._weights_to_engine(ws))
         totals.add(len(xs[0]), loss_terms + penalties, values)
         return self._returned(totals.logs(), return_dict)
 
     def predict_on_batch(self, x: Any) -> Any:
         """The model's outputs for ``x`` as one batch (NumPy arrays, as ``predict``)."""
         xs = self._check_inputs(x)
-        return self.predict(xs if len(xs) > 1 else xs[0], batch_size=len(xs[0]))
+        # x as given: predict checks it again, in its per-sample shape
+        return self.predict(x, batch_size=len(xs[0]))
 
     # ------------------------------------------------------------------ saving
     def save(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
@@ -1270,6 +1732,117 @@ def _shuffled_rows(
         )
         for i, A in enumerate(arrays)
     ]
+
+
+def _shuffled_weights(
+    engine: Engine, workspace: Workspace, W: list[Array], rows: Array, count: int
+) -> list[Array]:
+    """``_shuffled_rows`` of each output's sample weights, an array shared by outputs
+    gathered once."""
+    unique = list({id(w): w for w in W}.values())
+    gathered = dict(
+        zip(map(id, unique), _shuffled_rows(engine, workspace, "w", unique, rows, count))
+    )
+    return [gathered[id(w)] for w in W]
+
+
+def _positive(value: Any, name: str) -> int:
+    """``value`` as a positive int (a count of steps), or a ValueError naming ``name``."""
+    checked = data_checks.check_positive_int(value, name)
+    assert checked is not None  # None is refused without allow_none
+    return checked
+
+
+def _joined_predictions(parts: list[Any]) -> Any:
+    """The predictions of several batches joined along the samples, in their structure."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {key: np.concatenate([part[key] for part in parts]) for key in first}
+    if isinstance(first, list):
+        return [np.concatenate(column) for column in zip(*parts)]
+    return np.concatenate(parts)
+
+
+def _validation_epochs(validation_freq: Any) -> int | frozenset[int]:
+    """``validation_freq`` checked: every that many epochs, or the epochs (from 1) listed."""
+    if isinstance(validation_freq, (int, np.integer)) and not isinstance(validation_freq, bool):
+        if validation_freq >= 1:
+            return int(validation_freq)
+    elif isinstance(validation_freq, (list, tuple, set, frozenset, range)) and all(
+        isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e >= 1
+        for e in validation_freq
+    ):
+        return frozenset(int(e) for e in validation_freq)
+    raise ValueError(
+        "validation_freq expected a positive integer (validate every that many epochs) or a "
+        f"list of epochs counted from 1, e.g. [1, 5, 10], received {validation_freq!r}"
+    )
+
+
+class _Validation:
+    """What ``fit`` validates on and when: host arrays (moved to the engine once), a batch
+    source, or nothing.
+
+    Args:
+        data: ``None``, ``(xs, ys, ws)`` checked host arrays, or a generator or Sequence.
+        steps: at most that many validation batches (``validation_steps``), or ``None``.
+        batch_size: the batch size of array validation data.
+        epochs: ``_validation_epochs``'s rule.
+    """
+
+    def __init__(
+        self, data: Any, steps: int | None, batch_size: int, epochs: int | frozenset[int]
+    ) -> None:
+        self._source = None
+        self._arrays: _Data | None = None
+        self._engine_arrays: tuple[list[Array], list[Array], list[Array] | None] | None = None
+        if data is not None and batch_sources.is_batch_source(data):
+            self._source = batch_sources.BatchSource(data, steps, False, "validation_data")
+        elif data is not None:
+            xs, ys, ws = data
+            if steps is not None:
+                rows = _positive(steps, "validation_steps") * batch_size
+                xs, ys = [a[:rows] for a in xs], [a[:rows] for a in ys]
+                ws = None if ws is None else [w[:rows] for w in ws]
+            self._arrays = (xs, ys, ws)
+        self._batch_size = batch_size
+        self._epochs = epochs
+
+    def to_engine(self, model: Trainer) -> None:
+        """Move array validation data to the model's engine, once per ``fit``."""
+        if self._arrays is not None:
+            xs, ys, ws = self._arrays
+            self._engine_arrays = (*model._to_engine(xs, ys), model._weights_to_engine(ws))
+
+    def logs(
+        self,
+        model: Trainer,
+        epoch: int,
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        hooks: callbacks_module.CallbackList,
+    ) -> dict[str, float]:
+        """The ``val_`` logs of epoch ``epoch`` (from 0), or none when it does not validate."""
+        due = (
+            (epoch + 1) % self._epochs == 0
+            if isinstance(self._epochs, int)
+            else epoch + 1 in self._epochs
+        )
+        if not due:
+            return {}
+        if self._source is not None:
+            logs = model._evaluate_batch_source(self._source, metric_groups, hooks)
+        elif self._engine_arrays is not None:
+            X, Y, W = self._engine_arrays
+            logs = model._evaluate_engine_arrays(X, Y, self._batch_size, metric_groups, hooks, W)
+        else:
+            return {}
+        return {f"val_{key}": value for key, value in logs.items()}
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return type(value).__name__
 
 
 def _staged_rows(

@@ -1,10 +1,16 @@
-"""Data helpers with Keras's names and behaviour: ``to_categorical`` and ``normalize``."""
+"""Data helpers with Keras's names and behaviour: ``to_categorical``, ``normalize`` and
+``Sequence`` (Keras's ``PyDataset``), the base class of datasets read batch by batch."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+from dlcore.batch_sources import Sequence
+
+# Keras 3's name for it
+PyDataset = Sequence
 
 
 def to_categorical(y: Any, num_classes: int | None = None, dtype: str = "float32") -> np.ndarray:

@@ -846,6 +846,10 @@ def test_verbose_2_single_epoch_has_no_epoch_line(capsys, clock):
 def test_verbose_1_draws_a_bar_and_ends_with_the_final_values(capsys, clock, monkeypatch):
     import tqdm.std
 
+    from dlcore.callbacks import progress
+
+    monkeypatch.setattr(progress, "_interactive", lambda: True)  # the live bar of a terminal
+
     monkeypatch.setattr(tqdm.std, "time", lambda: 0.0)  # tqdm's clock frozen: no redraw mid-epoch
     fit([ticking(clock, 0.5, 0.003)], EPOCH_LOGS, verbose=1, steps=38)
     out = capsys.readouterr().out
@@ -883,6 +887,10 @@ class CountingLogs(Mapping):
 
 def test_verbose_1_reads_batch_logs_only_when_redrawing(capsys, clock, monkeypatch):
     import tqdm.std
+
+    from dlcore.callbacks import progress
+
+    monkeypatch.setattr(progress, "_interactive", lambda: True)  # the live bar of a terminal
 
     tqdm_now = [0.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: tqdm_now[0])

@@ -530,11 +530,11 @@ def test_get_by_config():
 
 
 def test_get_errors():
-    available = "available: adagrad, adam, adamax, nadam, rmsprop, sgd"
+    available = "available: adadelta, adagrad, adam, adamax, adamw, ftrl, lion, nadam, rmsprop, sgd"
     with pytest.raises(ValueError, match=f"unknown optimizer 'foo'; {available}"):
         optimizers.get("foo")
-    with pytest.raises(ValueError, match=f"unknown optimizer 'adadelta'; {available}"):
-        optimizers.get({"class_name": "adadelta", "config": {}})
+    with pytest.raises(ValueError, match=f"unknown optimizer 'adafactor'; {available}"):
+        optimizers.get({"class_name": "adafactor", "config": {}})
     with pytest.raises(ValueError, match="expected a 'class_name' entry"):
         optimizers.get({"config": {"learning_rate": 0.1}})
     with pytest.raises(TypeError, match="expected an optimizer name .* received 3"):

@@ -6,7 +6,9 @@
     38/38 [==============================] - 1s 3ms/step - loss: 0.1234 - accuracy: 0.9500
 
 with the bar and the running logs updated in place while the epoch runs (this
-needs the optional ``tqdm`` package). ``verbose=2`` prints only the final line::
+needs the optional ``tqdm`` package and a terminal: when ``sys.stdout`` is not one, a
+file or a pipe, only the bar's final state is printed, one clean line per epoch, as
+Keras does). ``verbose=2`` prints only the final line::
 
     Epoch 3/10
     38/38 - 1s - 3ms/step - loss: 0.1234 - accuracy: 0.9500 - val_loss: 0.2000 - ...
@@ -38,10 +40,14 @@ class ProgbarLogger(Callback):
 
     With ``verbose=1`` a live bar is redrawn while the epoch runs, no more often
     than tqdm's default (every 0.1 s); the batch logs are read only when it is
-    redrawn, so a lazily-synced logs mapping costs one read per redraw. If tqdm
-    is not installed, ``verbose=1`` prints like ``verbose=2`` and says once how
-    to get the live bar. With ``verbose=2`` nothing happens per batch, so ``fit``
-    need not read batch logs from the engine at all.
+    redrawn, so a lazily-synced logs mapping costs one read per redraw. When
+    ``sys.stdout`` is not a terminal (output redirected to a file or a pipe),
+    nothing is drawn during the epoch and its end prints the bar's final line
+    once, ``38/38 [====...] - 1s 3ms/step - loss: ...``, so a log file gets one
+    clean line per epoch. If tqdm is not installed, ``verbose=1`` prints like
+    ``verbose=2`` and says once how to get the live bar. With ``verbose=2``
+    nothing happens per batch, so ``fit`` need not read batch logs from the engine
+    at all.
     """
 
     def __init__(self) -> None:
@@ -50,6 +56,7 @@ class ProgbarLogger(Callback):
         self.epochs: int = 1
         self.target: int | None = None
         self._live_bar: type | None = None
+        self._drawing = False
         self._bar: Any = None
         self._logs: Logs = {}
         self._seen = 0
@@ -65,7 +72,9 @@ class ProgbarLogger(Callback):
         self.epochs = params.get("epochs", 1)
         self.target = params.get("steps")
         self._live_bar = _load_live_bar() if self.verbose == 1 else None
-        # The batch hook lives on the instance so that only a live bar asks fit for batch logs.
+        self._drawing = self._live_bar is not None and _interactive()
+        # The batch hook lives on the instance so that only a bar asks fit for batch logs
+        # (it reads them only to redraw; without a terminal it only counts the steps).
         if self._live_bar is not None:
             self.on_train_batch_end = self._advance  # type: ignore[method-assign]
         else:
@@ -80,7 +89,8 @@ class ProgbarLogger(Callback):
         self._logs = {}
         self._first_step_done = None
         self._epoch_start = perf_counter()
-        if self._live_bar is not None:
+        if self._drawing:
+            assert self._live_bar is not None
             self._bar = self._live_bar(self)
 
     def _advance(self, batch: int, logs: Logs | None = None) -> None:
@@ -104,6 +114,10 @@ class ProgbarLogger(Callback):
             self._bar.n = self._bar.total
             self._bar.close()  # redraws once more with the final line, then ends it
             self._bar = None
+        elif self._live_bar is not None:  # a bar, but no terminal to redraw it on
+            self._logs = logs
+            self._final = True
+            print(self._bar_line(), file=sys.stdout, flush=True)
         elif self.verbose:
             print(self._summary_line(logs), file=sys.stdout, flush=True)
 
@@ -144,6 +158,15 @@ class ProgbarLogger(Callback):
         if current > 1 and self._first_step_done is not None:
             return (now - self._first_step_done) / (current - 1)
         return (now - self._epoch_start) / current if current else 0.0
+
+
+def _interactive() -> bool:
+    """Whether ``sys.stdout`` is a terminal, where a bar can be redrawn in place."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except (ValueError, OSError):  # a closed or detached stream
+        return False
 
 
 def format_value(value: Any) -> str:

@@ -13,6 +13,7 @@ intermediate results.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -43,8 +44,8 @@ def snake_case(class_name: str) -> str:
     return "".join(out)
 
 
-def features_from_shape(input_shape: Any, input_dim: Any, owner: str) -> int | None:
-    """The feature count of ``input_shape=(features,)`` or ``input_dim=features``."""
+def dims_from_shape(input_shape: Any, input_dim: Any, owner: str) -> tuple[int, ...] | None:
+    """The per-sample shape of ``input_shape=(d1, ..., dk)`` or ``input_dim=features``."""
     if input_shape is not None and input_dim is not None:
         raise ValueError(f"{owner}: give input_shape or input_dim, not both")
     if input_dim is not None:
@@ -53,30 +54,57 @@ def features_from_shape(input_shape: Any, input_dim: Any, owner: str) -> int | N
         return None
     if isinstance(input_shape, numbers.Integral):
         input_shape = (input_shape,)
-    shape = tuple(input_shape)
-    if len(shape) != 1 or not isinstance(shape[0], numbers.Integral) or shape[0] < 1:
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if (
+        not shape
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in shape)
+        or any(d < 1 for d in shape)
+    ):
         raise ValueError(
-            f"{owner} expected input_shape=(features,) with a positive integer, for dense "
-            f"networks on flat feature vectors; received input_shape={input_shape!r}"
+            f"{owner} expected input_shape=(features,) or a per-sample shape such as "
+            f"(28, 28) of positive integers (the batch size left out); received "
+            f"input_shape={input_shape!r}"
         )
-    return int(shape[0])
+    return tuple(int(d) for d in shape)
+
+
+def features_from_shape(input_shape: Any, input_dim: Any, owner: str) -> int | None:
+    """The feature count of ``input_shape=(features,)`` or ``input_dim=features``; for a
+    per-sample shape ``(d1, ..., dk)``, the number of values of a sample, ``d1 * ... * dk``
+    (samples reach the engine as flat rows)."""
+    dims = dims_from_shape(input_shape, input_dim, owner)
+    return None if dims is None else math.prod(dims)
+
+
+def shape_text(dims: Sequence[int]) -> str:
+    """``"(None, 28, 28)"``: a batch of samples of per-sample shape ``dims``."""
+    return "(" + ", ".join(["None", *(str(d) for d in dims)]) + ")"
 
 
 class KerasTensor:
-    """A symbolic batch of feature vectors, shape ``(None, features)``: what ``Input``
-    returns and what calling a layer on symbolic tensors returns."""
+    """A symbolic batch, shape ``(None, *dims)``: what ``Input`` returns and what calling
+    a layer on symbolic tensors returns. ``features`` is the number of values of one
+    sample (``prod(dims)``): on the engine a batch is ``(N, features)``, each sample a
+    row-major flat row; ``dims`` is ``(features,)`` unless a multi-dimensional ``Input``
+    or a ``Reshape`` made it."""
 
     def __init__(
-        self, features: int, node: Node | None, name: str, input_layer: Layer | None = None
+        self,
+        features: int,
+        node: Node | None,
+        name: str,
+        input_layer: Layer | None = None,
+        dims: tuple[int, ...] | None = None,
     ) -> None:
         self.features = features
         self.node = node  # the node that made this tensor; set for every tensor but Input's
         self.name = name
         self.input_layer = input_layer  # the InputLayer that made it, for an Input's tensor
+        self.dims: tuple[int, ...] = (features,) if dims is None else tuple(dims)
 
     @property
-    def shape(self) -> tuple[None, int]:
-        return (None, self.features)
+    def shape(self) -> tuple[int | None, ...]:
+        return (None, *self.dims)
 
     def __repr__(self) -> str:
         return f"<KerasTensor shape={self.shape}, name={self.name}>"
@@ -137,7 +165,7 @@ class Variable:
 
     @property
     def trainable(self) -> bool:
-        return self._layer.trainable
+        return self._layer.weight_trainable()[self._index]
 
     @property
     def value(self) -> Array:
@@ -182,6 +210,9 @@ class Layer:
     """
 
     weight_names: tuple[str, ...] = ()
+    #: weights that no gradient reaches and no optimizer updates, even when the layer is
+    #: trainable (BatchNormalization's moving statistics): the layer sets them itself
+    non_trainable_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -199,8 +230,10 @@ class Layer:
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"{cls} expected a non-empty name without '/', received {name!r}")
         self.name = name or unique_name(snake_case(cls))
+        # the per-sample shape of the input, when known and the layer takes one tensor
+        self.input_dims: tuple[int, ...] | None = dims_from_shape(input_shape, input_dim, cls)
         # the input width: an int, or one per input (a list) for a merging layer
-        self.input_features: Any = features_from_shape(input_shape, input_dim, cls)
+        self.input_features: Any = None if self.input_dims is None else math.prod(self.input_dims)
         self.units: int | None = None  # output features once the input width is known
         self.trainable = bool(trainable)
         self.inbound_nodes: list[Node] = []
@@ -334,13 +367,20 @@ class Layer:
     def _weight_names(self) -> list[str]:
         return list(self.weight_names[: len(self.parameter_shapes())])
 
+    def weight_trainable(self) -> list[bool]:
+        """Per weight, in ``parameter_shapes`` order: whether ``fit`` updates it (the layer
+        is trainable and the weight is not one of ``non_trainable_names``)."""
+        return [
+            self.trainable and name not in self.non_trainable_names for name in self._weight_names()
+        ]
+
     @property
     def trainable_weights(self) -> list[Variable]:
-        return self.weights if self.trainable else []
+        return [w for w, flag in zip(self.weights, self.weight_trainable()) if flag]
 
     @property
     def non_trainable_weights(self) -> list[Variable]:
-        return [] if self.trainable else self.weights
+        return [w for w, flag in zip(self.weights, self.weight_trainable()) if not flag]
 
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of this layer's parameters (Dense: kernel ``(in, out)``, then bias);
@@ -372,6 +412,24 @@ class Layer:
         """Number of scalars in the layer's parameters (0 before the layer is built)."""
         return sum(int(np.prod(shape)) for shape in self.parameter_shapes())
 
+    def count_trainable_params(self) -> int:
+        """Number of scalars in the weights ``fit`` updates (``weight_trainable``)."""
+        return sum(
+            int(np.prod(shape))
+            for shape, flag in zip(self.parameter_shapes(), self.weight_trainable())
+            if flag
+        )
+
+    @property
+    def output_shape(self) -> tuple[int | None, ...]:
+        """``(None, *dims)`` of the layer's output (its first call's), as ``summary`` shows it."""
+        if self.inbound_nodes:
+            return self.inbound_nodes[0].output.shape
+        output = getattr(self, "output", None)  # an InputLayer's tensor
+        if isinstance(output, KerasTensor):
+            return output.shape
+        return (None, self.units)
+
     @property
     def output_activation(self) -> str:
         """The activation applied last by this layer (``"linear"`` when none)."""
@@ -395,12 +453,52 @@ class Layer:
                 f"{inputs!r}; to compute on arrays, build a Model and call predict"
             )
         self._check_call(tensors, merges)
+        in_dims = [t.dims for t in tensors]
+        declared = self.input_dims
+        # a flat width that differs is output_features's error, as before
+        multi = declared is not None and len(declared) + len(in_dims[0]) > 2
+        if not merges and multi and declared is not None and declared != in_dims[0]:
+            raise ValueError(
+                f"layer {self.name!r} expects inputs of shape {shape_text(declared)}, "
+                f"received {shape_text(in_dims[0])}"
+            )
         widths = [t.features for t in tensors]
+        out_dims = self.output_dims(in_dims)
         features = self.output_features(widths if merges else widths[0])
+        if not merges:
+            self.input_dims = in_dims[0]
         node = Node(self, tensors, merges)
-        node.output = KerasTensor(features, node, f"{self.name}_{node.index}")
+        node.output = KerasTensor(
+            features,
+            node,
+            f"{self.name}_{node.index}",
+            dims=out_dims if out_dims is not None else (features,),
+        )
         self.inbound_nodes.append(node)
         return node.output
+
+    # Whether each output value depends on the input value at the same position only,
+    # so the layer keeps a multi-dimensional per-sample shape (Dropout, ReLU); a layer
+    # that computes on whole feature rows (Dense, softmax, merges) takes flat features.
+    elementwise = False
+
+    def output_dims(self, input_dims: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The per-sample shape of the output for inputs of per-sample shapes ``input_dims``;
+        ``None`` means flat, ``(output_features,)``.
+
+        Raises ``ValueError`` when a layer that is not ``elementwise`` gets a
+        multi-dimensional input: dlcore computes on flat rows and would not compute what
+        Keras computes on the last axis.
+        """
+        if all(len(dims) == 1 for dims in input_dims):
+            return None
+        if self.elementwise and len(input_dims) == 1:
+            return input_dims[0]
+        received = ", ".join(shape_text(dims) for dims in input_dims)
+        raise ValueError(
+            f"{type(self).__name__} expects flat features (None, n), received {received}: "
+            "add Flatten() before it"
+        )
 
     def _check_call(self, tensors: list[KerasTensor], merges: bool) -> None:
         if merges:
@@ -463,7 +561,9 @@ class Layer:
         config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
         if self.dtype_policy.name != config_module.floatx():
             config["dtype"] = self.dtype_policy.name
-        if isinstance(self.input_features, int):
+        if self.input_dims is not None:
+            config["input_shape"] = list(self.input_dims)
+        elif isinstance(self.input_features, int):
             config["input_shape"] = [self.input_features]
         return config
 

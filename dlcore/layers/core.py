@@ -5,6 +5,7 @@ Layers call engine operations only, so the same layer runs on every engine.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -14,7 +15,7 @@ from dlcore import activations, initializers, regularizers
 from dlcore import config as config_module
 from dlcore.backends.base import Array
 
-from .base import CallState, KerasTensor, Layer, features_from_shape, serialize, unique_name
+from .base import CallState, KerasTensor, Layer, dims_from_shape, serialize, unique_name
 
 
 class InputLayer(Layer):
@@ -34,20 +35,22 @@ class InputLayer(Layer):
     ) -> None:
         if batch_shape is not None and shape is None:
             shape = tuple(batch_shape)[1:]
-        features = features_from_shape(shape, None, "Input")
-        if features is None:
+        dims = dims_from_shape(shape, None, "Input")
+        if dims is None:
             raise ValueError("Input expected shape=(features,), received shape=None")
+        features = math.prod(dims)
         kwargs.pop("input_shape", None)
         kwargs.pop("dtype", None)  # inputs are given to the model in its float dtype
         super().__init__(
             name=name or unique_name("input_layer"), dtype=config_module.floatx(), **kwargs
         )
         self.input_features = features
+        self.input_dims = dims
         self.units = features
-        self.output = KerasTensor(features, None, self.name, input_layer=self)
+        self.output = KerasTensor(features, None, self.name, input_layer=self, dims=dims)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "batch_shape": [None, self.units]}
+        return {"name": self.name, "batch_shape": [None, *self.output.dims]}
 
 
 def Input(  # noqa: N802  (Keras's spelling: a function that returns a tensor)
@@ -250,6 +253,10 @@ class Activation(Layer):
     def output_activation(self) -> str:
         return self.activation
 
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.activation != "softmax"  # softmax reads whole rows
+
     def forward(self, X: Any, *, training: bool, state: CallState | None = None) -> Array:
         Y = self.bound_engine().activation(self.activation, X)
         if training and state is not None:
@@ -278,6 +285,8 @@ class Dropout(Layer):
             engine's generator, which ``dlcore.set_random_seed`` seeds, so runs
             repeat exactly once the global seed is set.
     """
+
+    elementwise = True
 
     def __init__(self, rate: float, **kwargs: Any) -> None:
         kwargs.pop("seed", None)  # masks come from dlcore.set_random_seed's stream

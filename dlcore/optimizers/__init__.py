@@ -21,10 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import schedules
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
+from .adamw import AdamW
 from .base import Optimizer
+from .ftrl import Ftrl
+from .lion import Lion
 from .loss_scale import LossScaleOptimizer
 from .nadam import Nadam
 from .rmsprop import RMSprop
@@ -32,19 +37,25 @@ from .sgd import SGD
 
 __all__ = [
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
+    "AdamW",
     "Adamax",
+    "Ftrl",
+    "Lion",
     "LossScaleOptimizer",
     "Nadam",
     "Optimizer",
     "RMSprop",
     "get",
+    "schedules",
 ]
 
 # The registry: each optimizer by its lowercased class name.
 _CLASSES: dict[str, type[Optimizer]] = {
-    cls.__name__.lower(): cls for cls in (SGD, Adam, RMSprop, Adagrad, Adamax, Nadam)
+    cls.__name__.lower(): cls
+    for cls in (SGD, Adam, RMSprop, Adagrad, Adamax, Nadam, AdamW, Adadelta, Lion, Ftrl)
 }
 # Optimizers that wrap another: made from a config dict or an instance, not a bare name.
 _WRAPPERS: dict[str, type[Optimizer]] = {"lossscaleoptimizer": LossScaleOptimizer}
@@ -63,7 +74,8 @@ def get(identifier: Any) -> Optimizer:
     Args:
         identifier: an ``Optimizer`` (returned as is); a name, case-insensitive
             (``"sgd"``, ``"adam"``, ``"rmsprop"``, ``"adagrad"``, ``"adamax"``,
-            ``"nadam"``), giving the optimizer with Keras's defaults; or a dict
+            ``"nadam"``, ``"adamw"``, ``"adadelta"``, ``"lion"``, ``"ftrl"``), giving the
+            optimizer with Keras's defaults; or a dict
             ``{"class_name": name, "config": get_config() dict}`` (``"name"`` is
             accepted for ``"class_name"``; ``"LossScaleOptimizer"`` too).
 

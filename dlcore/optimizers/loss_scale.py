@@ -144,6 +144,7 @@ class LossScaleOptimizer(Optimizer):
         params: Array,
         grads: Array,
         segments: Sequence[tuple[int, int]] | None = None,
+        variables: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """One step from gradients of the loss multiplied by ``loss_scale``: skipped (and
         the scale halved) when any gradient in ``segments`` is not finite, else the inner
@@ -167,12 +168,16 @@ class LossScaleOptimizer(Optimizer):
         if self._workspace is None or self._workspace.engine is not engine:
             self._workspace = Workspace(engine)
         unscaled = engine.scale(grads, 1.0 / self._loss_scale, workspace=self._workspace)
-        self.inner_optimizer.apply(engine, params, unscaled, segments)
+        self.inner_optimizer.apply(engine, params, unscaled, segments, variables)
         if self._finite_steps == self.dynamic_growth_steps - 1:
             self._loss_scale *= 2.0
             self._finite_steps = 0
         else:
             self._finite_steps += 1
+
+    def finalize_variable_values(self, engine: Engine, params: Array) -> None:
+        """The inner optimizer's end of training (its moving average, if any)."""
+        self.inner_optimizer.finalize_variable_values(engine, params)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, np.ndarray]:
