@@ -85,13 +85,24 @@ def _metrics(lib):
     ]
 
 
+@pytest.fixture(autouse=True)
+def _keras_float64():
+    """float64 in Keras for each test, its floatx and dtype policy restored afterwards (a
+    later module may run with float64 turned off in JAX)."""
+    saved = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(saved[0])
+    keras.config.set_dtype_policy(saved[1])
+
+
 def _weighted(lib):
     return ["accuracy", lib.AUC(num_thresholds=50, name="auc"), "mse", lib.F1Score(average=None)]
 
 
 def _models():
     X, Y, w, weights = _data()
-    keras.config.set_floatx("float64")
     k_model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES, "softmax")])
     k_model.set_weights(weights)
     k_model.compile(
