@@ -153,6 +153,18 @@ class Engine(abc.ABC):
     def to_numpy(self, A: Array) -> np.ndarray:
         """Copy an engine array of any shape back to a host NumPy array (same dtype)."""
 
+    def from_external(self, data: Any, *, dtype: str) -> Array | None:
+        """Another library's array as an engine array sharing its memory, or ``None``.
+
+        ``data`` is any object speaking DLPack (``__dlpack__``) or
+        ``__cuda_array_interface__`` (a PyTorch, JAX or CuPy tensor). The result is a view
+        of the same memory, of the same shape, when the engine can take ``data`` without
+        a copy: on the engine's device, of dtype ``dtype`` (a name, as ``asarray``) and
+        C-contiguous; otherwise ``None``, and the caller copies. Callers never write to
+        the result. The default takes nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def zeros(self, shape: tuple[int, ...], *, dtype: str) -> Array:
         """A new zero-filled engine array of ``shape`` and ``dtype``."""

@@ -59,6 +59,21 @@ class ArrayAPIEngine(Engine):
     def assign(self, dst: Array, src: Array) -> None:
         dst[...] = src
 
+    def from_external(self, data: Any, *, dtype: str) -> Array | None:
+        from_dlpack = getattr(self.xp, "from_dlpack", None)
+        if from_dlpack is None or not hasattr(data, "__dlpack__"):
+            return None
+        try:
+            A = from_dlpack(data)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            return None  # on another device, or of a dtype the namespace lacks
+        if getattr(A, "device", self._device) != self._device or dtype_name(A.dtype) != dtype:
+            return None
+        flags = getattr(A, "flags", None)  # NumPy and CuPy arrays tell their layout
+        if flags is not None and not flags.c_contiguous:
+            return None
+        return A
+
     def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
         converted = self.xp.astype(A, getattr(self.xp, dtype))
         if out is None:

@@ -204,6 +204,19 @@ class NumbaEngine(Engine):
             return HostRows(host)
         return self._cuda.to_device(host, stream=self.stream)
 
+    def from_external(self, data: Any, *, dtype: str) -> Array | None:
+        as_cuda_array = getattr(self._cuda, "as_cuda_array", None)  # the simulator lacks it
+        if as_cuda_array is None or not hasattr(data, "__cuda_array_interface__"):
+            return None
+        try:
+            # a view of the producer's memory; synchronises with the stream it names
+            A = as_cuda_array(data)
+        except (TypeError, ValueError, NotImplementedError):
+            return None
+        if A.dtype != np.dtype(dtype) or not A.is_c_contiguous():
+            return None
+        return A
+
     def to_numpy(self, A: Array) -> np.ndarray:
         if isinstance(A, HostRows):
             return A.host.copy()

@@ -19,8 +19,17 @@ def _engines(_: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from dlcore import demo
 
+    folder = os.path.dirname(os.path.abspath(args.plot)) if args.plot else None
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(f"--plot {args.plot}: the folder {folder} does not exist")
+
     result = demo.run(
-        args.backend, epochs=args.epochs, seed=args.seed, verbose=args.verbose, save_path=args.save
+        args.backend,
+        epochs=args.epochs,
+        seed=args.seed,
+        verbose=args.verbose,
+        save_path=args.save,
+        plot_path=args.plot,
     )
     if result.reload_max_difference != 0.0:
         print("the reloaded model predicts differently", file=sys.stderr)
@@ -188,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     demo.add_argument("--save", metavar="PATH", help="keep the trained model at PATH")
+    demo.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the learning curves (loss and accuracy, training and validation) "
+        'to FILE.png; needs matplotlib (pip install "dlcore[plot]")',
+    )
     demo.set_defaults(run=_demo)
     doctor = commands.add_parser(
         "doctor", help="check every engine against numpy here, and time gemm on a GPU"

@@ -16,13 +16,7 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
     """``data`` as a NumPy array of real numbers, or a TypeError/ValueError that says why not."""
     if data is None:
         raise ValueError(f"{name} is None; pass a NumPy array (or nested lists) of numbers")
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"{name} could not be converted to a numeric array ({error}); "
-            "pass a rectangular NumPy array of numbers"
-        ) from None
+    array = host_view(data, name)
     if array.dtype.kind == "O":
         array = _object_as_numbers(array, name)
     if array.dtype.kind == "c":
@@ -33,6 +27,63 @@ def as_numeric(data: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {array.shape}); pass at least one sample")
     _check_finite(array, name)
     return array
+
+
+# DLPack device types whose memory the host reads: CPU, CUDA pinned host, CUDA managed
+_HOST_DLPACK_DEVICES = (1, 3, 13)
+
+
+def host_view(data: Any, name: str) -> np.ndarray:
+    """``data`` as a NumPy array, sharing the memory of a host tensor of another library.
+
+    A PyTorch, JAX or other tensor that speaks DLPack (``__dlpack__``) and lives in host
+    memory is taken with ``np.from_dlpack``: no copy, so a float32 tensor trains a float32
+    model in place. A tensor that is not C-contiguous (a slice with a step, a transpose)
+    or that is read-only (a JAX array) is copied into a C-contiguous array. Anything else
+    goes through ``np.asarray``.
+
+    Raises:
+        ValueError: ``data`` cannot be read as an array on the host (a tensor on a GPU,
+            one that requires grad, a dtype NumPy lacks such as bfloat16), saying why and
+            what to pass instead.
+    """
+    if isinstance(data, np.ndarray):
+        return data
+    dlpack_error = None
+    if hasattr(data, "__dlpack__"):
+        where = _dlpack_device(data)
+        if where is not None and where[0] not in _HOST_DLPACK_DEVICES:
+            raise ValueError(
+                f"{name} is a {type(data).__name__} on a device (DLPack device {where}); the "
+                "data checks read it on the host: pass a host copy (e.g. x.cpu() for PyTorch, "
+                "cupy.asnumpy(x) for CuPy)"
+            )
+        try:
+            array = np.from_dlpack(data)
+        except (BufferError, RuntimeError, TypeError, ValueError) as error:
+            dlpack_error = error  # np.asarray may still read it; else the message says why
+        else:
+            if array.flags.c_contiguous and array.flags.writeable:
+                return array
+            # the compiled CPU paths (Numba) take writable C-contiguous arrays only
+            return np.array(array, order="C")
+    try:
+        return np.asarray(data)
+    except (ValueError, TypeError, RuntimeError) as error:
+        reason = f"{error}; through DLPack: {dlpack_error}" if dlpack_error else f"{error}"
+        raise ValueError(
+            f"{name} could not be converted to a numeric array ({reason}); "
+            "pass a rectangular NumPy array of numbers"
+        ) from None
+
+
+def _dlpack_device(data: Any) -> tuple[int, int] | None:
+    """``data.__dlpack_device__()`` as ``(device type, id)``, or ``None`` when it has none."""
+    try:
+        kind, index = data.__dlpack_device__()
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
+    return int(kind), int(index)
 
 
 def _object_as_numbers(array: np.ndarray, name: str) -> np.ndarray:
@@ -197,8 +248,8 @@ def flatten_samples(
     if dims is not None and len(dims) == 1:
         return x, None
     try:
-        array = np.asarray(x)
-    except (ValueError, TypeError):
+        array = host_view(x, name)
+    except ValueError:
         return x, None  # check_features says what is wrong with it
     if array.dtype.kind not in "biuf" or array.ndim == 0 or array.size == 0:
         return x, None

@@ -69,6 +69,7 @@ def run(
     seed: int = 0,
     verbose: int = 1,
     save_path: str | None = None,
+    plot_path: str | None = None,
 ) -> DemoResult:
     """Train, evaluate, save, reload and compare; prints progress unless ``verbose=0``.
 
@@ -78,7 +79,13 @@ def run(
         seed: seed of weights and shuffling.
         verbose: 0 silent, 1 progress bar, 2 one line per epoch.
         save_path: where to save the model; a temporary file when ``None``.
+        plot_path: where to save the learning curves (loss and accuracy, training and
+            validation) as a PNG; needs matplotlib (``pip install 'dlcore[plot]'``).
     """
+    if plot_path is not None:
+        from dlcore import plot
+
+        plot.require_matplotlib()  # fail now, not after training
     say = print if verbose else (lambda *args, **kwargs: None)
     x, y = load_digits_data()
     dlcore.set_random_seed(seed)
@@ -92,6 +99,9 @@ def run(
             x, y, epochs=epochs, validation_split=0.3, callbacks=[stopper], verbose=verbose
         )
         seconds = time.perf_counter() - started
+        if plot_path is not None:
+            history.plot(path=plot_path)
+            say(f"learning curves written to {plot_path}")
         split_at = int(len(x) * 0.7)
         # the model has one metric, so evaluate returns [loss, accuracy]
         _, val_accuracy = cast("list[float]", model.evaluate(x[split_at:], y[split_at:], verbose=0))

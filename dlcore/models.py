@@ -558,6 +558,26 @@ class Model(Trainer):
         """The architecture as a JSON string; ``model_from_json`` reads it back."""
         return json.dumps({"class_name": self._class_key(), "config": self.get_config()}, **kwargs)
 
+    def export(
+        self,
+        filepath: Any,
+        format: str | None = None,  # noqa: A002  (Keras's name)
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the inference graph to ``filepath`` as ONNX (``format="onnx"``, or
+        ``None`` with a ``.onnx`` suffix); ``opset_version=`` picks the opset (17).
+        See ``dlcore.onnx_export.export``; needs ``pip install dlcore[onnx]``."""
+        from dlcore import onnx_export  # the onnx package is imported only when exporting
+
+        opset_version = kwargs.pop("opset_version", None)
+        if kwargs:
+            raise TypeError(f"export() got unsupported argument(s) {', '.join(kwargs)}")
+        onnx_export.export(
+            self, filepath, format, verbose, input_signature, opset_version=opset_version
+        )
+
     @classmethod
     def _class_key(cls) -> str:
         return "Functional"

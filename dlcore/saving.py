@@ -176,18 +176,40 @@ def _restore_compile(
         optimizer.set_state(engine, state, model.dtype)
 
 
-def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) -> None:
+def save_model(
+    model: Any,
+    filepath: str | os.PathLike,
+    overwrite: bool = True,
+    save_format: str | None = None,
+) -> None:
     """Save architecture, weights, and compile settings with optimizer state to one file.
 
-    Any file name works (``model.h5``, ``model.keras``, ``model.dlcore``); the
-    format is dlcore's own safe archive, read back by ``load_model``. The file
-    is written to a temporary name first and renamed, so an interrupted save
+    By default any file name (``model.keras``, ``model.dlcore``, ``model.h5``) gets
+    dlcore's own safe archive, which keeps the optimizer's state, dtype policies and
+    custom functions and needs nothing but NumPy. ``save_format="keras"`` writes Keras
+    3's own format instead, which ``keras.saving.load_model`` reads (see
+    ``dlcore.keras_files``; needs h5py): architecture, weights and compile settings,
+    without the optimizer's state. ``load_model`` reads both, told apart by content.
+    The file is written to a temporary name first and renamed, so an interrupted save
     never damages an existing file.
     """
     model._ensure_built("save()")
     path = os.fspath(filepath)
+    if save_format not in (None, "keras", "dlcore"):
+        raise ValueError(f"save_format must be None, 'keras' or 'dlcore', received {save_format!r}")
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
+    if save_format == "keras":
+        from dlcore import keras_files
+
+        try:
+            keras_files.save_keras_file(model, path)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot write {path} in Keras's format: {error}; leave save_format out "
+                "for dlcore's own format, which keeps everything"
+            ) from None
+        return
     description, arrays = model_state(model)
     archive.write_archive(path, description, arrays)
 
@@ -197,7 +219,8 @@ def load_model(
     custom_objects: Mapping[str, Any] | None = None,
     compile: bool = True,
 ) -> Any:
-    """Load a model written by ``save`` onto the current engine.
+    """Load a model written by ``save`` (or by Keras: a ``.keras`` or HDF5 file, told
+    apart by content; see ``dlcore.keras_files``) onto the current engine.
 
     A compiled model comes back compiled with its optimizer state, so ``fit``
     continues where it stopped. Nothing in the file is unpickled or executed, nothing
@@ -217,6 +240,11 @@ def load_model(
             file and the problem.
     """
     path = os.fspath(filepath)
+    if os.path.isfile(path):
+        from dlcore import keras_files
+
+        if keras_files.is_keras_zip(path) or keras_files.is_hdf5(path):
+            return keras_files.load_keras_file(path, compile=compile)
     description, arrays = archive.read_archive(
         path, _model_members(path, compile=compile, custom_objects=custom_objects)
     )

@@ -1596,9 +1596,17 @@ class Trainer(abc.ABC):
         several outputs; computed in batches of ``batch_size`` (32).
 
         ``callbacks`` get the ``on_predict_*`` hooks, each batch's outputs in
-        ``logs["outputs"]``.
+        ``logs["outputs"]``. ``output="engine"`` returns the engine's own arrays instead
+        of host copies (NumPy arrays on numpy, device arrays on a GPU engine), for data
+        that stays on the device; the default ``output="numpy"`` copies to the host.
         """
         steps = kwargs.pop("steps", None)
+        output = kwargs.pop("output", "numpy")
+        if output not in ("numpy", "engine"):
+            raise ValueError(
+                f"predict(output=...) must be 'numpy' (host arrays) or 'engine' (the engine's "
+                f"arrays, e.g. on the GPU); received output={output!r}"
+            )
         if kwargs:
             raise TypeError(f"predict() got unsupported argument(s) {', '.join(kwargs)}")
         batch_size = data_checks.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
@@ -1620,6 +1628,8 @@ class Trainer(abc.ABC):
         if steps is not None:  # the first steps batches, as Keras
             rows = _positive(steps, "steps") * batch_size
             xs = [a[:rows] for a in xs]
+        if output == "engine":
+            return self._predict_on_engine(xs, batch_size, callbacks)
         self._claim_layers()
         hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
         started = time.perf_counter()
@@ -1640,6 +1650,31 @@ class Trainer(abc.ABC):
         joined = [np.concatenate(parts, axis=0) for parts in zip(*batches)]
         # an output of a multi-dimensional per-sample shape (a Reshape) as (N, *dims)
         joined = [part.reshape(len(part), *t.dims) for part, t in zip(joined, self._outputs)]
+        return self._structure(joined)
+
+    def _predict_on_engine(self, xs: list[np.ndarray], batch_size: int, callbacks: Any) -> Any:
+        """``predict(output="engine")``: each output gathered batch by batch into one engine
+        array ``(N, *dims)`` in the output's dtype, never copied to the host."""
+        self._claim_layers()
+        hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
+        engine = self._built_engine()
+        X, _ = self._to_engine(xs, None)
+        n = len(xs[0])
+        flats: list[Array] = []
+        hooks.on_predict_begin()
+        for step, start in enumerate(range(0, n, batch_size)):
+            hooks.on_predict_batch_begin(step)
+            stop = min(start + batch_size, n)
+            outputs = self._forward([engine.slice_rows(A, start, stop) for A in X])
+            for k, out in enumerate(outputs):
+                width = int(np.prod(out.shape[1:], dtype=np.int64))
+                if len(flats) <= k:
+                    flats.append(engine.zeros((n * width,), dtype=dtype_name(out.dtype)))
+                rows = engine.split_views(flats[k], [(start * width,), tuple(out.shape)])[1]
+                engine.assign(rows, out)
+            hooks.on_predict_batch_end(step, {"outputs": self._structure(list(outputs))})
+        hooks.on_predict_end()
+        joined = [engine.split_views(f, [(n, *t.dims)])[0] for f, t in zip(flats, self._outputs)]
         return self._structure(joined)
 
     def _structure(self, arrays: list[np.ndarray]) -> Any:
@@ -1703,10 +1738,13 @@ class Trainer(abc.ABC):
         return self.predict(x, batch_size=len(xs[0]))
 
     # ------------------------------------------------------------------ saving
-    def save(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
+    def save(
+        self, filepath: str | os.PathLike, overwrite: bool = True, save_format: str | None = None
+    ) -> None:
         """Save the architecture, the weights, and the compile settings with the
-        optimizer state to one file (see ``dlcore.saving.save_model``)."""
-        saving.save_model(self, filepath, overwrite=overwrite)
+        optimizer state to one file; ``save_format="keras"`` writes Keras 3's own format
+        (see ``dlcore.saving.save_model``)."""
+        saving.save_model(self, filepath, overwrite=overwrite, save_format=save_format)
 
     def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:
         """Save only the weights (read back by ``load_weights`` into the same architecture)."""

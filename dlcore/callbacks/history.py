@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlcore import plot
 from dlcore.callbacks.base import Callback, Logs
 
 
@@ -30,3 +31,12 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
+
+    def plot(self, metrics: list[str] | None = None, path: str | None = None) -> Any:
+        """The learning curves: a matplotlib ``Figure`` with one panel per metric
+        (``loss`` first, then each metric), the training and validation values over
+        the epochs, axes labelled and a legend; saved as a PNG at ``path`` when given.
+
+        Needs matplotlib (``pip install 'dlcore[plot]'``); see ``dlcore.plot``.
+        """
+        return plot.history_figure(self, metrics=metrics, path=path)

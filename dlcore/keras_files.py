@@ -1,0 +1,515 @@
+"""Keras's own model files, both ways: Keras 3 ``.keras`` archives and Keras 2 HDF5 files.
+
+Reading (``load_keras_file``) turns a Keras config into dlcore's, layer by layer, for the
+layers dlcore has (``KERAS_LAYERS``), and copies the weights in by layer name. Anything
+else is refused by its class name; a ``"module"`` that is not Keras's own, a
+``Lambda`` layer or a registered custom object is refused too: nothing is
+unpickled, imported or executed. Writing (``save_keras_file``) makes the zip that
+``keras.saving.load_model`` reads: ``metadata.json``, ``config.json`` and
+``model.weights.h5`` with each layer's weights under ``layers/<path>/vars/<index>``.
+
+The HDF5 parts need ``h5py`` (``pip install dlcore[keras-files]``), imported only here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from dlcore import losses, metric_objects, optimizers
+from dlcore.archive import ModelFileError
+
+_KERAS_MODULES = (
+    "keras",
+    "keras.layers",
+    "keras.src.models.functional",
+    "keras.models",
+    "keras.optimizers",
+    "keras.losses",
+    "keras.metrics",
+)
+#: keyword arguments of a layer call that do not change the graph
+_CALL_KWARGS = ("training", "mask")
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+_INPUT_KEYS = ("batch_shape", "batch_input_shape")
+_MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+#: Keras layer class -> the config keys dlcore's layer of that name takes
+KERAS_LAYERS: dict[str, tuple[str, ...]] = {
+    "Dense": ("units", "activation", "use_bias"),
+    "Activation": ("activation",),
+    "Dropout": ("rate",),
+    "PReLU": (),
+    "ReLU": ("max_value", "negative_slope", "threshold"),
+    "LeakyReLU": ("negative_slope",),
+    "ELU": ("alpha",),
+    "Softmax": ("axis",),
+    "Flatten": (),
+    "Reshape": ("target_shape",),
+    "GaussianNoise": ("stddev",),
+    "GaussianDropout": ("rate",),
+    "AlphaDropout": ("rate",),
+    "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
+    "LayerNormalization": ("axis", "epsilon", "center", "scale"),
+    **{name: () for name in _MERGES if name != "Concatenate"},
+    "Concatenate": ("axis",),
+}
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(
+            "reading and writing Keras model files needs h5py: pip install dlcore[keras-files]"
+        ) from None
+    return h5py
+
+
+def is_keras_zip(path: str) -> bool:
+    """Whether ``path`` is a Keras 3 ``.keras`` archive (a zip with ``config.json`` and
+    ``model.weights.h5``), judged by its content, not its name."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return {"config.json", "model.weights.h5"} <= names
+
+
+def is_hdf5(path: str) -> bool:
+    """Whether ``path`` starts with HDF5's signature."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ reading
+def load_keras_file(path: str, *, compile: bool = True) -> Any:
+    """A dlcore model on the current engine from a Keras 3 ``.keras`` or Keras 2 ``.h5``
+    file: the architecture, the float32 weights and, when ``compile`` and they map to
+    dlcore's, the optimizer, loss and metrics (else uncompiled, with a warning).
+
+    Raises:
+        ModelFileError: the file is damaged, or holds a layer, a module or a setting that
+            dlcore does not have (named in the message).
+        ImportError: h5py is missing.
+    """
+    h5py = _h5py()
+    try:
+        if is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                config = _json_attr(f, "model_config")
+                training = (
+                    _json_attr(f, "training_config") if "training_config" in f.attrs else None
+                )
+                group = f["model_weights"] if "model_weights" in f else f
+                weights = _h5_legacy_weights(group)
+            compile_config = _legacy_compile(training)
+        else:
+            with zipfile.ZipFile(path) as zf:
+                config = json.loads(zf.read("config.json"))
+                data = zf.read("model.weights.h5")
+            with h5py.File(io.BytesIO(data), "r") as f:
+                weights = _h5_v3_weights(f)
+            compile_config = config.get("compile_config") if isinstance(config, dict) else None
+        model = _model_from_keras(config)
+        _assign(model, weights)
+    except ModelFileError:
+        raise
+    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as error:
+        what = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise ModelFileError(path, f"{path} is not a Keras model dlcore can read: {what}") from None
+    if compile and compile_config:
+        _compile(model, compile_config, path)
+    return model
+
+
+def _json_attr(f: Any, key: str) -> Any:
+    value = f.attrs[key]
+    return json.loads(value.decode() if isinstance(value, bytes) else str(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _h5_v3_weights(f: Any) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its weights, from a Keras 3 ``model.weights.h5``."""
+    found: dict[str, list[np.ndarray]] = {}
+    layers = f["layers"] if "layers" in f else {}
+    for key in layers:
+        vars_group = layers[key].get("vars")
+        if vars_group is None:
+            continue
+        name = _text(vars_group.attrs.get("name", key))
+        found[name] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+    return found
+
+
+def _h5_legacy_weights(group: Any) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its weights, from a Keras 2 ``model_weights`` group."""
+    found = {}
+    for name in (_text(n) for n in group.attrs["layer_names"]):
+        layer = group[name]
+        found[name] = [np.asarray(layer[_text(w)]) for w in layer.attrs["weight_names"]]
+    return found
+
+
+def _legacy_compile(training: Any) -> dict[str, Any] | None:
+    if not isinstance(training, dict):
+        return None
+    return {
+        "optimizer": training.get("optimizer_config"),
+        "loss": training.get("loss"),
+        "metrics": training.get("metrics"),
+    }
+
+
+def _check_module(entry: Mapping[str, Any]) -> None:
+    """Refuse objects that are not Keras's own: they would need code to be imported."""
+    module = entry.get("module")
+    if module is not None and module not in _KERAS_MODULES:
+        raise ValueError(
+            f"{entry.get('class_name')!r} comes from module {module!r}, which is not one of "
+            "Keras's own; dlcore never imports code from a model file"
+        )
+    if entry.get("registered_name") not in (None, entry.get("class_name"), "Functional"):
+        raise ValueError(
+            f"{entry.get('registered_name')!r} is a registered custom object; dlcore never "
+            "runs code from a model file"
+        )
+
+
+def _layer_config(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """dlcore's ``{"class_name", "config"}`` of one Keras layer entry."""
+    _check_module(entry)
+    cls = str(entry.get("class_name"))
+    config = entry["config"]
+    if cls == "InputLayer":
+        shape = next((config[k] for k in _INPUT_KEYS if config.get(k) is not None), None)
+        if shape is None:
+            raise ValueError(f"the InputLayer {config.get('name')!r} has no batch_shape")
+        return {
+            "class_name": "InputLayer",
+            "config": {"name": config["name"], "batch_shape": shape},
+        }
+    if cls not in KERAS_LAYERS:
+        raise ValueError(f"{cls} is not a layer dlcore has")
+    ours: dict[str, Any] = {"name": config["name"], "trainable": config.get("trainable", True)}
+    for key in KERAS_LAYERS[cls]:
+        if key in config and config[key] is not None:
+            ours[key] = list(config[key]) if isinstance(config[key], list) else config[key]
+    if cls == "LeakyReLU" and "alpha" in config and "negative_slope" not in config:
+        ours["negative_slope"] = config["alpha"]  # Keras 2's spelling
+    if isinstance(ours.get("activation"), dict):
+        raise ValueError(f"layer {config['name']!r} has a custom activation {ours['activation']}")
+    return {"class_name": cls, "config": ours}
+
+
+def _tensor_refs(node: Any) -> tuple[list[list[Any]], bool]:
+    """The ``[layer, node, index]`` references one Keras call reads, and whether it
+    read a list; both Keras 3's ``{"args", "kwargs"}`` and Keras 2's list forms."""
+    if isinstance(node, dict):
+        extra = sorted(set(node.get("kwargs") or {}) - set(_CALL_KWARGS))
+        if extra:
+            raise ValueError(f"a layer call has keyword arguments {extra}")
+        arg = node["args"][0]
+        tensors = arg if isinstance(arg, list) else [arg]
+        refs = [list(t["config"]["keras_history"]) for t in tensors]
+        return refs, isinstance(arg, list)
+    refs = [list(ref[:3]) for ref in node]
+    return refs, len(refs) > 1
+
+
+def _model_from_keras(config: Any) -> Any:
+    """A built dlcore model from a Keras model config."""
+    from dlcore.models import Model, Sequential
+
+    if not isinstance(config, dict):
+        raise ValueError("its model config is not a JSON object")
+    _check_module(config)
+    cls = config.get("class_name")
+    if cls not in _MODEL_CLASSES:
+        raise ValueError(f"{cls} is not a model class dlcore has (Sequential, Functional)")
+    body = config["config"]
+    entries = body["layers"]
+    if cls == "Sequential":
+        layers = [_layer_config(e) for e in entries]
+        shape = body.get("build_input_shape")
+        if layers and layers[0]["class_name"] == "InputLayer":
+            shape = layers.pop(0)["config"]["batch_shape"]
+        first = entries[0]["config"] if entries else {}
+        shape = shape or first.get("batch_input_shape") or first.get("batch_shape")
+        if not shape:
+            raise ValueError("the Sequential model has no input shape")
+        dims = [int(d) for d in shape[1:]]
+        ours = {
+            "name": body.get("name"),
+            "input_features": int(np.prod(dims)),
+            "input_shape": dims,
+            "layers": layers,
+        }
+        model: Any = Sequential.from_config(ours)
+    else:
+        layers = []
+        for entry in entries:
+            layer = _layer_config(entry)
+            calls = [_tensor_refs(node) for node in entry.get("inbound_nodes", [])]
+            layer["name"] = layer["config"]["name"]
+            layer["inbound_nodes"] = [refs for refs, _ in calls]
+            layer["merges"] = [merged or entry["class_name"] in _MERGES for _, merged in calls]
+            layers.append(layer)
+
+        def refs(value: Any) -> list[list[Any]]:
+            return (
+                [list(value)] if value and isinstance(value[0], str) else [list(v) for v in value]
+            )
+
+        ours = {
+            "name": body.get("name"),
+            "layers": layers,
+            "input_layers": refs(body["input_layers"]),
+            "output_layers": refs(body["output_layers"]),
+        }
+        model = Model.from_config(ours)
+    model.build()
+    return model
+
+
+def _assign(model: Any, weights: Mapping[str, list[np.ndarray]]) -> None:
+    """Copy each layer's weights from the file, checking names and shapes."""
+    for layer in model.layers:
+        own = layer.get_weights()
+        given = weights.get(layer.name, [])
+        if len(given) != len(own):
+            raise ValueError(
+                f"layer {layer.name!r} has {len(own)} weights but the file holds {len(given)}"
+            )
+        for mine, theirs in zip(own, given):
+            if mine.shape != theirs.shape:
+                raise ValueError(
+                    f"layer {layer.name!r}: a weight of shape {theirs.shape} in the file, "
+                    f"{mine.shape} in the model"
+                )
+        if own:
+            layer.set_weights(given)
+
+
+def _compile(model: Any, compiled: Mapping[str, Any], path: str) -> None:
+    """Compile ``model`` with the file's settings when dlcore has them; else warn."""
+    try:
+        opt = compiled.get("optimizer")
+        if isinstance(opt, dict):
+            _check_module(opt)
+            known = optimizers.get(str(opt["class_name"]).lower()).get_config()
+            opt = {
+                "class_name": opt["class_name"],
+                "config": {k: v for k, v in opt["config"].items() if k in known},
+            }
+        loss = compiled.get("loss")
+        metrics = compiled.get("metrics") or None
+        if isinstance(loss, dict) or (
+            isinstance(metrics, list) and any(not isinstance(m, str) for m in metrics)
+        ):
+            raise ValueError("a loss or metric that is not a Keras name")
+        model.compile(optimizer=optimizers.get(opt), loss=losses.get(loss), metrics=metrics)
+    except (ValueError, TypeError, KeyError) as error:
+        warnings.warn(
+            f"{path}: the compile settings do not map to dlcore's ({error}); the model is "
+            "loaded uncompiled: call model.compile()",
+            stacklevel=3,
+        )
+
+
+# ------------------------------------------------------------------------------ writing
+def _snake(name: str) -> str:
+    """Keras's ``to_snake_case``: how its weights file names a layer of a class."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_layer(layer: Any, input_shape: Any) -> dict[str, Any]:
+    """One layer's Keras 3 config entry; refuses what Keras's layer cannot express."""
+    cls = type(layer).__name__
+    if cls not in KERAS_LAYERS:
+        raise ValueError(f"{cls} has no Keras counterpart; save to another suffix (.dlcore)")
+    ours = layer.get_config()
+    config: dict[str, Any] = {"name": layer.name, "trainable": layer.trainable, "dtype": "float32"}
+    for key in KERAS_LAYERS[cls]:
+        if key in ours:
+            config[key] = ours[key]
+    from dlcore.backends import names
+
+    activation = config.get("activation")
+    if activation is not None and activation not in names.ACTIVATIONS:
+        raise ValueError(f"layer {layer.name!r} has the custom activation {activation!r}")
+    entry: dict[str, Any] = {
+        "module": "keras.layers",
+        "class_name": cls,
+        "config": config,
+        "registered_name": None,
+    }
+    if input_shape is not None:
+        entry["build_config"] = {"input_shape": input_shape}
+    return entry
+
+
+def _tensor(ref: list[Any], width: int) -> dict[str, Any]:
+    return {
+        "class_name": "__keras_tensor__",
+        "config": {"shape": [None, width], "dtype": "float32", "keras_history": ref},
+    }
+
+
+def keras_config(model: Any) -> tuple[dict[str, Any], list[Any]]:
+    """Keras 3's ``config.json`` of ``model`` and its layers in Keras's order (the order
+    that names their weights)."""
+    if model._class_key() == "Sequential":
+        width = int(model.input_features)
+        shape = [None, *model.input_shape[1:]]
+        entries = [
+            {
+                "module": "keras.layers",
+                "class_name": "InputLayer",
+                "config": {"batch_shape": shape, "dtype": "float32", "name": "input_layer"},
+                "registered_name": None,
+            }
+        ]
+        for layer in model.layers:
+            entries.append(_keras_layer(layer, [None, width] if layer.get_weights() else None))
+            width = layer.output_features(width)
+        body = {"name": model.name, "trainable": True, "layers": entries}
+        return {
+            "module": "keras",
+            "class_name": "Sequential",
+            "config": body,
+            "registered_name": None,
+            "build_config": {"input_shape": shape},
+        }, model.layers
+    ours = model.get_config()
+    widths = {layer.name: layer for layer in model.layers}
+    entries = []
+    for item in ours["layers"]:
+        layer = widths[item["name"]]
+        if item["class_name"] == "InputLayer":
+            entry: dict[str, Any] = {
+                "module": "keras.layers",
+                "class_name": "InputLayer",
+                "config": {
+                    "batch_shape": item["config"]["batch_shape"],
+                    "dtype": "float32",
+                    "name": layer.name,
+                },
+                "registered_name": None,
+            }
+            entry.update(name=layer.name, inbound_nodes=[])
+            entries.append(entry)
+            continue
+        nodes: list[Any] = []
+        for refs, merged in zip(item["inbound_nodes"], item["merges"]):
+            tensors = [_tensor(list(ref), _width(model, ref)) for ref in refs]
+            nodes.append({"args": [tensors if merged else tensors[0]], "kwargs": {}})
+        first = [[None, _width(model, ref)] for ref in item["inbound_nodes"][0]]
+        entry = _keras_layer(layer, (first if item["merges"][0] else first[0]) if first else None)
+        entry.update(name=layer.name, inbound_nodes=nodes)
+        entries.append(entry)
+    one = len(ours["input_layers"]) == 1
+    body = {
+        "name": model.name,
+        "trainable": True,
+        "layers": entries,
+        "input_layers": ours["input_layers"][0] if one else ours["input_layers"],
+        "output_layers": (
+            ours["output_layers"][0] if len(ours["output_layers"]) == 1 else ours["output_layers"]
+        ),
+    }
+    order = [widths[item["name"]] for item in ours["layers"]]
+    return {
+        "module": "keras.src.models.functional",
+        "class_name": "Functional",
+        "config": body,
+        "registered_name": "Functional",
+        "build_config": {"input_shape": None},
+    }, order
+
+
+def _width(model: Any, ref: list[Any]) -> int:
+    """The width of the tensor ``[layer, node, index]`` of ``model``."""
+    layer = model.get_layer(str(ref[0]))
+    if type(layer).__name__ == "InputLayer":
+        return int(layer.output.features)
+    nodes = [node for node in model._nodes if node.layer is layer]
+    return int(nodes[int(ref[1])].output.features)
+
+
+def _keras_compile(model: Any) -> dict[str, Any] | None:
+    """The compile settings in Keras's names, or ``None`` when there are none to write."""
+    if not model.compiled or len(model.output_names) != 1:
+        return None
+    optimizer = model._compiled_optimizer()
+    loss = model._losses[0].get_config()
+    metrics = [metric_objects.serialize(m) for m in model._metric_names[0]]
+    return {
+        "optimizer": {
+            "module": "keras.optimizers",
+            "class_name": type(optimizer).__name__,
+            "config": optimizer.get_config(),
+            "registered_name": None,
+        },
+        "loss": loss.get("name") if isinstance(loss, dict) else loss,
+        "metrics": metrics or None,
+        "loss_weights": None,
+        "weighted_metrics": None,
+    }
+
+
+def save_keras_file(model: Any, path: str) -> None:
+    """Write ``model`` as a Keras 3 ``.keras`` archive that ``keras.saving.load_model``
+    reads, atomically (a temporary file renamed over ``path``).
+
+    Raises:
+        ValueError: a layer, an activation or a setting has no Keras counterpart.
+        ImportError: h5py is missing.
+    """
+    h5py = _h5py()
+    model._claim_layers()
+    config, order = keras_config(model)
+    compiled = _keras_compile(model)
+    if compiled is not None:
+        config["compile_config"] = compiled
+    used: dict[str, int] = {}
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        layers = f.create_group("layers")
+        for layer in order:
+            key = _snake(type(layer).__name__)
+            count = used.get(key, 0)
+            used[key] = count + 1
+            group = layers.create_group(key if not count else f"{key}_{count}")
+            variables = group.create_group("vars")
+            variables.attrs["name"] = layer.name
+            for index, value in enumerate(layer.get_weights()):
+                variables.create_dataset(str(index), data=np.asarray(value, dtype=np.float32))
+        f.create_group("vars").attrs["name"] = model.name
+    metadata = {"keras_version": "3.15.1", "date_saved": "dlcore"}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".keras-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
+            zf.writestr("metadata.json", json.dumps(metadata))
+            zf.writestr("config.json", json.dumps(config))
+            zf.writestr("model.weights.h5", buffer.getvalue())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
