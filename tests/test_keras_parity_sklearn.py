@@ -56,14 +56,18 @@ def _float64_everywhere():
     import jax
 
     saved_x64, saved_floatx = jax.config.jax_enable_x64, keras.config.floatx()
+    saved_policy = keras.config.dtype_policy()
     jax.config.update("jax_enable_x64", True)
     keras.config.set_floatx("float64")
+    # a module before this one may have left a float32 policy, which floatx does not change
+    keras.config.set_dtype_policy("float64")
     with dlcore.use_backend("numpy"):
         previous = dlcore.floatx()
         dlcore.set_floatx("float64")
         yield
         dlcore.set_floatx(previous)
     keras.config.set_floatx(saved_floatx)
+    keras.config.set_dtype_policy(saved_policy)
     jax.config.update("jax_enable_x64", saved_x64)
 
 
