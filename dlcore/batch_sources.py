@@ -11,6 +11,7 @@ happens on the training thread).
 
 from __future__ import annotations
 
+import abc
 import itertools
 import queue
 import threading
@@ -22,7 +23,7 @@ import numpy as np
 from dlcore import config
 
 
-class Sequence:
+class Sequence(abc.ABC):
     """Base class of datasets read batch by batch, as Keras's ``PyDataset``.
 
     Subclasses implement ``__len__`` (the number of batches) and ``__getitem__(index)``
@@ -42,13 +43,15 @@ class Sequence:
         self.use_multiprocessing = use_multiprocessing
         self.max_queue_size = max_queue_size
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError(f"{type(self).__name__} must implement __len__")
+        """The number of batches."""
 
+    @abc.abstractmethod
     def __getitem__(self, index: int) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
+        """Batch ``index``: ``(x, y)``, ``(x, y, sample_weight)``, or ``x`` for ``predict``."""
 
-    def on_epoch_end(self) -> None:
+    def on_epoch_end(self) -> None:  # noqa: B027  (a hook to override, as in Keras)
         """Called after each epoch; does nothing by default."""
 
     @property

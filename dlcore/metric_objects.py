@@ -16,6 +16,7 @@ unique per process) the second one made is ``auc_1``, then ``auc_2``, ...
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -53,8 +54,6 @@ class MetricObject:
     #: the name without ``name=`` (uniquified per process when ``auto_named``)
     default_name: ClassVar[str]
     auto_named: ClassVar[bool] = False
-    #: ``"mean"`` or ``"counts"``: how its state accumulates
-    state: ClassVar[str] = "mean"
     #: the kind of targets it takes: ``"dense"`` (the output's shape) or ``"sparse"`` (labels)
     targets: ClassVar[str] = "dense"
     #: the accuracy kind whose engine count equals the unweighted sum of its values
@@ -77,27 +76,38 @@ class MetricObject:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name}>"
 
-    # ---------------------------------------------------------------- means
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_engine_thresholds", None)
+        return state
+
+
+class MeanMetric(MetricObject, abc.ABC):
+    """A metric whose epoch value is the (weighted) mean of per-sample values."""
+
+    @abc.abstractmethod
     def per_sample(
         self, engine: Engine, Y_pred: Array, Y_true: Array, workspace: Workspace | None
     ) -> Array:
-        """One value per sample, float ``(N,)`` (mean metrics)."""
-        raise NotImplementedError
+        """One value per sample, float ``(N,)``."""
 
     def finish(self, mean: float) -> float:
-        """The reported value of the epoch's weighted mean (mean metrics)."""
+        """The reported value of the epoch's weighted mean."""
         return mean
 
-    # ---------------------------------------------------------------- counts
+
+class CountMetric(MetricObject, abc.ABC):
+    """A metric computed from the epoch's confusion counts at thresholds."""
+
+    @abc.abstractmethod
     def counts(
         self, engine: Engine, Y_pred: Array, Y_true: Array, sample_weight: Array | None
     ) -> Array:
-        """The batch's confusion counts, float64 ``(4, T, L)`` (count metrics)."""
-        raise NotImplementedError
+        """The batch's confusion counts, float64 ``(4, T, L)``."""
 
+    @abc.abstractmethod
     def result(self, counts: np.ndarray) -> Any:
         """The value of the epoch's counts ``(4, T, L)``: a float, or an array."""
-        raise NotImplementedError
 
     def _thresholds_on(self, engine: Engine, dtype: Any, values: np.ndarray) -> Array:
         cache: dict[tuple[int, str], Array] = self.__dict__.setdefault("_engine_thresholds", {})
@@ -107,14 +117,9 @@ class MetricObject:
             cache[key] = engine.asarray(values, dtype=dtype_name(dtype))
         return cache[key]
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_engine_thresholds", None)
-        return state
-
 
 # -------------------------------------------------------------------- means
-class _LossMean(MetricObject):
+class _LossMean(MeanMetric):
     loss_name: ClassVar[str]
 
     def __init__(self, name: str | None = None) -> None:
@@ -150,7 +155,7 @@ class RootMeanSquaredError(_LossMean):
         return math.sqrt(mean)
 
 
-class _Accuracy(MetricObject):
+class _Accuracy(MeanMetric):
     kind: ClassVar[str]
 
     def per_sample(
@@ -268,9 +273,8 @@ def _check_thresholds(thresholds: Any) -> list[float] | None:
     return values
 
 
-class _PrecisionRecall(MetricObject):
+class _PrecisionRecall(CountMetric):
     auto_named = True
-    state = "counts"
 
     def __init__(
         self,
@@ -352,7 +356,7 @@ class Recall(_PrecisionRecall):
         return self._value(counts[0, :, 0], counts[3, :, 0])
 
 
-class AUC(MetricObject):
+class AUC(CountMetric):
     """The area under the ROC or precision-recall curve, by a Riemann sum over thresholds.
 
     Args:
@@ -369,7 +373,6 @@ class AUC(MetricObject):
 
     default_name = "auc"
     auto_named = True
-    state = "counts"
 
     def __init__(
         self,
@@ -458,7 +461,7 @@ def _interpolated_pr_terms(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np
     return _divide_no_nan(slope * (dtp + intercept * log_ratio), np.maximum(tp[1:] + fn[1:], 0))
 
 
-class F1Score(MetricObject):
+class F1Score(CountMetric):
     """The F1 score ``2 * precision * recall / (precision + recall)`` per class.
 
     A prediction is positive where it is its row's maximum (``threshold=None``) or
@@ -473,7 +476,6 @@ class F1Score(MetricObject):
     """
 
     default_name = "f1_score"
-    state = "counts"
     AVERAGES: ClassVar[tuple[str | None, ...]] = (None, "micro", "macro", "weighted")
 
     def __init__(

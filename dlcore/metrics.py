@@ -23,8 +23,10 @@ from dlcore.metric_objects import (  # noqa: F401  (metrics.AUC(...) and so on)
     AUC,
     BinaryAccuracy,
     CategoricalAccuracy,
+    CountMetric,
     F1Score,
     MeanAbsoluteError,
+    MeanMetric,
     MeanSquaredError,
     MetricObject,
     Precision,
@@ -64,7 +66,7 @@ class Metric:
     @property
     def counts_state(self) -> bool:
         """Whether its batch values are confusion counts summed on the engine."""
-        return self.metric_object is not None and self.metric_object.state == "counts"
+        return isinstance(self.metric_object, CountMetric)
 
     @property
     def sums(self) -> bool:
@@ -92,9 +94,9 @@ class Metric:
         """
         weights = sample_weight if self.weighted else None
         obj = self.metric_object
-        if obj is not None:
-            if obj.state == "counts":
-                return obj.counts(engine, Y_pred, Y_true, weights)
+        if isinstance(obj, CountMetric):
+            return obj.counts(engine, Y_pred, Y_true, weights)
+        if isinstance(obj, MeanMetric):
             if weights is None and obj.accuracy_kind is not None:
                 return engine.count_correct(obj.accuracy_kind, Y_pred, Y_true, workspace=workspace)
             values = obj.per_sample(engine, Y_pred, Y_true, workspace)
@@ -417,14 +419,14 @@ class EpochTotals:
         obj = metric.metric_object
         counts = self._counts[j]
         if metric.counts_state:
-            assert obj is not None
+            assert isinstance(obj, CountMetric)
             if counts is None:
                 return 0.0
             result = obj.result(self._engine.to_numpy(counts).astype(np.float64))
             return float(result) if np.ndim(result) == 0 else np.asarray(result, np.float64)
         denominator = self._denominators[j]
         mean = self._numerators[j] / denominator if denominator != 0 else 0.0
-        return float(obj.finish(mean) if obj is not None else mean)
+        return float(obj.finish(mean) if isinstance(obj, MeanMetric) else mean)
 
 
 class LazyLogs(Mapping):

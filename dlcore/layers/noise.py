@@ -8,6 +8,7 @@ drawn on the device. ``seed=`` is accepted and saved for Keras compatibility.
 
 from __future__ import annotations
 
+import abc
 import numbers
 from typing import Any
 
@@ -38,7 +39,7 @@ def _seed(value: Any, owner: str) -> int | None:
     return int(value)
 
 
-class _Noise(Layer):
+class _Noise(Layer, abc.ABC):
     """A weightless layer, elementwise, active only in training."""
 
     elementwise = True
@@ -52,8 +53,10 @@ class _Noise(Layer):
     def _active(self) -> bool:
         return True
 
+    @abc.abstractmethod
     def _noise(self, X: Any) -> tuple[Array, Array | None]:
-        raise NotImplementedError
+        """The noisy batch and the mask its gradient is multiplied by (``None``: the
+        identity), from the engine's generator."""
 
     def forward(self, X: Any, *, training: bool, state: CallState | None = None) -> Array:
         if not training or state is None or not self._active():

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import bisect
 import math
 import numbers
@@ -97,7 +98,7 @@ def _step(owner: str, step: Any) -> float:
     return float(step)
 
 
-class LearningRateSchedule:
+class LearningRateSchedule(abc.ABC):
     """Base class of the schedules: ``schedule(step) -> learning rate`` (a float).
 
     A subclass implements ``_value(step)`` for a float ``step >= 0`` and ``get_config``
@@ -108,16 +109,13 @@ class LearningRateSchedule:
         """The learning rate at ``step`` (a non-negative number), a Python float."""
         return float(self._value(_step(type(self).__name__, step)))
 
+    @abc.abstractmethod
     def _value(self, step: float) -> float:
-        raise NotImplementedError(
-            f"learning rate schedule {type(self).__name__} must implement _value(step)"
-        )
+        """The learning rate at ``step``, a float ``>= 0``."""
 
+    @abc.abstractmethod
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments as a JSON-serialisable dict."""
-        raise NotImplementedError(
-            f"learning rate schedule {type(self).__name__} must implement get_config()"
-        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LearningRateSchedule:
