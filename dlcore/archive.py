@@ -5,7 +5,10 @@ The file is a zip archive of uncompressed ``.npy`` members, readable with ``nump
 * ``__dlcore_format__``: the marker ``b"dlcore-model"`` as a uint8 array;
 * ``__dlcore_format_version__``: the format version, an int64 scalar;
 * ``__dlcore_config__``: the config, UTF-8 JSON as a uint8 array;
-* one member per user array, named by its key.
+* one member per user array, named by its key;
+* optionally the companion members of Keras 3's ``.keras`` format (``COMPANIONS``:
+  ``metadata.json``, ``config.json``, ``model.weights.h5``), which make the same file
+  one that Keras loads too. dlcore checks their sizes but never reads them.
 
 Nothing is pickled on writing. Reading is dlcore's own: it parses the zip directory
 and each member's ``.npy`` header, refuses anything the writer never makes (compressed
@@ -53,6 +56,9 @@ CONFIG_KEY = "__dlcore_config__"
 _RESERVED_PREFIX = "__dlcore"
 _MEMBER_SUFFIX = ".npy"
 _HDF5_SIGNATURE = b"\x89HDF"
+#: members another program's format reads (Keras 3's ``.keras``), written beside
+#: dlcore's own so that one file serves both; dlcore never reads them
+COMPANIONS = ("metadata.json", "config.json", "model.weights.h5")
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
 #: the deepest nesting of lists and dicts a config may have
 MAX_CONFIG_DEPTH = 64
@@ -152,10 +158,14 @@ def _check_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     return checked
 
 
-def _write_npz(fileobj: Any, members: dict[str, np.ndarray]) -> None:
+def _write_npz(
+    fileobj: Any, members: dict[str, np.ndarray], companions: Mapping[str, bytes]
+) -> None:
     # Members are written one by one, as numpy.savez does, so that no array name
     # can collide with one of numpy.savez's own keyword arguments.
     with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in companions.items():
+            zf.writestr(name, data)
         for name, arr in members.items():
             with zf.open(name + _MEMBER_SUFFIX, mode="w", force_zip64=True) as member:
                 np.lib.format.write_array(member, arr, allow_pickle=False)
@@ -279,7 +289,10 @@ def _create_locked_temp(directory: str, base: str) -> tuple[str, int]:
 
 
 def write_archive(
-    path: str | os.PathLike[str], config: dict[str, Any], arrays: dict[str, np.ndarray]
+    path: str | os.PathLike[str],
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    companions: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write a config and named arrays to one file, atomically.
 
@@ -295,6 +308,8 @@ def write_archive(
         config: a JSON-serialisable dict.
         arrays: name -> numeric array of any shape and of a bool, int, float or
             complex dtype. Names must not start with ``"__dlcore"``.
+        companions: name -> bytes of members of ``COMPANIONS`` (Keras's ``.keras``
+            members), stored beside dlcore's own.
 
     Raises:
         FileNotFoundError: the directory of ``path`` does not exist.
@@ -312,6 +327,10 @@ def write_archive(
         raise IsADirectoryError(f"cannot save to {target!r}: it is a directory; pass a file name")
     if not isinstance(config, dict):
         raise ValueError(f"expected config to be a dict, received {type(config).__name__}")
+    companions = dict(companions or {})
+    unknown = sorted(set(companions) - set(COMPANIONS))
+    if unknown:
+        raise ValueError(f"the companion members {unknown} are not among {list(COMPANIONS)}")
     try:
         config_json = json.dumps(config)
     except (TypeError, ValueError) as e:
@@ -326,7 +345,7 @@ def write_archive(
     tmp, fd = _create_locked_temp(directory, os.path.basename(target))
     try:
         with open(fd, "wb", closefd=False) as f:
-            _write_npz(f, members)
+            _write_npz(f, members, companions)
             f.flush()
             os.fsync(f.fileno())
         if fcntl is None:  # Windows renames no open file
@@ -346,6 +365,15 @@ def write_archive(
 
 
 # ---------------------------------------------------------------------------- reading
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a zip holding dlcore's format marker, judged by content."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return MARKER_KEY + _MEMBER_SUFFIX in zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def _not_ours(path: str, why: str) -> ModelFileError:
     return ModelFileError(path, f"{path!r} is not a dlcore model file or is corrupted: {why}")
 
@@ -403,8 +431,9 @@ def _check_signature(source: str, head: bytes) -> None:
     if head.startswith(_HDF5_SIGNATURE):
         raise _not_ours(
             source,
-            "it looks like a Keras HDF5 file, which dlcore cannot read; re-save the model "
-            "with dlcore (build it with dlcore's layers and call model.save())",
+            "it looks like a Keras HDF5 file, not dlcore's archive: open a Keras model with "
+            "dlcore.load_model (pip install dlcore[keras-files]), or re-save the model with "
+            "dlcore (model.save())",
         )
     if not head.startswith(_ZIP_SIGNATURES):
         raise _not_ours(source, f"it is not a zip archive (it starts with {head!r})")
@@ -452,8 +481,9 @@ def _checked_members(
             raise ModelFileError(
                 source,
                 f"{source!r} is not a dlcore model file: it looks like a Keras 3 .keras "
-                f"file, which dlcore cannot read; re-save the model with dlcore (build it "
-                f"with dlcore's layers and call model.save())",
+                f"file without dlcore's members; open it with dlcore.load_model (pip "
+                f"install dlcore[keras-files]), or re-save the model with dlcore "
+                f"(model.save())",
             )
         raise ModelFileError(
             source,
@@ -469,14 +499,14 @@ def _checked_members(
         total += info.compress_size
     if total > file_size:
         raise _not_ours(source, f"its members declare {total} bytes, the file has {file_size}")
-    return {info.filename: info for info in infos}
+    return {info.filename: info for info in infos if info.filename not in COMPANIONS}
 
 
 def _check_member(source: str, info: zipfile.ZipInfo, file_size: int) -> None:
     name = info.filename
-    if not name.endswith(_MEMBER_SUFFIX):
+    if name not in COMPANIONS and not name.endswith(_MEMBER_SUFFIX):
         raise _not_ours(source, f"the member {name!r} is not a .npy array")
-    why = _check_member_name(name[: -len(_MEMBER_SUFFIX)])
+    why = None if name in COMPANIONS else _check_member_name(name[: -len(_MEMBER_SUFFIX)])
     if why is not None:
         raise _not_ours(source, f"the member name {name!r} is not allowed: {why}")
     if info.flag_bits & 0x1:

@@ -4,20 +4,20 @@ Reading (``load_keras_file``) turns a Keras config into dlcore's, layer by layer
 layers dlcore has (``KERAS_LAYERS``), and copies the weights in by layer name. Anything
 else is refused by its class name; a ``"module"`` that is not Keras's own, a
 ``Lambda`` layer or a registered custom object is refused too: nothing is
-unpickled, imported or executed. Writing (``save_keras_file``) makes the zip that
-``keras.saving.load_model`` reads: ``metadata.json``, ``config.json`` and
-``model.weights.h5`` with each layer's weights under ``layers/<path>/vars/<index>``.
+unpickled, imported or executed. Writing (``keras_members``) makes the members of the zip
+that ``keras.saving.load_model`` reads: ``metadata.json``, ``config.json`` and
+``model.weights.h5`` with each layer's weights under ``layers/<path>/vars/<index>``;
+``dlcore.saving`` puts them beside dlcore's own members in one file.
 
 The HDF5 parts need ``h5py`` (``pip install dlcore[keras-files]``), imported only here.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -28,6 +28,8 @@ import numpy as np
 from dlcore import losses, metric_objects, optimizers
 from dlcore.archive import ModelFileError
 
+#: the Keras version whose format the files dlcore writes follow
+KERAS_VERSION = "3.15.1"
 _KERAS_MODULES = (
     "keras",
     "keras.layers",
@@ -42,7 +44,7 @@ _CALL_KWARGS = ("training", "mask")
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _INPUT_KEYS = ("batch_shape", "batch_input_shape")
 _MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
-#: Keras layer class -> the config keys dlcore's layer of that name takes
+#: Keras layer class -> the config keys dlcore's layer of that name takes as they are
 KERAS_LAYERS: dict[str, tuple[str, ...]] = {
     "Dense": ("units", "activation", "use_bias"),
     "Activation": ("activation",),
@@ -54,14 +56,69 @@ KERAS_LAYERS: dict[str, tuple[str, ...]] = {
     "Softmax": ("axis",),
     "Flatten": (),
     "Reshape": ("target_shape",),
-    "GaussianNoise": ("stddev",),
-    "GaussianDropout": ("rate",),
-    "AlphaDropout": ("rate",),
+    "GaussianNoise": ("stddev", "seed"),
+    "GaussianDropout": ("rate", "seed"),
+    "AlphaDropout": ("rate", "noise_shape", "seed"),
     "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
     "LayerNormalization": ("axis", "epsilon", "center", "scale"),
+    "Normalization": ("invert", "mean", "variance"),
     **{name: () for name in _MERGES if name != "Concatenate"},
     "Concatenate": ("axis",),
 }
+#: Keras layer class -> its config keys that name an initializer, which dlcore's layer
+#: takes too (translated both ways by ``_initializer`` and ``_keras_object``)
+INITIALIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "Dense": ("kernel_initializer", "bias_initializer"),
+    "PReLU": ("alpha_initializer",),
+    "BatchNormalization": (
+        "beta_initializer",
+        "gamma_initializer",
+        "moving_mean_initializer",
+        "moving_variance_initializer",
+    ),
+    "LayerNormalization": ("beta_initializer", "gamma_initializer"),
+}
+#: Keras layer class -> its config keys that name a weight regularizer dlcore's layer takes
+REGULARIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "Dense": ("kernel_regularizer", "bias_regularizer"),
+    "PReLU": ("alpha_regularizer",),
+    "BatchNormalization": ("beta_regularizer", "gamma_regularizer"),
+    "LayerNormalization": ("beta_regularizer", "gamma_regularizer"),
+}
+#: config keys that change nothing dlcore computes: names, the dtype policy, the input
+#: shape (read from the model), random seeds (dlcore draws from its own generator),
+#: renormalization settings that only act with ``renorm=True`` (refused below)
+_NEUTRAL_KEYS = frozenset(
+    (
+        "name",
+        "trainable",
+        "dtype",
+        "batch_input_shape",
+        "batch_shape",
+        "seed",
+        "renorm_clipping",
+        "renorm_momentum",
+    )
+)
+_NO_CONSTRAINTS = "None (dlcore has no weight constraints)"
+#: config keys whose only values dlcore can honour (any other changes the math), and
+#: what dlcore supports, in words
+_FIXED_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "activity_regularizer": ((None,), "None (dlcore has no activity regularizers)"),
+    "kernel_constraint": ((None,), _NO_CONSTRAINTS),
+    "bias_constraint": ((None,), _NO_CONSTRAINTS),
+    "alpha_constraint": ((None,), _NO_CONSTRAINTS),
+    "beta_constraint": ((None,), _NO_CONSTRAINTS),
+    "gamma_constraint": ((None,), _NO_CONSTRAINTS),
+    "shared_axes": ((None,), "None (dlcore's PReLU has one slope per feature)"),
+    "noise_shape": ((None,), "None (dlcore's Dropout decides for each value)"),
+    "quantization_config": ((None,), "None (dlcore does not quantize)"),
+    "renorm": ((False,), "False"),
+    "synchronized": ((False,), "False"),
+    "rms_scaling": ((False,), "False (the usual (x - mean) / sqrt(var + epsilon))"),
+    "data_format": ((None, "channels_last"), "'channels_last'"),
+}
+_FEATURE_AXES: tuple[Any, ...] = (-1, 1, [-1], [1])
 
 
 def _h5py() -> Any:
@@ -472,9 +529,10 @@ def _keras_compile(model: Any) -> dict[str, Any] | None:
     }
 
 
-def save_keras_file(model: Any, path: str) -> None:
-    """Write ``model`` as a Keras 3 ``.keras`` archive that ``keras.saving.load_model``
-    reads, atomically (a temporary file renamed over ``path``).
+def keras_members(model: Any) -> dict[str, bytes]:
+    """The members of Keras 3's ``.keras`` zip for ``model``: ``metadata.json``,
+    ``config.json`` and ``model.weights.h5``, as bytes. ``dlcore.saving`` writes them
+    beside dlcore's own members, so that ``keras.saving.load_model`` reads the file too.
 
     Raises:
         ValueError: a layer, an activation or a setting has no Keras counterpart.
@@ -500,16 +558,12 @@ def save_keras_file(model: Any, path: str) -> None:
             for index, value in enumerate(layer.get_weights()):
                 variables.create_dataset(str(index), data=np.asarray(value, dtype=np.float32))
         f.create_group("vars").attrs["name"] = model.name
-    metadata = {"keras_version": "3.15.1", "date_saved": "dlcore"}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".keras-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
-            zf.writestr("metadata.json", json.dumps(metadata))
-            zf.writestr("config.json", json.dumps(config))
-            zf.writestr("model.weights.h5", buffer.getvalue())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    metadata = {
+        "keras_version": KERAS_VERSION,
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+    }
+    return {
+        "metadata.json": json.dumps(metadata).encode(),
+        "config.json": json.dumps(config).encode(),
+        "model.weights.h5": buffer.getvalue(),
+    }

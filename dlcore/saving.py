@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -184,14 +185,23 @@ def save_model(
 ) -> None:
     """Save architecture, weights, and compile settings with optimizer state to one file.
 
-    By default any file name (``model.keras``, ``model.dlcore``, ``model.h5``) gets
-    dlcore's own safe archive, which keeps the optimizer's state, dtype policies and
-    custom functions and needs nothing but NumPy. ``save_format="keras"`` writes Keras
-    3's own format instead, which ``keras.saving.load_model`` reads (see
-    ``dlcore.keras_files``; needs h5py): architecture, weights and compile settings,
-    without the optimizer's state. ``load_model`` reads both, told apart by content.
-    The file is written to a temporary name first and renamed, so an interrupted save
-    never damages an existing file.
+    The file is dlcore's safe archive, which keeps the optimizer's state, dtype
+    policies and custom functions and needs nothing but NumPy to read. A name ending in
+    ``.keras`` (or ``save_format="keras"``) also gets the members of Keras 3's format
+    in the same zip (``dlcore.keras_files``, needs h5py), so ``keras.saving.load_model``
+    opens it too, with the architecture, weights and compile settings (not the
+    optimizer's state). Where Keras cannot express the model (a custom activation, a
+    layer Keras lacks) or h5py is missing, a ``.keras`` name gets dlcore's members
+    only, with a warning that says why; ``save_format="keras"`` raises instead.
+    ``save_format="dlcore"`` never adds Keras's members. ``load_model`` reads all
+    of them. The file is written to a temporary name first and renamed, so an
+    interrupted save never damages an existing file.
+
+    Raises:
+        ValueError: an unknown ``save_format``; with ``save_format="keras"``, a model
+            Keras cannot express.
+        ImportError: ``save_format="keras"`` without h5py.
+        FileExistsError: the file exists and ``overwrite=False``.
     """
     model._ensure_built("save()")
     path = os.fspath(filepath)
@@ -199,19 +209,34 @@ def save_model(
         raise ValueError(f"save_format must be None, 'keras' or 'dlcore', received {save_format!r}")
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
-    if save_format == "keras":
-        from dlcore import keras_files
+    wants_keras = save_format == "keras" or (
+        save_format is None and path.lower().endswith(".keras")
+    )
+    companions = _keras_members(model, path, strict=save_format == "keras") if wants_keras else None
+    description, arrays = model_state(model)
+    archive.write_archive(path, description, arrays, companions)
 
-        try:
-            keras_files.save_keras_file(model, path)
-        except ValueError as error:
-            raise ValueError(
+
+def _keras_members(model: Any, path: str, *, strict: bool) -> dict[str, bytes] | None:
+    """Keras's members of ``path``, or ``None`` (with a warning) when the model has no
+    Keras form or h5py is missing and not ``strict``."""
+    from dlcore import keras_files
+
+    try:
+        return keras_files.keras_members(model)
+    except (ValueError, ImportError) as error:
+        if strict:
+            raise type(error)(
                 f"cannot write {path} in Keras's format: {error}; leave save_format out "
                 "for dlcore's own format, which keeps everything"
             ) from None
-        return
-    description, arrays = model_state(model)
-    archive.write_archive(path, description, arrays)
+        warnings.warn(
+            f"{path} is written in dlcore's format only, which keras.saving.load_model "
+            f"cannot open: {error}. dlcore.load_model reads it with everything; pass "
+            "save_format='dlcore' (or another suffix) to silence this",
+            stacklevel=4,
+        )
+        return None
 
 
 def load_model(
@@ -243,7 +268,8 @@ def load_model(
     if os.path.isfile(path):
         from dlcore import keras_files
 
-        if keras_files.is_keras_zip(path) or keras_files.is_hdf5(path):
+        keras_only = keras_files.is_keras_zip(path) and not archive.is_archive(path)
+        if keras_only or keras_files.is_hdf5(path):
             return keras_files.load_keras_file(path, compile=compile)
     description, arrays = archive.read_archive(
         path, _model_members(path, compile=compile, custom_objects=custom_objects)

@@ -1742,8 +1742,8 @@ class Trainer(abc.ABC):
         self, filepath: str | os.PathLike, overwrite: bool = True, save_format: str | None = None
     ) -> None:
         """Save the architecture, the weights, and the compile settings with the
-        optimizer state to one file; ``save_format="keras"`` writes Keras 3's own format
-        (see ``dlcore.saving.save_model``)."""
+        optimizer state to one file; a ``.keras`` name also makes it a Keras 3 file that
+        ``keras.saving.load_model`` opens (see ``dlcore.saving.save_model``)."""
         saving.save_model(self, filepath, overwrite=overwrite, save_format=save_format)
 
     def save_weights(self, filepath: str | os.PathLike, overwrite: bool = True) -> None:

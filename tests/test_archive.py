@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from dlcore.archive import read_archive, write_archive
+from dlcore.archive import ModelFileError, read_archive, write_archive
 
 CONFIG = {
     "name": "sequential_1",
@@ -273,3 +273,39 @@ def test_directory_paths_are_rejected(tmp_path):
         write_archive(tmp_path, {}, {})
     with pytest.raises(IsADirectoryError, match=r"it is a directory"):
         read_archive(tmp_path)
+
+
+COMPANIONS = {
+    "metadata.json": b'{"keras_version": "3.15.1"}',
+    "config.json": b'{"class_name": "Sequential"}',
+    "model.weights.h5": b"\x89HDF\r\n\x1a\n not read by dlcore",
+}
+
+
+def test_companion_members_are_stored_beside_and_never_read(tmp_path):
+    path = tmp_path / "both.keras"
+    write_archive(path, CONFIG, _arrays(), COMPANIONS)
+    with zipfile.ZipFile(path) as zf:
+        assert {n: zf.read(n) for n in COMPANIONS} == COMPANIONS
+        assert all(zf.getinfo(n).compress_type == zipfile.ZIP_STORED for n in COMPANIONS)
+    config, arrays = read_archive(path)
+    assert config == CONFIG and set(arrays) == set(_arrays())
+
+
+def test_an_unknown_companion_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"companion members \['evil\.py'\] are not among"):
+        write_archive(tmp_path / "m.keras", CONFIG, _arrays(), {"evil.py": b"print(1)"})
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_compressed_companion_is_refused(tmp_path):
+    path = tmp_path / "both.keras"
+    write_archive(path, CONFIG, _arrays(), COMPANIONS)
+    with zipfile.ZipFile(path) as zf:
+        members = {info: zf.read(info) for info in zf.infolist()}
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in members.items():
+            compression = zipfile.ZIP_DEFLATED if info.filename == "config.json" else None
+            zf.writestr(info.filename, data, compress_type=compression or zipfile.ZIP_STORED)
+    with pytest.raises(ModelFileError, match=r"the member 'config\.json' is compressed"):
+        read_archive(path)

@@ -457,7 +457,7 @@ def test_model_trains_saves_and_loads_with_custom_functions(tmp_path, rng):
         assert set(history.history) == {"loss", "max_error"}
         hidden = model.layers[0].get_config()["activation"]
         assert hidden == "mish"
-        path = tmp_path / "model.keras"
+        path = tmp_path / "model.dlcore"
         model.save(path)
         objects = {"mish": mish, "pseudo_huber": pseudo_huber, "max_error": max_error}
         loaded = load_model(path, custom_objects=objects)

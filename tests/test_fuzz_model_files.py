@@ -69,7 +69,7 @@ PROFILE = settings.get_profile("dlcore-fuzz" if os.environ.get("FUZZ_EXAMPLES") 
 # constant for the interpreter's own objects (modules, the engine, the parsed config).
 MEMORY_FACTOR = 12
 MEMORY_CONSTANT = 4 * 2**20
-NAME = "model.keras"
+NAME = "model.dlcore"
 
 
 @functools.lru_cache(maxsize=1)

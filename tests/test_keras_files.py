@@ -39,31 +39,111 @@ def test_keras_written_files_predict_as_keras_did(name):
     assert model.compiled
 
 
-def test_round_trip_through_the_keras_format(tmp_path):
+def _two_branch_model():
     inputs = Input((4,))
     a = Dense(3, activation="relu", name="a")(inputs)
     b = Dense(3, activation="tanh", name="b")(inputs)
     model = Model(inputs, Dense(2, name="out")(Add()([a, b])))
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    return model
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def test_a_keras_name_gets_both_formats_in_one_file(tmp_path):
+    model = _two_branch_model()
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = x[:, :2] - x[:, 2:]
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
     path = tmp_path / "m.keras"
-    model.save(path, save_format="keras")
-    assert zipfile.is_zipfile(path) and "config.json" in zipfile.ZipFile(path).namelist()
+    model.save(path)
+    names = set(_members(path))
+    assert {"config.json", "metadata.json", "model.weights.h5"} <= names
+    assert "__dlcore_format__.npy" in names
     again = load_model(path)
     np.testing.assert_array_equal(again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
-    assert again.compiled
+    # dlcore's members keep the optimizer's state: training continues identically
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    again.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    np.testing.assert_array_equal(again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
 
 
-@pytest.mark.parametrize("name", ["m.keras", "m.dlcore", "m.h5"])
-def test_the_default_is_dlcore_format_under_any_name(tmp_path, name):
+def test_keras_members_alone_load_too(tmp_path):
+    model = _two_branch_model()
+    model.save(tmp_path / "both.keras")
+    members = _members(tmp_path / "both.keras")
+    with zipfile.ZipFile(tmp_path / "keras_only.keras", "w") as zf:
+        for name in ("metadata.json", "config.json", "model.weights.h5"):
+            zf.writestr(name, members[name])
+    again = load_model(tmp_path / "keras_only.keras")
+    np.testing.assert_allclose(
+        again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    assert again.compiled and type(again.optimizer).__name__ == "Adam"
+
+
+@pytest.mark.parametrize("name", ["m.dlcore", "m.h5", "m"])
+def test_other_names_get_dlcore_format_only(tmp_path, name):
     model = Sequential([Input((4,)), Dense(2)])
     model.save(tmp_path / name)
-    assert (
-        not zipfile.is_zipfile(tmp_path / name)
-        or "config.json" not in zipfile.ZipFile(tmp_path / name).namelist()
-    )
+    assert "config.json" not in _members(tmp_path / name)
     np.testing.assert_array_equal(
         load_model(tmp_path / name).predict(PROBE, verbose=0), model.predict(PROBE, verbose=0)
     )
+
+
+def test_save_format_dlcore_keeps_keras_members_out(tmp_path):
+    model = Sequential([Input((4,)), Dense(2)])
+    model.save(tmp_path / "m.keras", save_format="dlcore")
+    assert "config.json" not in _members(tmp_path / "m.keras")
+
+
+def _half(x, xp):
+    return x * 0.5
+
+
+def _half_gradient(x, y, xp):
+    return xp.ones_like(x) * 0.5
+
+
+def test_a_model_keras_cannot_express_is_saved_for_dlcore_with_a_warning(tmp_path):
+    from dlcore.backends import custom as engine_custom
+
+    from dlcore import activations
+
+    saved = dict(engine_custom.ACTIVATIONS)
+    activations.register(_half, gradient=_half_gradient, name="half_for_keras_files")
+    try:
+        model = Sequential([Input((4,)), Dense(2, activation="half_for_keras_files")])
+        with pytest.warns(UserWarning, match=r"dlcore's format only.*custom activation"):
+            model.save(tmp_path / "m.keras")
+        assert "config.json" not in _members(tmp_path / "m.keras")
+        again = load_model(tmp_path / "m.keras")
+        np.testing.assert_array_equal(
+            again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0)
+        )
+    finally:
+        engine_custom.ACTIVATIONS.clear()
+        engine_custom.ACTIVATIONS.update(saved)
+
+
+def test_without_h5py_a_keras_name_gets_dlcore_format_with_a_warning(tmp_path, monkeypatch):
+    from dlcore import keras_files
+
+    def missing():
+        raise ImportError("reading and writing Keras model files needs h5py: pip install x")
+
+    monkeypatch.setattr(keras_files, "_h5py", missing)
+    model = Sequential([Input((4,)), Dense(2)])
+    with pytest.warns(UserWarning, match=r"dlcore's format only.*needs h5py"):
+        model.save(tmp_path / "m.keras")
+    assert "config.json" not in _members(tmp_path / "m.keras")
+    with pytest.raises(ImportError, match=r"cannot write .*m2\.keras in Keras's format.*h5py"):
+        model.save(tmp_path / "m2.keras", save_format="keras")
+    assert not (tmp_path / "m2.keras").exists()
 
 
 def _rewrite_config(path, target, change):
@@ -156,7 +236,7 @@ def test_readme_example(tmp_path):
     os.chdir(tmp_path)
     model = Sequential([Input((4,)), Dense(8, activation="relu"), Dense(1)])
     model.compile(optimizer="adam", loss="mse")
-    model.save("model.keras", save_format="keras")  # keras.saving.load_model reads it
+    model.save("model.keras")  # keras.saving.load_model reads it too
     same = load_model("model.keras")
     assert same.compiled
     np.testing.assert_array_equal(same.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))

@@ -255,7 +255,7 @@ def test_save_load_round_trip_keeps_statistics(float64, rng, tmp_path):
     model.compile(optimizer="adam", loss="mse")
     x, y = rng.normal(size=(N, 3)), rng.normal(size=(N, 2))
     model.train_on_batch(x, y)
-    path = tmp_path / "model.keras"
+    path = tmp_path / "model.dlcore"
     model.save(path)
     loaded = load_model(path)
     for a, b in zip(model.get_weights(), loaded.get_weights()):

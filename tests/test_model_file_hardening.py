@@ -38,7 +38,7 @@ CONFIG = "__dlcore_config__.npy"
 def saved(tmp_path):
     """A trained model and the file it was saved to."""
     model = trained_model()
-    path = tmp_path / "model.keras"
+    path = tmp_path / "model.dlcore"
     model.save(path)
     return model, path
 

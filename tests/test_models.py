@@ -336,6 +336,7 @@ def test_readme_example_runs(engine, tmp_path, monkeypatch):
     """The usage example in README.md runs as written, on the digits data."""
     import pathlib
     import re
+    import zipfile
 
     from sklearn.datasets import load_digits
 
@@ -346,7 +347,8 @@ def test_readme_example_runs(engine, tmp_path, monkeypatch):
     namespace = {"x": digits.data / 16.0, "labels": digits.target}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["probabilities"].shape == (1797, 10)
-    assert (tmp_path / "digits.h5").exists()
+    saved = tmp_path / "digits.keras"
+    assert {"config.json", "__dlcore_format__.npy"} <= set(zipfile.ZipFile(saved).namelist())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -326,7 +326,7 @@ class DiskFull(OSError):
 def _fail_mid_write(monkeypatch, error: BaseException) -> None:
     """Make the archive writer put some bytes in its file and then fail."""
 
-    def broken(fileobj, members):
+    def broken(fileobj, members, companions):
         fileobj.write(b"PK\x03\x04 half a model")
         raise error
 
