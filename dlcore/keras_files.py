@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import losses, metric_objects, optimizers
+from dlcore import initializers, losses, metric_objects, optimizers, regularizers
 from dlcore.archive import ModelFileError
 
 #: the Keras version whose format the files dlcore writes follow
@@ -189,6 +189,69 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
     return model
 
 
+def load_keras_weights(model: Any, path: str) -> None:
+    """Copy the weights of a Keras 3 ``.weights.h5`` file (``save_weights``) into
+    ``model``, a built dlcore model of the same architecture, by layer order.
+
+    Keras names each layer's weights by its class, ``layers/<snake_case class>`` and
+    ``_1``, ``_2``... for later layers of one class, in the model's layer order; the
+    user's layer names play no part, so neither do they here. Every shape is checked
+    before any weight is written: a refused file leaves the model as it was.
+
+    Raises:
+        ModelFileError: the file holds no Keras weights, or weights of another count
+            or shape than this model's (the layer and its Keras path are named).
+        ImportError: h5py is missing.
+    """
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            if "layers" not in f:
+                raise ModelFileError(
+                    path, f"{path} is an HDF5 file without Keras 3 weights (no 'layers' group)"
+                )
+            found = {
+                key: [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+                for key, group in f["layers"].items()
+                if "vars" in group
+            }
+    except (OSError, KeyError) as error:
+        raise ModelFileError(path, f"{path} is a damaged weights file: {error}") from None
+    planned: list[tuple[Any, list[np.ndarray]]] = []
+    used: set[str] = set()
+    for key, layer in _keras_paths(model):
+        own = layer.get_weights()
+        given = _ours_from_keras(layer, found.get(key, []))
+        used.add(key)
+        if len(given) != len(own):
+            raise ModelFileError(
+                path,
+                f"layer {layer.name!r} ({type(layer).__name__}, Keras's layers/{key}) has "
+                f"{len(own)} weights, {path} holds {len(given)} there: the file was saved "
+                "from another architecture",
+            )
+        for i, (mine, theirs) in enumerate(zip(own, given)):
+            if mine.shape != theirs.shape:
+                raise ModelFileError(
+                    path,
+                    f"layer {layer.name!r} ({type(layer).__name__}, Keras's layers/{key}): "
+                    f"weight {i} has shape {theirs.shape} in {path}, {mine.shape} in the model",
+                )
+        if own:
+            planned.append((layer, given))
+    extra = sorted(key for key, values in found.items() if values and key not in used)
+    if extra:
+        raise ModelFileError(
+            path,
+            f"{path} holds weights of layers this model does not have: "
+            f"{', '.join('layers/' + key for key in extra)}",
+        )
+    for layer, given in planned:
+        layer.set_weights(given)
+        if type(layer).__name__ == "Normalization":
+            layer.adapted = True  # its statistics came from the file
+
+
 def _json_attr(f: Any, key: str) -> Any:
     value = f.attrs[key]
     return json.loads(value.decode() if isinstance(value, bytes) else str(value))
@@ -246,7 +309,8 @@ def _check_module(entry: Mapping[str, Any]) -> None:
 
 
 def _layer_config(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """dlcore's ``{"class_name", "config"}`` of one Keras layer entry."""
+    """dlcore's ``{"class_name", "config"}`` of one Keras layer entry: every key of the
+    Keras config is copied, translated, harmless or refused by name (``_refuse``)."""
     _check_module(entry)
     cls = str(entry.get("class_name"))
     config = entry["config"]
@@ -260,15 +324,119 @@ def _layer_config(entry: Mapping[str, Any]) -> dict[str, Any]:
         }
     if cls not in KERAS_LAYERS:
         raise ValueError(f"{cls} is not a layer dlcore has")
-    ours: dict[str, Any] = {"name": config["name"], "trainable": config.get("trainable", True)}
-    for key in KERAS_LAYERS[cls]:
-        if key in config and config[key] is not None:
-            ours[key] = list(config[key]) if isinstance(config[key], list) else config[key]
-    if cls == "LeakyReLU" and "alpha" in config and "negative_slope" not in config:
-        ours["negative_slope"] = config["alpha"]  # Keras 2's spelling
+    name = str(config["name"])
+    ours: dict[str, Any] = {"name": name, "trainable": config.get("trainable", True)}
+    for key, value in config.items():
+        if key in KERAS_LAYERS[cls]:
+            if value is not None:
+                ours[key] = list(value) if isinstance(value, (list, tuple)) else value
+        elif key in INITIALIZER_KEYS.get(cls, ()):
+            ours[key] = _initializer(value, name, cls, key)
+        elif key in REGULARIZER_KEYS.get(cls, ()):
+            ours[key] = _regularizer(value, name, cls, key)
+        elif key in _FIXED_KEYS:
+            allowed, supported = _FIXED_KEYS[key]
+            if not any(value is a or (value == a and type(value) is type(a)) for a in allowed):
+                raise _refuse(name, cls, key, value, supported)
+        elif cls == "Normalization" and key == "axis":
+            axis = list(value) if isinstance(value, (list, tuple)) else value
+            if axis not in _FEATURE_AXES:
+                raise _refuse(name, cls, key, value, "-1 (one mean and variance per feature)")
+            ours["axis"] = axis
+        elif cls == "LeakyReLU" and key == "alpha":
+            ours.setdefault("negative_slope", value)  # Keras 2's spelling
+        elif key not in _NEUTRAL_KEYS:
+            raise ValueError(
+                f"layer {name!r} ({cls}) has the setting {key}={value!r}, which dlcore does "
+                f"not know; it reads only {', '.join(_known_keys(cls))}"
+            )
+    if cls == "Normalization" and ours.get("mean") is None:
+        ours["adapted"] = True  # the statistics are weights in the file
     if isinstance(ours.get("activation"), dict):
-        raise ValueError(f"layer {config['name']!r} has a custom activation {ours['activation']}")
+        raise ValueError(f"layer {name!r} has a custom activation {ours['activation']}")
     return {"class_name": cls, "config": ours}
+
+
+def _known_keys(cls: str) -> list[str]:
+    return sorted(
+        {*KERAS_LAYERS[cls], *INITIALIZER_KEYS.get(cls, ()), *REGULARIZER_KEYS.get(cls, ())}
+        | set(_NEUTRAL_KEYS)
+        | set(_FIXED_KEYS)
+    )
+
+
+def _describe(value: Any) -> str:
+    """A Keras config value as a refusal names it: its class and its settings."""
+    if isinstance(value, Mapping) and "class_name" in value:
+        return f"{value['class_name']}({value.get('config') or {}})"
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _refuse(layer: str, cls: str, key: str, value: Any, supported: str) -> ValueError:
+    """The error for a setting that changes the math and that dlcore cannot honour."""
+    return ValueError(
+        f"layer {layer!r} ({cls}) has {key}={_describe(value)}, which dlcore cannot honour "
+        f"(it would compute other numbers than Keras); dlcore supports {key}={supported}"
+    )
+
+
+def _initializer_names() -> str:
+    return ", ".join(sorted({c.__name__ for c in initializers._CLASSES.values()}))
+
+
+def _keras_own(value: Mapping[str, Any], module: str) -> bool:
+    """Whether a serialized Keras object is one of Keras's own from ``module``."""
+    return value.get("module") in (None, module) and value.get("registered_name") in (
+        None,
+        value.get("class_name"),
+    )
+
+
+def _initializer(value: Any, layer: str, cls: str, key: str) -> dict[str, Any] | None:
+    """dlcore's ``{"class_name", "config"}`` of a Keras initializer (Keras 3 or 2 form)."""
+    supported = f"one of {_initializer_names()} (or their snake_case names)"
+    if value is None:
+        return None
+    if isinstance(value, Mapping) and isinstance(value.get("class_name"), str):
+        if not _keras_own(value, "keras.initializers"):
+            raise _refuse(layer, cls, key, value, supported)
+        config = dict(value.get("config") or {})
+        seed = config.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            del config["seed"]  # a seed generator's state: the weights come from the file
+        for axes in ("input_axes", "output_axes"):  # Keras's default fans, as dlcore's
+            if axes in config and config[axes] is None:
+                del config[axes]
+        value = {"class_name": value["class_name"], "config": config}
+    elif not isinstance(value, str):
+        raise _refuse(layer, cls, key, value, supported)
+    try:
+        found = initializers.get(value)
+    except ValueError:
+        raise _refuse(layer, cls, key, value, supported) from None
+    return {"class_name": type(found).__name__, "config": found.get_config()}
+
+
+def _regularizer(value: Any, layer: str, cls: str, key: str) -> dict[str, Any] | None:
+    """dlcore's ``{"class_name", "config"}`` of a Keras weight regularizer. Keras's and
+    dlcore's penalties are the same sums, ``l1 * sum(|W|) + l2 * sum(W**2)``, added to
+    the loss of every batch, so the factors carry over as they are."""
+    supported = "None, L1, L2 or L1L2 (or 'l1', 'l2', 'l1_l2')"
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if not _keras_own(value, "keras.regularizers"):
+            raise _refuse(layer, cls, key, value, supported)
+        value = {"class_name": value.get("class_name"), "config": value.get("config") or {}}
+    elif not isinstance(value, str):
+        raise _refuse(layer, cls, key, value, supported)
+    try:
+        found = regularizers.get(value)
+    except ValueError:
+        raise _refuse(layer, cls, key, value, supported) from None
+    if found is None:
+        return None
+    return {"class_name": type(found).__name__, "config": found.get_config()}
 
 
 def _tensor_refs(node: Any) -> tuple[list[list[Any]], bool]:
@@ -345,7 +513,7 @@ def _assign(model: Any, weights: Mapping[str, list[np.ndarray]]) -> None:
     """Copy each layer's weights from the file, checking names and shapes."""
     for layer in model.layers:
         own = layer.get_weights()
-        given = weights.get(layer.name, [])
+        given = _ours_from_keras(layer, weights.get(layer.name, []))
         if len(given) != len(own):
             raise ValueError(
                 f"layer {layer.name!r} has {len(own)} weights but the file holds {len(given)}"
@@ -358,6 +526,21 @@ def _assign(model: Any, weights: Mapping[str, list[np.ndarray]]) -> None:
                 )
         if own:
             layer.set_weights(given)
+
+
+def _ours_from_keras(layer: Any, given: list[np.ndarray]) -> list[np.ndarray]:
+    """A layer's weights as a Keras file holds them -> as dlcore's layer holds them.
+
+    Keras's ``Normalization`` keeps ``mean``, ``variance`` and an unused ``count`` when
+    adapted, and no weights at all when its config gives the statistics (dlcore's layer
+    then made them from the config)."""
+    if type(layer).__name__ != "Normalization":
+        return given
+    if len(given) == 3 and np.shape(given[2]) == ():
+        return given[:2]
+    if not given and layer.input_mean is not None:
+        return layer.get_weights()
+    return given
 
 
 def _compile(model: Any, compiled: Mapping[str, Any], path: str) -> None:
@@ -404,6 +587,18 @@ def _keras_layer(layer: Any, input_shape: Any) -> dict[str, Any]:
     for key in KERAS_LAYERS[cls]:
         if key in ours:
             config[key] = ours[key]
+    for key in INITIALIZER_KEYS.get(cls, ()):
+        config[key] = _keras_object(ours[key], "keras.initializers", layer.name, key)
+    for key in REGULARIZER_KEYS.get(cls, ()):
+        config[key] = _keras_object(ours[key], "keras.regularizers", layer.name, key)
+    if cls == "Normalization":
+        if not layer.ready:
+            raise ValueError(
+                f"Normalization layer {layer.name!r} has no statistics yet: call adapt(data) "
+                "before saving it in Keras's format"
+            )
+        # Keras's adapted form: the statistics travel as weights (see keras_weights)
+        config.update(axis=[ours["axis"]], mean=None, variance=None)
     from dlcore.backends import names
 
     activation = config.get("activation")
@@ -418,6 +613,59 @@ def _keras_layer(layer: Any, input_shape: Any) -> dict[str, Any]:
     if input_shape is not None:
         entry["build_config"] = {"input_shape": input_shape}
     return entry
+
+
+def _keras_object(ours: Any, module: str, layer: str, key: str) -> dict[str, Any] | None:
+    """Keras 3's serialized form of dlcore's ``{"class_name", "config"}`` of an
+    initializer or regularizer (``None`` stays ``None``)."""
+    if ours is None:
+        return None
+    known = (
+        {c.__name__ for c in initializers._CLASSES.values()}
+        if module == "keras.initializers"
+        else {"L1", "L2", "L1L2"}
+    )
+    if ours["class_name"] not in known:
+        raise ValueError(
+            f"layer {layer!r} has {key}={ours['class_name']}, which Keras does not have "
+            f"(Keras's own: {', '.join(sorted(known))})"
+        )
+    return {
+        "module": module,
+        "class_name": ours["class_name"],
+        "config": dict(ours["config"]),
+        "registered_name": None,
+    }
+
+
+def keras_weights(layer: Any) -> list[np.ndarray]:
+    """A dlcore layer's weights as Keras's layer of that class holds them (float32;
+    ``Normalization`` adds Keras's unused int32 ``count``)."""
+    values = [np.asarray(value, dtype=np.float32) for value in layer.get_weights()]
+    if type(layer).__name__ == "Normalization":
+        values.append(np.asarray(0, dtype=np.int32))
+    return values
+
+
+def _keras_order(model: Any) -> list[Any]:
+    """``model``'s layers in the order Keras's model of that architecture has them."""
+    if model._class_key() == "Sequential":
+        return list(model.layers)
+    by_name = {layer.name: layer for layer in model.layers}
+    return [by_name[item["name"]] for item in model.get_config()["layers"]]
+
+
+def _keras_paths(model: Any) -> list[tuple[str, Any]]:
+    """``(path, layer)``: where Keras's weights files keep each layer's weights,
+    ``layers/<path>/vars``, in Keras's layer order."""
+    used: dict[str, int] = {}
+    paths = []
+    for layer in _keras_order(model):
+        key = _snake(type(layer).__name__)
+        count = used.get(key, 0)
+        used[key] = count + 1
+        paths.append((key if not count else f"{key}_{count}", layer))
+    return paths
 
 
 def _tensor(ref: list[Any], width: int) -> dict[str, Any]:
@@ -555,8 +803,8 @@ def keras_members(model: Any) -> dict[str, bytes]:
             group = layers.create_group(key if not count else f"{key}_{count}")
             variables = group.create_group("vars")
             variables.attrs["name"] = layer.name
-            for index, value in enumerate(layer.get_weights()):
-                variables.create_dataset(str(index), data=np.asarray(value, dtype=np.float32))
+            for index, value in enumerate(keras_weights(layer)):
+                variables.create_dataset(str(index), data=value)
         f.create_group("vars").attrs["name"] = model.name
     metadata = {
         "keras_version": KERAS_VERSION,

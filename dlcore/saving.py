@@ -373,7 +373,9 @@ def save_weights(model: Any, filepath: str | os.PathLike, overwrite: bool = True
 
 
 def load_weights(model: Any, filepath: str | os.PathLike) -> None:
-    """Load weights saved by ``save_weights`` (or a whole model saved by ``save``).
+    """Load weights saved by ``save_weights`` (or a whole model saved by ``save``), or
+    a Keras 3 ``.weights.h5`` file (``keras_model.save_weights``, told by its HDF5
+    signature; needs h5py) into a model of the same architecture, by layer order.
 
     The shapes the file declares are checked against this model before anything is
     read; the model is unchanged when the file is refused.
@@ -386,6 +388,12 @@ def load_weights(model: Any, filepath: str | os.PathLike) -> None:
     model._ensure_built("load_weights()")
     model._claim_layers()
     path = os.fspath(filepath)
+    if os.path.isfile(path):
+        from dlcore import keras_files
+
+        if keras_files.is_hdf5(path):
+            keras_files.load_keras_weights(model, path)
+            return
     own = _own_shapes(model)
 
     def select(description: dict[str, Any], headers: Mapping[str, MemberHeader]) -> list[str]:

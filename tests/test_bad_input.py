@@ -1031,7 +1031,7 @@ def test_load_weights_rejects_foreign_files(tmp_path, engine):
     model = make_model()
     path = tmp_path / "noise"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
-    with pytest.raises(ValueError, match=r"looks like a Keras HDF5 file"):
+    with pytest.raises(ValueError, match=r"noise is a damaged weights file"):
         model.load_weights(path)
     archive.write_archive(path, {"format": "something.else"}, {"params": np.zeros(3)})
     with pytest.raises(ValueError, match=r"holds no dlcore weights"):

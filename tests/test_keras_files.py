@@ -240,3 +240,380 @@ def test_readme_example(tmp_path):
     same = load_model("model.keras")
     assert same.compiled
     np.testing.assert_array_equal(same.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
+
+
+# ------------------------------------------------- initializers, regularizers, Normalization
+#: the one-epoch fit data of the fixtures' ``<name>.fit.json`` (make_keras_files.py)
+FIT_X = np.sin(np.arange(16 * 4, dtype=np.float32)).reshape(16, 4)
+FIT_Y = np.stack([FIT_X[:, 0] - FIT_X[:, 1], FIT_X[:, 2] * FIT_X[:, 3]], axis=1)
+
+
+def _keras_fit_loss(name):
+    with open(os.path.join(FIXTURES, f"{name}.fit.json")) as f:
+        return json.load(f)["loss"]
+
+
+def _one_epoch_loss(model):
+    history = model.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return history.history["loss"][0]
+
+
+@pytest.mark.parametrize("name", ["regularized.keras", "regularized.h5", "keras2_sequential.h5"])
+def test_regularized_keras_files_predict_and_train_as_keras_did(engine, name):
+    stem = name.split(".")[0]
+    model = load_model(os.path.join(FIXTURES, name))
+    expected = np.load(os.path.join(FIXTURES, stem + ".expected.npy"))
+    np.testing.assert_allclose(model.predict(PROBE, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    # float32 sums of a few dozen terms in another order: a few ulps apart
+    assert _one_epoch_loss(model) == pytest.approx(_keras_fit_loss(stem), rel=1e-5)
+
+
+def test_regularizers_and_initializers_are_read_as_keras_wrote_them():
+    from dlcore import initializers, regularizers
+
+    model = load_model(os.path.join(FIXTURES, "regularized.keras"))
+    d1, bn, pr, ln, d2 = (model.get_layer(n) for n in ("d1", "bn", "pr", "ln", "d2"))
+    assert d1.kernel_regularizer == regularizers.L2(0.01)
+    assert d1.bias_regularizer.l1 == pytest.approx(0.02) and d1.bias_regularizer.l2 == 0
+    assert bn.gamma_regularizer == regularizers.L2(0.03) and bn.beta_regularizer is None
+    assert pr.alpha_regularizer == regularizers.L2(0.05)
+    assert (ln.gamma_regularizer.l1, ln.gamma_regularizer.l2) == (0.01, 0.02)
+    assert (d2.kernel_regularizer.l1, d2.kernel_regularizer.l2) == (0.004, 0.01)
+    assert initializers.serialize(d1.kernel_initializer) == {
+        "class_name": "RandomNormal",
+        "config": {"mean": 0.1, "stddev": 0.4, "seed": 5},
+    }
+    assert d1.bias_initializer.get_config() == {"value": 0.05}
+    assert bn.moving_variance_initializer.get_config() == {"value": 2.0}
+    assert type(ln.beta_initializer).__name__ == "RandomUniform"
+    assert d2.kernel_initializer.get_config() == {
+        "scale": 2.0,
+        "mode": "fan_avg",
+        "distribution": "untruncated_normal",
+        "seed": 7,
+    }
+    k2 = load_model(os.path.join(FIXTURES, "keras2_sequential.h5"))
+    assert k2.layers[0].kernel_regularizer == regularizers.L2(0.01)
+    assert type(k2.layers[1].kernel_initializer).__name__ == "VarianceScaling"
+
+
+def test_the_regularizers_are_what_makes_the_fit_loss_match():
+    """The control of the parity test above: without them, the loss is another."""
+    model = load_model(os.path.join(FIXTURES, "regularized.keras"))
+    for layer in model.layers:
+        for key in ("kernel", "bias", "alpha", "gamma", "beta"):
+            if hasattr(layer, f"{key}_regularizer"):
+                setattr(layer, f"{key}_regularizer", None)
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.learning_rate = 0.05
+    assert abs(_one_epoch_loss(model) - _keras_fit_loss("regularized")) > 1e-2
+
+
+def test_an_adapted_keras_normalization_loads_its_statistics():
+    model = load_model(os.path.join(FIXTURES, "regularized.keras"))
+    norm = model.get_layer("norm")
+    mean, variance = norm.get_weights()
+    x = FIT_X.astype(np.float64) * 3.0 + 1.0  # what the fixture adapted it on
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, x.var(axis=0), rtol=1e-5)
+    assert norm.ready and not norm.invert
+
+
+def _change_layer(path, target, name, **settings):
+    def change(config):
+        for entry in config["config"]["layers"]:
+            if entry["config"].get("name") == name:
+                entry["config"].update(settings)
+
+    _rewrite_config(path, target, change)
+
+
+REGULARIZED = os.path.join(FIXTURES, "regularized.keras")
+
+
+@pytest.mark.parametrize(
+    ("layer", "settings", "pattern"),
+    [
+        (
+            "d1",
+            {
+                "kernel_constraint": {
+                    "module": "keras.constraints",
+                    "class_name": "MaxNorm",
+                    "config": {"max_value": 2, "axis": 0},
+                }
+            },
+            r"layer 'd1' \(Dense\) has kernel_constraint=MaxNorm\(.*cannot honour.*"
+            r"kernel_constraint=None \(dlcore has no weight constraints\)",
+        ),
+        (
+            "d1",
+            {
+                "activity_regularizer": {
+                    "module": "keras.regularizers",
+                    "class_name": "L2",
+                    "config": {"l2": 0.1},
+                }
+            },
+            r"'d1' \(Dense\) has activity_regularizer=L2\(.*no activity regularizers",
+        ),
+        (
+            "d2",
+            {
+                "kernel_regularizer": {
+                    "module": "keras.regularizers",
+                    "class_name": "OrthogonalRegularizer",
+                    "config": {"factor": 0.01, "mode": "rows"},
+                }
+            },
+            r"'d2' \(Dense\) has kernel_regularizer=OrthogonalRegularizer\(.*"
+            r"supports kernel_regularizer=None, L1, L2 or L1L2",
+        ),
+        (
+            "d2",
+            {"kernel_regularizer": {"module": "my_pkg", "class_name": "L2", "config": {"l2": 0.1}}},
+            r"'d2' \(Dense\) has kernel_regularizer=L2\(.*cannot honour",
+        ),
+        (
+            "d2",
+            {
+                "kernel_initializer": {
+                    "module": "keras.initializers",
+                    "class_name": "Identity",
+                    "config": {"gain": 1.0},
+                }
+            },
+            r"'d2' \(Dense\) has kernel_initializer=Identity\(.*one of Constant, GlorotNormal",
+        ),
+        (
+            "d2",
+            {
+                "kernel_initializer": {
+                    "module": "keras.initializers",
+                    "class_name": "MyInit",
+                    "config": {},
+                    "registered_name": "pkg>MyInit",
+                }
+            },
+            r"kernel_initializer=MyInit\(\{\}\), which dlcore cannot honour",
+        ),
+        (
+            "d1",
+            {
+                "bias_initializer": {
+                    "module": "keras.initializers",
+                    "class_name": "GlorotUniform",
+                    "config": {"seed": None, "input_axes": [0], "output_axes": None},
+                }
+            },
+            r"bias_initializer=GlorotUniform\(.*input_axes",
+        ),
+        (
+            "pr",
+            {"shared_axes": [1]},
+            r"'pr' \(PReLU\) has shared_axes=\[1\] \(a list\).*one slope per feature",
+        ),
+        (
+            "pr",
+            {
+                "alpha_constraint": {
+                    "module": "keras.constraints",
+                    "class_name": "NonNeg",
+                    "config": {},
+                }
+            },
+            r"'pr' \(PReLU\) has alpha_constraint=NonNeg",
+        ),
+        ("bn", {"renorm": True}, r"'bn' \(BatchNormalization\) has renorm=True .*renorm=False"),
+        (
+            "bn",
+            {
+                "beta_constraint": {
+                    "module": "keras.constraints",
+                    "class_name": "UnitNorm",
+                    "config": {"axis": 0},
+                }
+            },
+            r"'bn' \(BatchNormalization\) has beta_constraint=UnitNorm",
+        ),
+        (
+            "ln",
+            {
+                "gamma_constraint": {
+                    "module": "keras.constraints",
+                    "class_name": "MinMaxNorm",
+                    "config": {},
+                }
+            },
+            r"'ln' \(LayerNormalization\) has gamma_constraint=MinMaxNorm",
+        ),
+        ("d1", {"quantization_config": {"mode": "int8"}}, r"quantization_config=.*quantize"),
+        ("norm", {"axis": None}, r"'norm' \(Normalization\) has axis=None .*supports axis=-1"),
+        ("norm", {"axis": [0, 1]}, r"'norm' \(Normalization\) has axis=\[0, 1\]"),
+        ("d1", {"lora_rank": 4}, r"'d1' \(Dense\) has the setting lora_rank=4, which dlcore"),
+    ],
+)
+def test_settings_dlcore_cannot_honour_are_refused_by_name(tmp_path, layer, settings, pattern):
+    target = tmp_path / "bad.keras"
+    _change_layer(REGULARIZED, target, layer, **settings)
+    with pytest.raises(ModelFileError, match=pattern):
+        load_model(target)
+
+
+def test_a_dropout_noise_shape_is_refused_by_name(tmp_path):
+    def change(config):
+        _layer(config, 3)["config"].update(noise_shape=[None, 1], seed=3)
+
+    target = tmp_path / "bad.keras"
+    _rewrite_config(os.path.join(FIXTURES, "sequential.keras"), target, change)
+    with pytest.raises(ModelFileError, match=r"\(Dropout\) has noise_shape=\[None, 1\]"):
+        load_model(target)
+    _rewrite_config(
+        os.path.join(FIXTURES, "sequential.keras"),
+        target,
+        lambda c: _layer(c, 3)["config"].update(noise_shape=None, seed=3),
+    )
+    load_model(target)  # a seed alone changes nothing dlcore computes
+
+
+def test_rms_scaling_is_refused_by_name():
+    with pytest.raises(
+        ModelFileError, match=r"'rms' \(LayerNormalization\) has rms_scaling=True \(a bool\)"
+    ):
+        load_model(os.path.join(FIXTURES, "rms_scaling.keras"))
+
+
+def test_keras_normalization_given_its_statistics_in_the_config(tmp_path):
+    def change(config):
+        entry = config["config"]["layers"][1]
+        entry["config"].update(mean=[1.0, 2.0, 3.0, 4.0], variance=[4.0] * 4, invert=True)
+
+    import h5py
+
+    target = tmp_path / "given.keras"
+    _rewrite_config(REGULARIZED, target, change)
+    with zipfile.ZipFile(target) as zf:  # such a Keras layer has no weights in the file
+        members = {n: zf.read(n) for n in zf.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as f:
+        for i in range(3):
+            del f[f"layers/normalization/vars/{i}"]
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    norm = load_model(target).get_layer("norm")
+    assert norm.invert
+    mean, variance = norm.get_weights()
+    np.testing.assert_array_equal(mean, [1, 2, 3, 4])
+    np.testing.assert_array_equal(variance, [4, 4, 4, 4])
+
+
+def _regularized_dlcore_model():
+    """regularized.keras's architecture, built in dlcore."""
+    from dlcore import initializers, regularizers
+    from dlcore.layers import BatchNormalization, LayerNormalization, Normalization, PReLU
+
+    return Sequential(
+        [
+            Input((4,)),
+            Normalization(name="n"),
+            Dense(6, activation="tanh", kernel_regularizer=regularizers.L2(0.01)),
+            BatchNormalization(),
+            PReLU(alpha_initializer=initializers.Constant(0.25)),
+            LayerNormalization(gamma_regularizer=regularizers.L1L2(0.01, 0.02)),
+            Dense(2, kernel_initializer=initializers.HeUniform(seed=1)),
+        ]
+    )
+
+
+def test_dlcore_writes_initializers_regularizers_and_normalization_as_keras_does(tmp_path):
+    model = _regularized_dlcore_model()
+    model.get_layer("n").adapt(FIT_X)
+    model.save(tmp_path / "m.keras")
+    config = json.loads(_members(tmp_path / "m.keras")["config.json"])
+    entries = {e["config"]["name"]: e for e in config["config"]["layers"]}
+    dense = entries[model.layers[1].name]["config"]
+    assert dense["kernel_regularizer"] == {
+        "module": "keras.regularizers",
+        "class_name": "L2",
+        "config": {"l2": 0.01},
+        "registered_name": None,
+    }
+    assert dense["bias_regularizer"] is None
+    assert dense["kernel_initializer"] == {
+        "module": "keras.initializers",
+        "class_name": "GlorotUniform",
+        "config": {"seed": None},
+        "registered_name": None,
+    }
+    assert entries[model.layers[-1].name]["config"]["kernel_initializer"]["config"] == {"seed": 1}
+    norm = entries["n"]["config"]
+    assert (norm["axis"], norm["mean"], norm["variance"]) == ([-1], None, None)
+    # and dlcore reads its own Keras members back to the same model
+    with zipfile.ZipFile(tmp_path / "keras_only.keras", "w") as zf:
+        for name, data in _members(tmp_path / "m.keras").items():
+            if name in ("metadata.json", "config.json", "model.weights.h5"):
+                zf.writestr(name, data)
+    again = load_model(tmp_path / "keras_only.keras")
+    np.testing.assert_allclose(
+        again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    assert again.layers[4].gamma_regularizer == model.layers[4].gamma_regularizer
+
+
+def test_an_unadapted_normalization_is_not_written_for_keras(tmp_path):
+    from dlcore import keras_files
+    from dlcore.layers import Normalization
+
+    model = Sequential([Input((4,)), Normalization(name="raw"), Dense(2)])
+    with pytest.raises(ValueError, match=r"Normalization layer 'raw' has no statistics yet"):
+        keras_files.keras_members(model)
+
+
+# -------------------------------------------------------------- Keras's .weights.h5 files
+def test_load_weights_reads_a_keras_weights_file_by_layer_order():
+    model = _regularized_dlcore_model()  # other layer names than Keras's model
+    model.load_weights(os.path.join(FIXTURES, "regularized.weights.h5"))
+    expected = np.load(os.path.join(FIXTURES, "regularized.expected.npy"))
+    np.testing.assert_allclose(model.predict(PROBE, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_load_weights_refuses_another_architecture_by_name():
+    from dlcore.layers import BatchNormalization, Normalization
+
+    narrow = Sequential([Input((4,)), Normalization(), Dense(5), BatchNormalization(), Dense(2)])
+    before = [w.copy() for w in narrow.get_weights()]
+    with pytest.raises(
+        ModelFileError, match=r"\(Dense, Keras's layers/dense\): weight 0 has shape \(4, 6\)"
+    ):
+        narrow.load_weights(os.path.join(FIXTURES, "regularized.weights.h5"))
+    for mine, was in zip(narrow.get_weights(), before):
+        np.testing.assert_array_equal(mine, was)  # nothing written
+    shorter = Sequential([Input((4,)), Normalization(), Dense(6), Dense(2)])
+    with pytest.raises(ModelFileError, match=r"does not have: layers/batch_normalization"):
+        shorter.load_weights(os.path.join(FIXTURES, "regularized.weights.h5"))
+
+
+def test_load_weights_refuses_an_hdf5_file_without_keras_weights(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ModelFileError, match=r"without Keras 3 weights"):
+        Sequential([Input((4,)), Dense(2)]).load_weights(tmp_path / "other.h5")
+
+
+def test_readme_keras_weights_example(tmp_path):
+    os.chdir(tmp_path)
+    model = Sequential([Input((4,)), Dense(8, activation="relu"), Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.save("model.keras")  # keras.saving.load_model reads it too
+    # the weights member of Keras's zip has save_weights' layout; the Keras-written
+    # fixture is read in test_load_weights_reads_a_keras_weights_file_by_layer_order
+    with open("keras_model.weights.h5", "wb") as f:
+        f.write(_members("model.keras")["model.weights.h5"])
+    same = load_model("model.keras")
+    same.set_weights([w * 0 for w in same.get_weights()])
+    same.load_weights("keras_model.weights.h5")  # written by keras_model.save_weights
+    np.testing.assert_array_equal(same.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
