@@ -27,6 +27,7 @@ import numpy as np
 
 from dlcore import initializers, losses, metric_objects, optimizers, regularizers
 from dlcore.archive import ModelFileError
+from dlcore.optimizers.base import AVERAGE_SLOT, COMMON_OPTIONS
 
 #: the Keras version whose format the files dlcore writes follow
 KERAS_VERSION = "3.15.1"
@@ -152,11 +153,15 @@ def is_hdf5(path: str) -> bool:
 def load_keras_file(path: str, *, compile: bool = True) -> Any:
     """A dlcore model on the current engine from a Keras 3 ``.keras`` or Keras 2 ``.h5``
     file: the architecture, the float32 weights and, when ``compile`` and they map to
-    dlcore's, the optimizer, loss and metrics (else uncompiled, with a warning).
+    dlcore's, the optimizer, loss and metrics (else uncompiled, with a warning). The
+    optimizer's variables Keras saved (``.keras``, and Keras 3's ``.h5``) become the
+    dlcore optimizer's state, so ``fit`` continues as Keras's would; a file without them
+    gives a fresh optimizer.
 
     Raises:
-        ModelFileError: the file is damaged, or holds a layer, a module or a setting that
-            dlcore does not have (named in the message).
+        ModelFileError: the file is damaged, holds a layer, a module or a setting that
+            dlcore does not have (named in the message), or optimizer variables of
+            another count or shape than this optimizer and model have in Keras.
         ImportError: h5py is missing.
     """
     h5py = _h5py()
@@ -169,6 +174,7 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
                 )
                 group = f["model_weights"] if "model_weights" in f else f
                 weights = _h5_legacy_weights(group)
+                state = _h5_legacy_optimizer_values(f, path)
             compile_config = _legacy_compile(training)
         else:
             with zipfile.ZipFile(path) as zf:
@@ -176,6 +182,7 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
                 data = zf.read("model.weights.h5")
             with h5py.File(io.BytesIO(data), "r") as f:
                 weights = _h5_v3_weights(f)
+                state = _h5_v3_optimizer_values(f)
             compile_config = config.get("compile_config") if isinstance(config, dict) else None
         model = _model_from_keras(config)
         _assign(model, weights)
@@ -186,6 +193,8 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
         raise ModelFileError(path, f"{path} is not a Keras model dlcore can read: {what}") from None
     if compile and compile_config:
         _compile(model, compile_config, path)
+        if state is not None and model.compiled:
+            _restore_optimizer(model, state, path)
     return model
 
 
@@ -272,6 +281,38 @@ def _h5_v3_weights(f: Any) -> dict[str, list[np.ndarray]]:
         name = _text(vars_group.attrs.get("name", key))
         found[name] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
     return found
+
+
+def _h5_v3_optimizer_values(f: Any) -> list[np.ndarray] | None:
+    """Keras's ``optimizer.variables`` from a Keras 3 ``model.weights.h5``
+    (``optimizer/vars/<index>``), or ``None`` when it holds none."""
+    group = f.get("optimizer/vars")
+    if group is None or not len(group):
+        return None
+    return [np.asarray(group[str(i)]) for i in range(len(group))]
+
+
+def _h5_legacy_optimizer_values(f: Any, path: str) -> list[np.ndarray] | None:
+    """Keras 3's ``optimizer.variables`` from its HDF5 file (``optimizer_weights``, in
+    the order of its ``weight_names``), or ``None`` when it holds none. Keras 2 (tf.keras)
+    ordered its optimizers' slots otherwise, version by version: they are not read,
+    with a warning."""
+    if "optimizer_weights" not in f:
+        return None
+    group = f["optimizer_weights"]
+    if _text(f.attrs.get("keras_version", "3")).startswith(("1.", "2.")):
+        warnings.warn(
+            f"{path}: the optimizer state of a Keras 2 file is not read (Keras 2 ordered "
+            "its slots otherwise); training continues with a fresh optimizer",
+            stacklevel=4,
+        )
+        return None
+    names = list(group.attrs.get("weight_names", []))
+    chunk = 0
+    while f"weight_names{chunk}" in group.attrs:  # Keras splits long name lists
+        names += list(group.attrs[f"weight_names{chunk}"])
+        chunk += 1
+    return [np.asarray(group[_text(name)]) for name in names] or None
 
 
 def _h5_legacy_weights(group: Any) -> dict[str, list[np.ndarray]]:
@@ -549,7 +590,10 @@ def _compile(model: Any, compiled: Mapping[str, Any], path: str) -> None:
         opt = compiled.get("optimizer")
         if isinstance(opt, dict):
             _check_module(opt)
-            known = optimizers.get(str(opt["class_name"]).lower()).get_config()
+            known = {
+                *optimizers.get(str(opt["class_name"]).lower()).get_config(),
+                *COMMON_OPTIONS,  # use_ema, clipnorm...: left out of a default's config
+            }
             opt = {
                 "class_name": opt["class_name"],
                 "config": {k: v for k, v in opt["config"].items() if k in known},
@@ -782,6 +826,12 @@ def keras_members(model: Any) -> dict[str, bytes]:
     ``config.json`` and ``model.weights.h5``, as bytes. ``dlcore.saving`` writes them
     beside dlcore's own members, so that ``keras.saving.load_model`` reads the file too.
 
+    A compiled model's weights file also holds its optimizer's variables where Keras
+    keeps them (``optimizer/vars/<index>``, in Keras's ``optimizer.variables`` order:
+    ``keras_optimizer_layout``), so Keras continues training where dlcore stopped.
+    Every optimizer both libraries have is written (``KERAS_OPTIMIZER_SLOTS``); dlcore's
+    ``LossScaleOptimizer`` is not (Keras then warns and starts it from zero).
+
     Raises:
         ValueError: a layer, an activation or a setting has no Keras counterpart.
         ImportError: h5py is missing.
@@ -806,6 +856,12 @@ def keras_members(model: Any) -> dict[str, bytes]:
             for index, value in enumerate(keras_weights(layer)):
                 variables.create_dataset(str(index), data=value)
         f.create_group("vars").attrs["name"] = model.name
+        state = keras_optimizer_values(model) if compiled is not None else None
+        if state is not None:
+            variables = f.create_group("optimizer").create_group("vars")
+            variables.attrs["name"] = type(model._compiled_optimizer()).__name__.lower()
+            for index, value in enumerate(state):
+                variables.create_dataset(str(index), data=value)
     metadata = {
         "keras_version": KERAS_VERSION,
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
@@ -815,3 +871,207 @@ def keras_members(model: Any) -> dict[str, bytes]:
         "config.json": json.dumps(config).encode(),
         "model.weights.h5": buffer.getvalue(),
     }
+
+
+# ------------------------------------------------------------------ the optimizer's variables
+#: dlcore optimizer class -> its state slots in the groups Keras 3's optimizer of that
+#: class makes them, each pair ``(dlcore's slot, Keras's name)``. Keras's
+#: ``optimizer.variables`` are ``iteration``, ``learning_rate`` (unless a schedule),
+#: the moving ``average`` group with ``use_ema``, then these groups one after the other;
+#: inside a group, every slot of the first trainable variable, then of the next...
+#: A slot dlcore does not use (SGD without momentum, Adam without AMSGrad) is one Keras
+#: does not make either. Nadam ends with its momentum product, ``mu_product``.
+#: Not here, so written without variables (Keras warns and starts that optimizer from
+#: zero) and read as a fresh optimizer: dlcore's ``LossScaleOptimizer``.
+KERAS_OPTIMIZER_SLOTS: dict[str, tuple[tuple[tuple[str, str], ...], ...]] = {
+    "SGD": ((("velocity", "momentum"),),),
+    "Adam": ((("m", "momentum"), ("v", "velocity")), (("v_max", "velocity_hat"),)),
+    "AdamW": ((("m", "momentum"), ("v", "velocity")), (("v_max", "velocity_hat"),)),
+    "RMSprop": (
+        (("velocity", "velocity"),),
+        (("momentum_buffer", "momentum"),),
+        (("average_grad", "average_gradient"),),
+    ),
+    "Adagrad": ((("accumulator", "accumulator"),),),
+    "Adadelta": (
+        (
+            ("accumulated_grad", "accumulated_grad"),
+            ("accumulated_delta_var", "accumulated_delta_var"),
+        ),
+    ),
+    "Adamax": ((("m", "momentum"), ("u", "norm")),),
+    "Nadam": ((("m", "momentum"), ("v", "velocity")),),
+    "Lion": ((("momentum", "momentum"),),),
+    "Ftrl": ((("accumulator", "accumulator"), ("linear", "linear")),),
+}
+#: the host scalars of dlcore's optimizers that Keras keeps as a last variable
+_TRAILING_SCALARS = {"Nadam": "mu_product"}
+
+
+class _OptimizerVariable:
+    """One entry of Keras's ``optimizer.variables`` for a dlcore optimizer and model:
+    ``what`` is ``"iterations"``, ``"learning_rate"``, a host scalar or a dlcore slot;
+    a slot's entry has the ``(start, stop)`` of its weight in the flat buffer."""
+
+    def __init__(
+        self,
+        what: str,
+        label: str,
+        shape: tuple[int, ...] = (),
+        span: tuple[int, int] | None = None,
+    ) -> None:
+        self.what, self.label, self.shape, self.span = what, label, shape, span
+
+
+def _trainable_variables(model: Any) -> list[tuple[str, tuple[int, ...], tuple[int, int]]]:
+    """``(label, shape, (start, stop))`` of each weight Keras's model trains, in Keras's
+    order (layer by layer, each layer's trainable weights in order; the weights of a
+    frozen layer and moving statistics are not trainable)."""
+    found = []
+    for layer in _keras_order(model):
+        shapes = [tuple(int(d) for d in s) for s in layer.parameter_shapes()]
+        if not shapes:
+            continue
+        start = model._layer_ranges[id(layer)][0]
+        for shape, flag, weight in zip(shapes, layer.weight_trainable(), layer.weights):
+            stop = start + int(np.prod(shape, dtype=np.int64))
+            if flag:
+                found.append((weight.path, shape, (start, stop)))
+            start = stop
+    return found
+
+
+def keras_optimizer_layout(model: Any) -> list[_OptimizerVariable] | None:
+    """What Keras 3.15.1's ``optimizer.variables`` hold, in order, for ``model``'s
+    compiled dlcore optimizer, or ``None`` for an optimizer Keras's files cannot carry
+    (not in ``KERAS_OPTIMIZER_SLOTS``). ``model`` is built and placed on its engine."""
+    optimizer = model._compiled_optimizer()
+    cls = type(optimizer).__name__
+    if cls not in KERAS_OPTIMIZER_SLOTS:
+        return None
+    used = set(optimizer._slots_in_use())
+    layout = [_OptimizerVariable("iterations", "iteration")]
+    if optimizer.schedule is None:
+        layout.append(_OptimizerVariable("learning_rate", "learning_rate"))
+    groups = KERAS_OPTIMIZER_SLOTS[cls]
+    if optimizer.use_ema:
+        groups = (((AVERAGE_SLOT, "average"),), *groups)
+    variables = _trainable_variables(model)
+    for group in groups:
+        slots = [pair for pair in group if pair[0] in used]
+        for label, shape, span in variables if slots else []:
+            for ours, theirs in slots:
+                layout.append(_OptimizerVariable(ours, f"{label} {theirs}", shape, span))
+    if cls in _TRAILING_SCALARS:
+        name = _TRAILING_SCALARS[cls]
+        layout.append(_OptimizerVariable(name, name))
+    return layout
+
+
+def keras_optimizer_values(model: Any) -> list[np.ndarray] | None:
+    """The values of Keras's ``optimizer.variables`` for ``model``'s optimizer, as Keras
+    saves them: ``iteration`` int64 ``()``, the learning rate and host scalars float32
+    ``()``, each slot float32 in its weight's shape (an optimizer that has not stepped
+    yet gives the slots' initial values); ``None`` when Keras cannot carry them
+    (``keras_optimizer_layout``)."""
+    layout = keras_optimizer_layout(model)
+    if layout is None:
+        return None
+    optimizer = model._compiled_optimizer()
+    state = optimizer.get_state()
+    initial = optimizer._all_slot_init()
+    values = []
+    for entry in layout:
+        if entry.what == "iterations":
+            values.append(np.asarray(optimizer.iterations, dtype=np.int64))
+        elif entry.what == "learning_rate":
+            values.append(np.asarray(optimizer.learning_rate, dtype=np.float32))
+        elif entry.span is None:
+            values.append(np.asarray(state[entry.what], dtype=np.float32))
+        elif entry.what in state:
+            start, stop = entry.span
+            values.append(state[entry.what][start:stop].reshape(entry.shape).astype(np.float32))
+        else:
+            values.append(np.full(entry.shape, initial[entry.what], dtype=np.float32))
+    return values
+
+
+def _restore_optimizer(model: Any, values: list[np.ndarray], path: str) -> None:
+    """Put Keras's optimizer variables ``values`` (in ``optimizer.variables`` order)
+    into ``model``'s compiled dlcore optimizer, built on the model's engine.
+
+    A file saved before Keras's optimizer was built holds only its leading scalars
+    (``iteration`` 0, the learning rate): the optimizer then starts fresh.
+
+    Raises:
+        ModelFileError: another count of variables than this optimizer and model have
+            in Keras, a variable of another shape or kind, or a state the optimizer
+            refuses (a negative second moment, a non-finite value).
+    """
+    model._claim_layers()
+    optimizer = model._compiled_optimizer()
+    cls = type(optimizer).__name__
+    layout = keras_optimizer_layout(model)
+    if layout is None:
+        warnings.warn(
+            f"{path}: dlcore cannot read Keras's variables of a {cls}; its optimizer "
+            "starts from zero",
+            stacklevel=4,
+        )
+        return
+    scalars = len(
+        [e for e in layout if e.span is None and e.what in ("iterations", "learning_rate")]
+    )
+    unbuilt = len(values) == scalars < len(layout)
+    if len(values) != len(layout) and not unbuilt:
+        trained = len(_trainable_variables(model))
+        raise ModelFileError(
+            path,
+            f"{path} holds {len(values)} optimizer variables, but Keras's {cls} of this model "
+            f"has {len(layout)} ({', '.join(e.label for e in layout[:scalars])}, then its "
+            f"slots for {trained} trainable weights): the optimizer state was saved with "
+            "other optimizer settings or another model",
+        )
+    for index, (entry, value) in enumerate(zip(layout, values)):
+        kind = "iu" if entry.what == "iterations" else "f"
+        if value.shape != entry.shape or value.dtype.kind not in kind:
+            expected = "an integer" if kind == "iu" else "floats"
+            raise ModelFileError(
+                path,
+                f"{path}: optimizer variable {index} ({entry.label}) has shape "
+                f"{value.shape} and dtype {value.dtype}; Keras's {cls} of this model has "
+                f"shape {entry.shape} of {expected} there",
+            )
+    iterations = int(values[0])
+    learning_rate = next(
+        (float(v) for e, v in zip(layout, values) if e.what == "learning_rate"), None
+    )
+    if unbuilt and iterations:
+        raise ModelFileError(
+            path,
+            f"{path}: the optimizer took {iterations} steps but the file holds none of "
+            f"its slots (only {', '.join(e.label for e in layout[:scalars])})",
+        )
+    engine, dtype = model._built_engine(), model._built_dtype()
+    size = int(model._params.shape[0])
+    initial = optimizer._all_slot_init()
+    state: dict[str, np.ndarray] = {"iterations": np.asarray(iterations, dtype=np.int64)}
+    for entry, value in zip(layout, values):
+        if entry.span is not None:
+            if entry.what not in state:
+                # weights Keras does not train keep the slot's initial value
+                state[entry.what] = np.full(size, initial[entry.what], dtype=np.float64)
+            start, stop = entry.span
+            state[entry.what][start:stop] = np.asarray(value, dtype=np.float64).reshape(-1)
+        elif entry.what not in ("iterations", "learning_rate"):
+            state[entry.what] = np.asarray(value, dtype=np.float64)
+    try:
+        if not unbuilt:  # else the optimizer starts fresh, as Keras's had not stepped
+            optimizer.build(engine, size, dtype)
+            optimizer.set_state(engine, state, dtype)
+        if learning_rate is not None and np.float32(learning_rate) != np.float32(
+            optimizer.learning_rate
+        ):  # changed during training (else the config's own number stays)
+            optimizer.learning_rate = learning_rate
+    except (ValueError, TypeError) as error:
+        raise ModelFileError(path, f"{path}: its optimizer state is refused: {error}") from None

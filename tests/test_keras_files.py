@@ -617,3 +617,218 @@ def test_readme_keras_weights_example(tmp_path):
     same.set_weights([w * 0 for w in same.get_weights()])
     same.load_weights("keras_model.weights.h5")  # written by keras_model.save_weights
     np.testing.assert_array_equal(same.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
+
+
+# ------------------------------------------------------------------ the optimizer's state
+OPTIMIZER_STATE = os.path.join(FIXTURES, "optimizer_state.keras")
+#: the fixtures' fit data (make_keras_files.FIT_X / FIT_Y)
+FIT_X = np.sin(np.arange(16 * 4, dtype=np.float32)).reshape(16, 4)
+FIT_Y = np.stack([FIT_X[:, 0] - FIT_X[:, 1], FIT_X[:, 2] * FIT_X[:, 3]], axis=1)
+
+
+def _continue(model):
+    model.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+@pytest.mark.parametrize("name", ["optimizer_state.keras", "optimizer_state.h5"])
+def test_a_fit_continues_from_keras_optimizer_state_as_keras_did(engine, name):
+    """Keras trained 2 epochs with Adam (a frozen layer, BatchNormalization), saved, then
+    trained a third: dlcore's third epoch from the file gives Keras's weights. float32
+    on both sides, 2 Adam steps: a few ulps (1e-5); a fresh optimizer is > 1e-3 off."""
+    model = load_model(os.path.join(FIXTURES, name))
+    assert model.optimizer.iterations == 4
+    expected = np.load(os.path.join(FIXTURES, "optimizer_state.continued.npz"))
+    weights = _continue(model)
+    assert len(weights) == len(expected.files)
+    for index, weight in enumerate(weights):
+        np.testing.assert_allclose(weight, expected[str(index)], rtol=1e-5, atol=1e-6)
+
+
+def _rewrite_weights(source, target, change):
+    """A copy of the ``.keras`` file ``source`` whose ``model.weights.h5`` ``change``
+    (called with the open h5py file) has edited."""
+    import h5py
+
+    members = _members(source)
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as f:
+        change(f)
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return target
+
+
+def test_without_optimizer_variables_the_optimizer_starts_fresh(tmp_path):
+    path = _rewrite_weights(OPTIMIZER_STATE, tmp_path / "o.keras", lambda f: f.pop("optimizer"))
+    model = load_model(path)
+    assert model.optimizer.iterations == 0 and not model.optimizer.built
+    expected = np.load(os.path.join(FIXTURES, "optimizer_state.continued.npz"))
+    weights = _continue(model)
+    assert max(np.abs(w - expected[str(i)]).max() for i, w in enumerate(weights)) > 1e-3
+
+
+def _replace_variable(index, value):
+    def change(f):
+        del f[f"optimizer/vars/{index}"]
+        f["optimizer/vars"].create_dataset(str(index), data=value)
+
+    return change
+
+
+def _drop_last(f):
+    group = f["optimizer/vars"]
+    del group[str(len(group) - 1)]
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (
+            _drop_last,
+            r"holds 13 optimizer variables, but Keras's Adam of this model has 14 "
+            r"\(iteration, learning_rate, then its slots for 6 trainable weights\)",
+        ),
+        (
+            _replace_variable(2, np.zeros((6, 4), np.float32)),
+            r"optimizer variable 2 \(d1/kernel momentum\) has shape \(6, 4\) .*"
+            r"has shape \(4, 6\) of floats there",
+        ),
+        (
+            _replace_variable(0, np.float32(4.0)),
+            r"optimizer variable 0 \(iteration\) has shape \(\) and dtype float32.*an integer",
+        ),
+        (
+            _replace_variable(3, -np.ones((4, 6), np.float32)),
+            r"optimizer state is refused: Adam state slot 'v' expected non-negative",
+        ),
+        (
+            lambda f: [_drop_last(f) for _ in range(12)],
+            r"the optimizer took 4 steps but the file holds none of its slots",
+        ),
+    ],
+    ids=["count", "shape", "iterations", "negative", "no-slots"],
+)
+def test_mismatched_optimizer_variables_are_refused(tmp_path, change, pattern):
+    path = _rewrite_weights(OPTIMIZER_STATE, tmp_path / "o.keras", change)
+    with pytest.raises(ModelFileError, match=pattern):
+        load_model(path)
+
+
+def test_other_optimizer_settings_than_the_variables_are_refused(tmp_path):
+    def amsgrad(config):
+        config["compile_config"]["optimizer"]["config"]["amsgrad"] = True
+
+    _rewrite_config(OPTIMIZER_STATE, tmp_path / "a.keras", amsgrad)
+    with pytest.raises(
+        ModelFileError, match=r"holds 14 .*has 20 .*saved with other optimizer settings"
+    ):
+        load_model(tmp_path / "a.keras")
+
+
+def test_an_unbuilt_keras_optimizer_loads_fresh():
+    """Keras's fixtures were saved before any fit: only iteration 0 and the rate."""
+    model = load_model(os.path.join(FIXTURES, "sequential.keras"))
+    assert model.optimizer.iterations == 0 and not model.optimizer.built
+
+
+def _frozen_model(optimizer):
+    from dlcore.layers import BatchNormalization
+
+    model = Sequential(
+        [
+            Input((4,)),
+            Dense(3, activation="tanh", name="d1"),
+            BatchNormalization(name="bn"),
+            Dense(3, name="frozen"),
+            Dense(2, name="out"),
+        ]
+    )
+    model.get_layer("frozen").trainable = False
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def _keras_optimizer_variables(path):
+    import h5py
+
+    data = _members(path)["model.weights.h5"]
+    with h5py.File(io.BytesIO(data), "r") as f:
+        group = f["optimizer/vars"]
+        return group.attrs["name"], [np.asarray(group[str(i)]) for i in range(len(group))]
+
+
+def test_dlcore_writes_the_optimizer_variables_in_keras_order(tmp_path):
+    """RMSprop with momentum and centered: Keras's groups come one after the other
+    (velocity, momentum, average_gradient), each over the trainable weights in order
+    (d1 kernel and bias, bn gamma and beta, out kernel and bias; not the moving
+    statistics, not the frozen layer's)."""
+    from dlcore import optimizers
+
+    model = _frozen_model(optimizers.RMSprop(0.01, momentum=0.5, centered=True))
+    model.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    name, values = _keras_optimizer_variables(tmp_path / "m.keras")
+    state = model.optimizer.get_state()
+    # the flat buffer: d1 (12 + 3), bn (3 + 3 + moving 3 + 3), frozen (9 + 3), out (6 + 2)
+    spans = [((0, 12), (4, 3)), ((12, 15), (3,)), ((15, 18), (3,)), ((18, 21), (3,))]
+    spans += [((39, 45), (3, 2)), ((45, 47), (2,))]
+    expected = [np.int64(2), np.float32(0.01)]
+    for slot in ("velocity", "momentum_buffer", "average_grad"):
+        expected += [state[slot][a:b].reshape(shape) for (a, b), shape in spans]
+    assert name == "rmsprop"
+    assert len(values) == len(expected) == 20
+    assert values[0].dtype == np.int64 and values[1].dtype == np.float32
+    for value, want in zip(values, expected):
+        np.testing.assert_array_equal(value, np.asarray(want, dtype=value.dtype))
+    assert all(v.dtype == np.float32 for v in values[2:])
+
+
+def test_an_optimizer_that_has_not_stepped_writes_its_initial_slots(tmp_path):
+    from dlcore import optimizers
+
+    model = _frozen_model(optimizers.Adagrad(0.1, initial_accumulator_value=0.25))
+    model.save(tmp_path / "m.keras")
+    _, values = _keras_optimizer_variables(tmp_path / "m.keras")
+    assert len(values) == 2 + 6 and int(values[0]) == 0
+    assert all(np.all(v == np.float32(0.25)) for v in values[2:])
+
+
+ALL_OPTIMIZERS = {
+    "SGD": {"momentum": 0.9, "nesterov": True},
+    "Adam": {"amsgrad": True, "use_ema": True},
+    "AdamW": {"weight_decay": 0.01},
+    "RMSprop": {"momentum": 0.3, "centered": True},
+    "Adagrad": {},
+    "Adadelta": {"learning_rate": 0.5},
+    "Adamax": {},
+    "Nadam": {},
+    "Lion": {"learning_rate": 0.001},
+    "Ftrl": {"l1_regularization_strength": 0.01},
+}
+
+
+@pytest.mark.parametrize("name", list(ALL_OPTIMIZERS))
+def test_every_shared_optimizer_round_trips_through_keras_members(tmp_path, engine, name):
+    """Keras's members alone (no dlcore archive) carry the whole state: the step count,
+    every slot of the trained weights, Nadam's momentum product; training continues
+    exactly as it would have."""
+    from dlcore import optimizers
+
+    model = _frozen_model(getattr(optimizers, name)(**ALL_OPTIMIZERS[name]))
+    model.fit(FIT_X, FIT_Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    model.save(tmp_path / "both.keras")
+    members = _members(tmp_path / "both.keras")
+    with zipfile.ZipFile(tmp_path / "keras_only.keras", "w") as zf:
+        for member in ("metadata.json", "config.json", "model.weights.h5"):
+            zf.writestr(member, members[member])
+    again = load_model(tmp_path / "keras_only.keras")
+    assert type(again.optimizer).__name__ == name and again.optimizer.iterations == 4
+    mine, theirs = model.optimizer.get_state(), again.optimizer.get_state()
+    assert set(mine) == set(theirs)
+    for key in mine:
+        np.testing.assert_allclose(theirs[key], mine[key], rtol=1e-7, err_msg=key)
+    for a, b in zip(_continue(again), _continue(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -6,6 +6,7 @@ except under ``DLCORE_REQUIRE_KERAS=1``."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NoReturn
 
 import numpy as np
@@ -214,3 +215,114 @@ def _save(tmp_path, model):
     path = str(tmp_path / "m.keras")
     model.save(path, save_format="keras")
     return path
+
+
+# ------------------------------------------------------------------ the optimizer's state
+def _trained_dlcore_model(optimizer):
+    """Dense + BatchNormalization + a frozen Dense, trained 2 epochs (4 steps)."""
+    dlcore.set_floatx("float32")
+    dlcore.set_random_seed(7)
+    model = Sequential(
+        [
+            Input((4,)),
+            Dense(6, activation="tanh"),
+            BatchNormalization(),
+            Dense(5, activation="relu", name="frozen"),
+            Dense(2),
+        ]
+    )
+    model.get_layer("frozen").trainable = False
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(FIT_X, FIT_Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return model
+
+
+def _keras_load_quietly(path):
+    """``keras.saving.load_model``, failing on Keras's optimizer-skipping warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras.saving.load_model(path)
+    skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    assert not skipped, skipped
+    return model
+
+
+#: float32 both sides: the same 2 steps from the same state agree to a few float32 ulps
+#: of the weights (Adam's m / sqrt(v) amplifies rounding where v is tiny, hence 1e-5);
+#: starting the optimizer from zero moves them by > 1e-3 (checked below)
+CONTINUED = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _optimizers():
+    return {
+        "adam": lambda: dlcore.optimizers.Adam(0.01),
+        "sgd_momentum": lambda: dlcore.optimizers.SGD(0.05, momentum=0.9),
+        "rmsprop": lambda: dlcore.optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        "nadam": lambda: dlcore.optimizers.Nadam(0.01),
+        "adamw_amsgrad_ema": lambda: dlcore.optimizers.AdamW(0.01, amsgrad=True, use_ema=True),
+    }
+
+
+@pytest.mark.parametrize("name", list(_optimizers()))
+def test_keras_continues_training_where_dlcore_stopped(tmp_path, name):
+    model = _trained_dlcore_model(_optimizers()[name]())
+    path = str(tmp_path / "m.keras")
+    model.save(path, save_format="keras")
+    theirs = _keras_load_quietly(path)
+    assert int(theirs.optimizer.iterations) == 4
+    ours = load_model(path)  # dlcore's own members
+    ours.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    theirs.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for mine, keras_weight in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(mine, keras_weight, **CONTINUED)
+    # the optimizer's state is what makes them agree: a fresh Keras optimizer does not
+    fresh = keras.saving.load_model(path)
+    fresh.optimizer.build(fresh.trainable_variables)
+    for variable in fresh.optimizer.variables[1:]:
+        if len(variable.shape):
+            variable.assign(np.zeros(variable.shape, dtype="float32"))
+    fresh.optimizer.iterations.assign(0)
+    fresh.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    differences = [np.abs(a - b).max() for a, b in zip(fresh.get_weights(), theirs.get_weights())]
+    assert max(differences) > 1e-3
+
+
+def _trained_keras_model(optimizer):
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(6, activation="tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(5, activation="relu", name="frozen", trainable=False),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(FIT_X, FIT_Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.Adam(0.01),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        lambda: keras.optimizers.Nadam(0.01),
+        lambda: keras.optimizers.Ftrl(0.05),
+    ],
+    ids=["adam", "sgd_momentum", "rmsprop", "nadam", "ftrl"],
+)
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_dlcore_continues_training_where_keras_stopped(tmp_path, optimizer, suffix):
+    theirs = _trained_keras_model(optimizer())
+    path = str(tmp_path / f"m{suffix}")
+    theirs.save(path)
+    dlcore.set_floatx("float32")
+    ours = load_model(path)
+    assert ours.optimizer.iterations == 4
+    theirs.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    ours.fit(FIT_X, FIT_Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for mine, keras_weight in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(mine, keras_weight, **CONTINUED)
