@@ -30,6 +30,10 @@ import numpy as np
 Array = Any
 
 
+#: the dtypes ``from_external`` takes without a copy
+EXTERNAL_DTYPES = ("float16", "float32", "float64", "int64")
+
+
 def dtype_name(dtype: Any) -> str:
     """The canonical name (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``,
     ``"int64"``, ``"bool"``) of any engine's dtype."""
@@ -153,17 +157,30 @@ class Engine(abc.ABC):
     def to_numpy(self, A: Array) -> np.ndarray:
         """Copy an engine array of any shape back to a host NumPy array (same dtype)."""
 
-    def from_external(self, data: Any, *, dtype: str) -> Array | None:
-        """Another library's array as an engine array sharing its memory, or ``None``.
+    def from_external(self, data: Any) -> Array | None:
+        """Another library's array, or one of the engine's own, as an engine array
+        sharing its memory; ``None`` when the engine cannot take it without a copy.
 
         ``data`` is any object speaking DLPack (``__dlpack__``) or
-        ``__cuda_array_interface__`` (a PyTorch, JAX or CuPy tensor). The result is a view
-        of the same memory, of the same shape, when the engine can take ``data`` without
-        a copy: on the engine's device, of dtype ``dtype`` (a name, as ``asarray``) and
-        C-contiguous; otherwise ``None``, and the caller copies. Callers never write to
-        the result. The default takes nothing.
+        ``__cuda_array_interface__`` (a PyTorch, JAX or CuPy tensor), or an array of the
+        engine's own kind. The result is a view of the same memory, of the same shape and
+        dtype, when ``data`` is on the engine's device, C-contiguous and of a dtype in
+        ``EXTERNAL_DTYPES``; the caller converts the dtype on the engine if it must.
+        Callers never write to the result. The default takes nothing.
         """
         return None
+
+    def reshape(self, A: Array, shape: tuple[int, ...]) -> Array:
+        """A view of the C-contiguous array ``A`` with ``shape`` (of the same size)."""
+        return A.reshape(shape)
+
+    @abc.abstractmethod
+    def count_outside(self, A: Array, low: float, high: float, *, whole: bool = False) -> int:
+        """How many elements of ``A`` are NaN, below ``low`` or above ``high`` (or, with
+        ``whole``, not whole numbers): the data checks of arrays already on the engine.
+
+        ``A`` is a C-contiguous float or int64 array of any shape. Reads one number back.
+        """
 
     @abc.abstractmethod
     def zeros(self, shape: tuple[int, ...], *, dtype: str) -> Array:
@@ -230,6 +247,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def seed(self, seed: int) -> None:
         """Seed the engine's random generator (used by ``dropout``)."""
+
+    @abc.abstractmethod
+    def set_random_rows(self, offset: int, total: int | None) -> None:
+        """Draw random numbers (dropout masks, noise) as for a batch of ``total`` rows of
+        which the arrays given hold rows ``offset:offset + N``: data parallelism's
+        processes then draw, together, what one process draws for the whole batch, and
+        consume the generator alike. ``total=None`` (the default): the arrays are the
+        whole batch."""
 
     @abc.abstractmethod
     def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:

@@ -9,6 +9,7 @@ with a faster way of computing the same thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,15 @@ from . import (
     xp_normalization,
     xp_optimizers,
 )
-from .base import Array, Engine, Workspace, dtype_name
+from .base import EXTERNAL_DTYPES, Array, Engine, Workspace, dtype_name
+
+
+def _namespace(data: Any) -> Any:
+    """The array API namespace ``data`` belongs to, or ``None``."""
+    try:
+        return data.__array_namespace__()
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 class ArrayAPIEngine(Engine):
@@ -39,6 +48,7 @@ class ArrayAPIEngine(Engine):
 
     def __init__(self) -> None:
         self._rng = np.random.default_rng()
+        self._random_rows: tuple[int, int | None] = (0, None)
 
     # ------------------------------------------------------------------ memory
     def supports_dtype(self, dtype: str) -> bool:
@@ -59,20 +69,47 @@ class ArrayAPIEngine(Engine):
     def assign(self, dst: Array, src: Array) -> None:
         dst[...] = src
 
-    def from_external(self, data: Any, *, dtype: str) -> Array | None:
-        from_dlpack = getattr(self.xp, "from_dlpack", None)
-        if from_dlpack is None or not hasattr(data, "__dlpack__"):
-            return None
+    def from_external(self, data: Any) -> Array | None:
+        if _namespace(data) is self.xp:
+            A = data  # one of the engine's own arrays
+        else:
+            from_dlpack = getattr(self.xp, "from_dlpack", None)
+            if from_dlpack is None or not hasattr(data, "__dlpack__"):
+                return None
+            try:
+                A = from_dlpack(data)
+            except (BufferError, RuntimeError, TypeError, ValueError):
+                return None  # on another device, or of a dtype the namespace lacks
         try:
-            A = from_dlpack(data)
-        except (BufferError, RuntimeError, TypeError, ValueError):
-            return None  # on another device, or of a dtype the namespace lacks
-        if getattr(A, "device", self._device) != self._device or dtype_name(A.dtype) != dtype:
+            dtype = dtype_name(A.dtype)
+        except TypeError:
+            return None
+        if getattr(A, "device", self._device) != self._device or dtype not in EXTERNAL_DTYPES:
             return None
         flags = getattr(A, "flags", None)  # NumPy and CuPy arrays tell their layout
-        if flags is not None and not flags.c_contiguous:
-            return None
+        if flags is not None and not (flags.c_contiguous and getattr(flags, "writeable", True)):
+            return None  # the numpy engine's compiled paths take writable arrays only
         return A
+
+    def reshape(self, A: Array, shape: tuple[int, ...]) -> Array:
+        return self.xp.reshape(A, shape)
+
+    def count_outside(self, A: Array, low: float, high: float, *, whole: bool = False) -> int:
+        xp = self.xp
+        if xp.isdtype(A.dtype, "integral"):
+            info = xp.iinfo(A.dtype)
+            low_bound = max(math.ceil(low), info.min) if math.isfinite(low) else info.min
+            high_bound = min(math.floor(high), info.max) if math.isfinite(high) else info.max
+            if low_bound > high_bound:
+                return int(A.size)
+            inside = (A >= low_bound) & (A <= high_bound)
+        else:
+            largest = float(xp.finfo(A.dtype).max)  # bounds beyond it would round to inf
+            inside = (A >= max(low, -largest)) & (A <= min(high, largest))  # False for NaN
+            if whole:
+                inside = inside & (A == xp.round(A))
+        count = xp.sum(xp.astype(xp.logical_not(inside), xp.int64))
+        return int(self.scalars_to_numpy([count])[0])
 
     def cast(self, A: Array, dtype: str, *, out: Array | None = None) -> Array:
         converted = self.xp.astype(A, getattr(self.xp, dtype))
@@ -97,6 +134,17 @@ class ArrayAPIEngine(Engine):
 
     def seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
+
+    def set_random_rows(self, offset: int, total: int | None) -> None:
+        self._random_rows = (int(offset), None if total is None else int(total))
+
+    def _drawn(self, draw: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """``draw(shape)`` from the host generator, as rows of a batch of the size
+        ``set_random_rows`` gave."""
+        offset, total = self._random_rows
+        if total is None or not shape:
+            return draw(shape)
+        return draw((total, *shape[1:]))[offset : offset + shape[0]]
 
     def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
         if not values:
@@ -373,7 +421,7 @@ class ArrayAPIEngine(Engine):
 
     # ------------------------------------------------------------------ dropout, metrics
     def dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
-        keep = self._rng.random(tuple(X.shape)) >= rate
+        keep = self._drawn(self._rng.random, tuple(X.shape)) >= rate
         mask = self.asarray(keep / (1.0 - rate), dtype=dtype_name(X.dtype))
         return X * mask, mask
 
@@ -407,11 +455,12 @@ class ArrayAPIEngine(Engine):
         return xp_activations.backprop_elu(self.xp, dY, Z, alpha)
 
     def gaussian_noise(self, X: Array, *, stddev: float) -> Array:
-        noise = self._rng.standard_normal(tuple(X.shape)) * stddev
+        noise = self._drawn(self._rng.standard_normal, tuple(X.shape)) * stddev
         return X + self.asarray(noise, dtype=dtype_name(X.dtype))
 
     def gaussian_dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
-        noise = 1.0 + self._rng.standard_normal(tuple(X.shape)) * np.sqrt(rate / (1.0 - rate))
+        normal = self._drawn(self._rng.standard_normal, tuple(X.shape))
+        noise = 1.0 + normal * np.sqrt(rate / (1.0 - rate))
         mask = self.asarray(noise, dtype=dtype_name(X.dtype))
         return X * mask, mask
 
@@ -419,7 +468,10 @@ class ArrayAPIEngine(Engine):
         self, X: Array, *, rate: float, noise_shape: tuple[int, int]
     ) -> tuple[Array, Array]:
         a, b, alpha_p = xp_activations.alpha_dropout_constants(rate)
-        kept = self._rng.random(tuple(noise_shape)) >= rate
+        if tuple(noise_shape) == tuple(X.shape):  # one draw per value: rows of the batch
+            kept = self._drawn(self._rng.random, tuple(noise_shape)) >= rate
+        else:
+            kept = self._rng.random(tuple(noise_shape)) >= rate
         mask = self.xp.zeros_like(X) + self.asarray(kept * a, dtype=dtype_name(X.dtype))
         return self.xp.where(mask != 0.0, a * X + b, a * alpha_p + b), mask
 

@@ -48,6 +48,8 @@ _SIMULATOR_HINT = (
     "testing), set NUMBA_ENABLE_CUDASIM=1 in the environment before starting Python"
 )
 
+#: the dtypes whose device arrays the kernels read as they are (``from_external``)
+_EXTERNAL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64))
 # Scalars (losses, counts) are written into slots of one float64 device buffer;
 # 65536 slots (512 KiB) hold a long epoch's worth before a new buffer is started.
 SCALAR_SLOTS = 65536
@@ -122,6 +124,8 @@ class NumbaEngine(Engine):
         from numba import cuda
 
         self._cuda = cuda
+        self._array_types: tuple[type, ...] | None = None
+        self._random_rows: tuple[int, int | None] = (0, None)
         self._k_common = common
         self._k_activations = activations
         self._k_dense_backward = dense_backward
@@ -204,18 +208,39 @@ class NumbaEngine(Engine):
             return HostRows(host)
         return self._cuda.to_device(host, stream=self.stream)
 
-    def from_external(self, data: Any, *, dtype: str) -> Array | None:
-        as_cuda_array = getattr(self._cuda, "as_cuda_array", None)  # the simulator lacks it
-        if as_cuda_array is None or not hasattr(data, "__cuda_array_interface__"):
-            return None
-        try:
-            # a view of the producer's memory; synchronises with the stream it names
-            A = as_cuda_array(data)
-        except (TypeError, ValueError, NotImplementedError):
-            return None
-        if A.dtype != np.dtype(dtype) or not A.is_c_contiguous():
+    def from_external(self, data: Any) -> Array | None:
+        A: Any
+        if isinstance(data, self._device_array_types()):
+            A = data  # one of the engine's own arrays
+        else:
+            as_cuda_array = getattr(self._cuda, "as_cuda_array", None)  # the simulator lacks it
+            if as_cuda_array is None or not hasattr(data, "__cuda_array_interface__"):
+                return None
+            try:
+                # a view of the producer's memory; synchronises with the stream it names
+                A = as_cuda_array(data)
+            except (TypeError, ValueError, NotImplementedError):
+                return None
+        if A.dtype not in _EXTERNAL_DTYPES or not A.is_c_contiguous():
             return None
         return A
+
+    def _device_array_types(self) -> tuple[type, ...]:
+        """The classes of this engine's device arrays (the simulator has its own)."""
+        if self._array_types is None:
+            self._array_types = (type(self._cuda.device_array(1, dtype=np.float32)),)
+        return self._array_types
+
+    def count_outside(self, A: Array, low: float, high: float, *, whole: bool = False) -> int:
+        if A.dtype.kind == "i":
+            mapping = "outside"
+        else:
+            largest = float(np.finfo(A.dtype).max)  # so that infinities count as outside
+            low, high = max(low, -largest), min(high, largest)
+            mapping = "outside_whole" if whole else "outside"
+        scalar, out = self._new_scalar(np.float64)
+        self._k_reductions.map_sum(mapping, A, A, out, c1=low, c2=high)
+        return int(self.scalars_to_numpy([scalar])[0])
 
     def to_numpy(self, A: Array) -> np.ndarray:
         if isinstance(A, HostRows):
@@ -276,6 +301,19 @@ class NumbaEngine(Engine):
         # The generator's states are created at the first dropout, not for every fit.
         self._seed = seed
         self._generator = None
+
+    def set_random_rows(self, offset: int, total: int | None) -> None:
+        self._random_rows = (int(offset), None if total is None else int(total))
+
+    def _whole_batch(self, X: Array) -> tuple[Array, slice] | None:
+        """Zeros of the whole batch's shape and this array's rows of it, when
+        ``set_random_rows`` gave a batch larger than ``X``; else ``None``."""
+        offset, total = self._random_rows
+        if total is None or X.ndim == 0:
+            return None
+        return self.zeros((total, *X.shape[1:]), dtype=X.dtype.name), slice(
+            offset, offset + X.shape[0]
+        )
 
     def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
         result = np.empty(len(values))
@@ -706,6 +744,15 @@ class NumbaEngine(Engine):
             if seed is None:  # no seed given: as unpredictable as NumPy's default generator
                 seed = int(np.random.default_rng().integers(2**63 - 1))
             self._generator = self._k_dropout.DropoutGenerator(seed % 2**63)
+        whole = self._whole_batch(X)
+        if whole is not None:  # this process's rows of the whole batch's mask
+            zeros, rows = whole
+            mask_all = self._empty(zeros.shape, X.dtype)
+            self._k_dropout.dropout(
+                self._generator, zeros, self._empty(zeros.shape, X.dtype), mask_all, rate=rate
+            )
+            mask = mask_all[rows]
+            return self.backprop_dropout(X, mask), mask
         Y = self._recycled(X.shape, X.dtype)
         mask = self._recycled(X.shape, X.dtype)
         self._k_dropout.dropout(self._generator, X, Y, mask, rate=rate)
@@ -772,6 +819,14 @@ class NumbaEngine(Engine):
     def gaussian_noise(self, X: Array, *, stddev: float) -> Array:
         from dlcore.kernels import noise
 
+        whole = self._whole_batch(X)
+        if whole is not None:  # this process's rows of the whole batch's noise
+            zeros, rows = whole
+            drawn = self._empty(zeros.shape, X.dtype)
+            noise.gaussian(
+                self._random_states(), zeros, drawn, drawn, stddev=stddev, mode=noise.ADDITIVE
+            )
+            return self.merge("add", [X, drawn[rows]])
         Y = self._recycled(X.shape, X.dtype)
         noise.gaussian(self._random_states(), X, Y, Y, stddev=stddev, mode=noise.ADDITIVE)
         return Y
@@ -779,9 +834,23 @@ class NumbaEngine(Engine):
     def gaussian_dropout(self, X: Array, *, rate: float) -> tuple[Array, Array]:
         from dlcore.kernels import noise
 
+        stddev = float(np.sqrt(rate / (1.0 - rate)))
+        whole = self._whole_batch(X)
+        if whole is not None:  # this process's rows of the whole batch's mask
+            zeros, rows = whole
+            mask_all = self._empty(zeros.shape, X.dtype)
+            noise.gaussian(
+                self._random_states(),
+                zeros,
+                self._empty(zeros.shape, X.dtype),
+                mask_all,
+                stddev=stddev,
+                mode=noise.MULTIPLICATIVE,
+            )
+            mask = mask_all[rows]
+            return self.backprop_dropout(X, mask), mask
         Y = self._recycled(X.shape, X.dtype)
         mask = self._recycled(X.shape, X.dtype)
-        stddev = float(np.sqrt(rate / (1.0 - rate)))
         noise.gaussian(self._random_states(), X, Y, mask, stddev=stddev, mode=noise.MULTIPLICATIVE)
         return Y, mask
 

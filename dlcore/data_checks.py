@@ -43,9 +43,9 @@ def host_view(data: Any, name: str) -> np.ndarray:
     goes through ``np.asarray``.
 
     Raises:
-        ValueError: ``data`` cannot be read as an array on the host (a tensor on a GPU,
-            one that requires grad, a dtype NumPy lacks such as bfloat16), saying why and
-            what to pass instead.
+        ValueError: ``data`` cannot be read as an array on the host (a tensor on a GPU
+            that the engine does not run on, one that requires grad, a dtype NumPy lacks
+            such as bfloat16), saying why and what to pass instead.
     """
     if isinstance(data, np.ndarray):
         return data
@@ -54,9 +54,11 @@ def host_view(data: Any, name: str) -> np.ndarray:
         where = _dlpack_device(data)
         if where is not None and where[0] not in _HOST_DLPACK_DEVICES:
             raise ValueError(
-                f"{name} is a {type(data).__name__} on a device (DLPack device {where}); the "
-                "data checks read it on the host: pass a host copy (e.g. x.cpu() for PyTorch, "
-                "cupy.asnumpy(x) for CuPy)"
+                f"{name} is a {type(data).__name__} on a device (DLPack device {where}) that "
+                "the engine does not run on (a GPU engine takes a tensor on its own device "
+                "as it is): use the engine of that device (dlcore.set_backend('cupy') or "
+                "'numba'), or pass a host copy (e.g. x.cpu() for PyTorch, cupy.asnumpy(x) "
+                "for CuPy)"
             )
         try:
             array = np.from_dlpack(data)
@@ -253,16 +255,27 @@ def flatten_samples(
         return x, None  # check_features says what is wrong with it
     if array.dtype.kind not in "biuf" or array.ndim == 0 or array.size == 0:
         return x, None
+    dims = sample_dims(array.shape, dims, name)
     if dims is None:
-        if array.ndim <= 2:
-            return x, None
-        dims = tuple(int(d) for d in array.shape[1:])
-    if tuple(array.shape[1:]) != tuple(dims):
+        return x, None
+    return array.reshape(len(array), -1), tuple(dims)
+
+
+def sample_dims(
+    shape: tuple[int, ...], dims: tuple[int, ...] | None, name: str
+) -> tuple[int, ...] | None:
+    """The multi-dimensional per-sample shape of inputs of ``shape``: ``dims`` when
+    they match it, their own ``shape[1:]`` before the model is built (``dims`` is
+    ``None``), or ``None`` for flat ``(N, features)`` inputs; a ValueError when the
+    inputs' sample shape is not the model's."""
+    if dims is None:
+        return tuple(int(d) for d in shape[1:]) if len(shape) > 2 else None
+    if tuple(shape[1:]) != tuple(dims):
         expected = "(" + ", ".join(["None", *(str(d) for d in dims)]) + ")"
         raise ValueError(
-            f"the model expects inputs of shape {expected}, received {name}.shape={array.shape}"
+            f"the model expects inputs of shape {expected}, received {name}.shape={shape}"
         )
-    return array.reshape(len(array), -1), tuple(dims)
+    return tuple(dims)
 
 
 def _single_input_error(array: np.ndarray, features: int | None, name: str) -> ValueError:

@@ -415,6 +415,38 @@ class EpochTotals:
             logs[metric.key] = self._metric_result(j, metric)
         return logs
 
+    def reduced_logs(self, sum_host: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+        """``logs()`` over the batches of every data-parallel process: the sums behind the
+        averages (losses, metric numerators and denominators, sample counts, confusion
+        counts) are summed over the processes with ``sum_host`` (float64 vector -> its sum
+        over processes), so every process gets the same, global, numbers."""
+        self.logs()  # folds the pending batches into the host sums
+        counts = [
+            None if total is None else self._engine.to_numpy(total).astype(np.float64)
+            for total in self._counts
+        ]
+        local = np.concatenate(
+            [
+                self._sums,
+                [float(self._samples)],
+                self._numerators,
+                self._denominators,
+                *[c.reshape(-1) for c in counts if c is not None],
+            ]
+        )
+        total = sum_host(local)
+        sizes = [len(self._sums), 1, len(self._numerators), len(self._denominators)]
+        sums, samples, numerators, denominators, rest = np.split(total, np.cumsum(sizes))
+        self._sums, self._numerators, self._denominators = sums, numerators, denominators
+        self._samples = int(round(float(samples[0])))
+        for j, count in enumerate(counts):
+            if count is not None:
+                self._counts[j] = self._engine.asarray(
+                    rest[: count.size].reshape(count.shape), dtype="float64"
+                )
+                rest = rest[count.size :]
+        return self.logs()
+
     def _metric_result(self, j: int, metric: Metric) -> Any:
         obj = metric.metric_object
         counts = self._counts[j]

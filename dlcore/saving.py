@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcore import archive, config, custom, losses, metric_objects, optimizers
+from dlcore import archive, config, custom, distribute, losses, metric_objects, optimizers
 from dlcore.archive import MemberHeader, ModelFileError
 from dlcore.layers import LAYER_CLASSES, InputLayer, Layer
 
@@ -189,10 +189,11 @@ def save_model(
     policies and custom functions and needs nothing but NumPy to read. A name ending in
     ``.keras`` (or ``save_format="keras"``) also gets the members of Keras 3's format
     in the same zip (``dlcore.keras_files``, needs h5py), so ``keras.saving.load_model``
-    opens it too, with the architecture, weights and compile settings (not the
-    optimizer's state). Where Keras cannot express the model (a custom activation, a
-    layer Keras lacks) or h5py is missing, a ``.keras`` name gets dlcore's members
-    only, with a warning that says why; ``save_format="keras"`` raises instead.
+    opens it too, with the architecture, weights, compile settings and the optimizer's
+    variables, so that Keras continues training where dlcore stopped. Where Keras cannot
+    express the model (a custom activation, a layer Keras lacks) or h5py is missing, a
+    ``.keras`` name gets dlcore's members only, with a warning that says why;
+    ``save_format="keras"`` raises instead.
     ``save_format="dlcore"`` never adds Keras's members. ``load_model`` reads all
     of them. The file is written to a temporary name first and renamed, so an
     interrupted save never damages an existing file.
@@ -213,6 +214,8 @@ def save_model(
         save_format is None and path.lower().endswith(".keras")
     )
     companions = _keras_members(model, path, strict=save_format == "keras") if wants_keras else None
+    if not distribute.is_chief():
+        return  # data-parallel: every process holds the same model; rank 0 writes it
     description, arrays = model_state(model)
     archive.write_archive(path, description, arrays, companions)
 
@@ -359,12 +362,15 @@ def _checked_optimizer_members(
 
 
 def save_weights(model: Any, filepath: str | os.PathLike, overwrite: bool = True) -> None:
-    """Save only the weights (read back by ``load_weights`` into the same architecture)."""
+    """Save only the weights (read back by ``load_weights`` into the same architecture);
+    in a data-parallel run only rank 0 writes."""
     model._ensure_built("save_weights()")
     model._claim_layers()
     path = os.fspath(filepath)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False; choose another name")
+    if not distribute.is_chief():
+        return  # data-parallel: rank 0 writes the weights every process holds
     archive.write_archive(
         path,
         {"format": WEIGHTS_FORMAT, "shapes": [list(s) for s in _own_shapes(model)]},

@@ -34,6 +34,8 @@ from dlcore import (
     config,
     custom,
     data_checks,
+    distribute,
+    engine_data,
     losses,
     mixed_precision,
     optimizers,
@@ -106,6 +108,8 @@ class _Plan:
     trained_layers: list[Any]
     fused_outputs: list[str | None]  # per output: the fused loss gradient it takes, if any
     loss_workspaces: list[Workspace]  # of the outputs after the first
+    # id of a trained layer -> the node after whose backward its gradients are complete
+    ready_at: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 class Trainer(abc.ABC):
@@ -153,6 +157,8 @@ class Trainer(abc.ABC):
         self.history: callbacks_module.History | None = None
         self._params: Array = None
         self._grads: Array = None
+        # data parallelism's sum of the gradients, during a data-parallel fit
+        self._gradient_sync: Any = None
         self._workspace: Workspace | None = None
         self._plan: _Plan | None = None
         # Keras's model.dtype_policy: under "mixed_float16" compile adds loss scaling
@@ -363,17 +369,30 @@ class Trainer(abc.ABC):
         """The float dtype data will have on the engine: the model's, or floatx before build."""
         return self.dtype or config.floatx()
 
-    def _check_inputs(self, x: Any, name: str = "x") -> list[np.ndarray]:
-        """The model's inputs as checked ``(N, features)`` arrays, in the inputs' order."""
+    def _check_inputs(self, x: Any, name: str = "x") -> list[Any]:
+        """The model's inputs as checked ``(N, features)`` arrays, in the inputs' order:
+        NumPy arrays, or ``EngineData`` for data already on the engine's device."""
         expected = [t.features for t in self._inputs] if self.built else None
         keys = self.input_names if self.built else None
         count = len(expected) if expected is not None else 1
         arrays = _structured(x, count, keys, name, "input")
-        checked = []
+        checked: list[Any] = []
         sample_dims = None  # a multi-dimensional sample shape, to build from
+        engine = self.engine or config.get_backend()
         for i, array in enumerate(arrays):
             label = name if count == 1 else f"{name}[{keys[i] if keys else i}]"
             dims = self._inputs[i].dims if self.built else None
+            on_engine = engine_data.on_engine(array, engine)
+            if on_engine is not None:  # already on the engine's device: checked there
+                inputs, sample_dims = engine_data.check_features(
+                    on_engine,
+                    dims,
+                    expected[i] if expected is not None else None,
+                    dtype=self._data_dtype(),
+                    name=label,
+                )
+                checked.append(inputs)
+                continue
             array, sample_dims = data_checks.flatten_samples(array, dims, name=label)
             checked.append(
                 data_checks.check_features(
@@ -394,19 +413,28 @@ class Trainer(abc.ABC):
             )
         return checked
 
-    def _check_targets(self, y: Any, name: str = "y") -> list[np.ndarray]:
+    def _check_targets(self, y: Any, name: str = "y") -> list[Any]:
+        """The targets checked per output (NumPy arrays, or ``EngineData``)."""
         names = self.output_names
         arrays = _structured(y, len(names), names, name, "output")
-        return [
-            data_checks.check_targets(
-                array,
-                loss.name,
-                units,
-                dtype=self._data_dtype(),
-                name=name if len(names) == 1 else f"{name}[{out}]",
-            )
-            for array, loss, units, out in zip(arrays, self._losses, self._output_widths(), names)
-        ]
+        engine = self.engine or config.get_backend()
+        checked: list[Any] = []
+        for array, loss, units, out in zip(arrays, self._losses, self._output_widths(), names):
+            label = name if len(names) == 1 else f"{name}[{out}]"
+            on_engine = engine_data.on_engine(array, engine)
+            if on_engine is not None:  # already on the engine's device: checked there
+                checked.append(
+                    engine_data.check_targets(
+                        on_engine, loss.name, units, dtype=self._data_dtype(), name=label
+                    )
+                )
+            else:
+                checked.append(
+                    data_checks.check_targets(
+                        array, loss.name, units, dtype=self._data_dtype(), name=label
+                    )
+                )
+        return checked
 
     def _target_dtype(self, k: int) -> str:
         if self._losses[k].name == "sparse_categorical_crossentropy":
@@ -415,7 +443,7 @@ class Trainer(abc.ABC):
 
     def _checked_pair(
         self, x: Any, y: Any, caller: str, x_name: str = "x", y_name: str = "y"
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    ) -> tuple[list[Any], list[Any]]:
         # A model built from x here is unbuilt again if y is refused: a failed call
         # leaves the model as it found it.
         unbuilt = None if self.built else self._unbuilt_state()
@@ -449,11 +477,15 @@ class Trainer(abc.ABC):
         ``None`` when neither ``sample_weight`` nor ``class_weight`` is given."""
         unbuilt = None if self.built else self._unbuilt_state()
         xs, ys = self._checked_pair(x, y, caller, x_name, y_name)
+        if class_weight is not None:  # classes are looked up on the host
+            labels = [y.to_numpy() if isinstance(y, engine_data.EngineData) else y for y in ys]
+        else:
+            labels = ys
         try:
             ws = sample_weights.checked_weights(
                 sample_weight,
                 class_weight,
-                ys,
+                labels,
                 self._compile_output_names(),
                 self._built_dtype(),
                 caller,
@@ -486,13 +518,17 @@ class Trainer(abc.ABC):
         return None
 
     def _to_engine(self, xs: list[np.ndarray], ys: list[np.ndarray] | None) -> tuple[list, list]:
+        """The checked data on the engine; data already there (``EngineData``, converted
+        to the model's dtypes by its checks) as it is."""
         engine, dtype = self._built_engine(), self._built_dtype()
-        X = [engine.asarray(x, dtype=dtype) for x in xs]
-        Y = (
-            []
-            if ys is None
-            else [engine.asarray(y, dtype=self._target_dtype(k)) for k, y in enumerate(ys)]
-        )
+
+        def moved(data: Any, dtype: str) -> Array:
+            if isinstance(data, engine_data.EngineData):
+                return data.array
+            return engine.asarray(data, dtype=dtype)
+
+        X = [moved(x, dtype) for x in xs]
+        Y = [] if ys is None else [moved(y, self._target_dtype(k)) for k, y in enumerate(ys)]
         return X, Y
 
     # ------------------------------------------------------------------ fit
@@ -629,7 +665,11 @@ class Trainer(abc.ABC):
                 )
                 xs, ys = [a[:split_at] for a in xs], [a[:split_at] for a in ys]
                 ws = None if ws is None else [w[:split_at] for w in ws]
-            steps = math.ceil(len(xs[0]) / batch_size)
+            parallel = distribute.distribution()
+            if parallel is None or parallel.auto_shard_dataset:
+                steps = math.ceil(len(xs[0]) / batch_size)
+            else:  # each process's own shard: an epoch lasts as long as the longest
+                steps = len(parallel.steps(len(xs[0]), batch_size))
             if steps_per_epoch is not None:
                 steps_per_epoch = _positive(steps_per_epoch, "steps_per_epoch")
                 if steps_per_epoch > steps:
@@ -848,9 +888,9 @@ class Trainer(abc.ABC):
         self._trained_variable_ranges: list[tuple[int, int]] = []
         for layer in self._param_layers:
             start = self._layer_ranges[id(layer)][0]
-            for shape in layer.parameter_shapes():
+            for shape, trained in zip(layer.parameter_shapes(), layer.weight_trainable()):
                 stop = start + math.prod(shape)
-                if layer.trainable:
+                if trained and start < stop:  # never the moving statistics
                     self._trained_variable_ranges.append((start, stop))
                 start = stop
 
@@ -870,24 +910,53 @@ class Trainer(abc.ABC):
         X, Y = self._to_engine(xs, ys)
         W = self._weights_to_engine(ws)
         validation.to_engine(self)
+        parallel = distribute.distribution()
+        if parallel is not None:
+            parallel.check_same_setup(self, len(xs[0]), "fit()")
+            parallel.share_random_state()
         rng = config.rng()
         engine.seed(int(rng.integers(2**63 - 1)))
         n = len(xs[0])
-        starts = range(0, n, batch_size)[: callback_list.params.get("steps")]
+        max_steps = callback_list.params.get("steps")
+        if parallel is None:
+            steps = [
+                distribute.StepRows(
+                    start, min(start + batch_size, n), 0, min(batch_size, n - start)
+                )
+                for start in range(0, n, batch_size)
+            ][:max_steps]
+        else:
+            steps = parallel.steps(n, batch_size, max_steps)
+            callback_list.params["steps"] = len(steps)
         self.stop_training = False
         self.history = callback_list.history
         initial_epoch = self._begin_training(callback_list, initial_epoch)
+        if parallel is not None:
+            initial_epoch = parallel.start_from_chief(self, initial_epoch)
+            plan = self._plan
+            assert plan is not None  # _prepare made it
+            self._gradient_sync = parallel.gradient_sync(
+                engine, self._grads, plan.segments or [(0, int(self._grads.shape[0]))]
+            )
         epoch_logs: dict[str, float] = {}
         workspace = self._model_workspace()
-        graphs = self._step_graphs(engine)
+        graphs = None if parallel is not None else self._step_graphs(engine)
+        # data-parallel: whether a callback may stop training within an epoch on some
+        # process, so that the processes must agree after every step
+        batch_stops = parallel is not None and bool(
+            parallel.communicator.sum_host(np.asarray([float(callback_list.has_batch_hooks)]))[0]
+        )
         try:
             for epoch in range(initial_epoch, epochs):
                 callback_list.on_epoch_begin(epoch)
                 totals = self._totals(engine, metric_groups)
                 order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
-                for step, start in enumerate(starts):
+                for step, rows in enumerate(steps):
                     callback_list.on_train_batch_begin(step)
-                    stop = min(start + batch_size, n)
+                    # a process without rows in a short last batch steps on a stand-in row
+                    # with weight 0, so that every process draws the same random numbers
+                    start = rows.start if rows.count else min(rows.start, n - 1)
+                    stop = max(rows.stop, start + 1)
                     W_batch = None
                     if order is None:
                         X_batch = [engine.slice_rows(A, start, stop) for A in X]
@@ -898,12 +967,16 @@ class Trainer(abc.ABC):
                             X_batch = _staged_rows(engine, workspace, "x", X_batch)
                             Y_batch = _staged_rows(engine, workspace, "y", Y_batch)
                     else:
-                        rows = engine.slice_rows(order, start, stop)
-                        X_batch = _shuffled_rows(engine, workspace, "x", X, rows, stop - start)
-                        Y_batch = _shuffled_rows(engine, workspace, "y", Y, rows, stop - start)
+                        picked = engine.slice_rows(order, start, stop)
+                        X_batch = _shuffled_rows(engine, workspace, "x", X, picked, stop - start)
+                        Y_batch = _shuffled_rows(engine, workspace, "y", Y, picked, stop - start)
                         if W is not None:
-                            W_batch = _shuffled_weights(engine, workspace, W, rows, stop - start)
-                    if graphs is None:
+                            W_batch = _shuffled_weights(engine, workspace, W, picked, stop - start)
+                    if parallel is not None:
+                        loss_terms, metric_values = self._parallel_train_step(
+                            rows, X_batch, Y_batch, metric_groups, W_batch
+                        )
+                    elif graphs is None:
                         loss_terms, metric_values = self._train_step(
                             X_batch, Y_batch, metric_groups, W_batch
                         )
@@ -911,26 +984,67 @@ class Trainer(abc.ABC):
                         loss_terms, metric_values = self._graph_train_step(
                             graphs, X_batch, Y_batch, metric_groups
                         )
-                    totals.add(stop - start, loss_terms, metric_values)
+                    if rows.count:
+                        totals.add(rows.count, loss_terms, metric_values)
                     batch_logs = (
                         metrics_module.LazyLogs(totals.logs)
                         if callback_list.wants_batch_logs
                         else None
                     )
                     callback_list.on_train_batch_end(step, batch_logs)
-                    if self.stop_training:
+                    if self._stops(parallel, batch_stops):
                         break
-                epoch_logs = totals.logs()
+                if parallel is None:
+                    epoch_logs = totals.logs()
+                else:
+                    parallel.share_untrained(self)
+                    epoch_logs = totals.reduced_logs(parallel.communicator.sum_host)
                 epoch_logs.update(validation.logs(self, epoch, metric_groups, callback_list))
                 callback_list.on_epoch_end(epoch, epoch_logs)
-                if self.stop_training:
+                if self._stops(parallel):
                     break
         finally:
+            self._gradient_sync = None
             if graphs is not None:
                 graphs.release()
         self._compiled_optimizer().finalize_variable_values(engine, self._params)
         callback_list.on_train_end(epoch_logs)
         return callback_list.history
+
+    def _stops(self, parallel: distribute.DataParallel | None, agree: bool = True) -> bool:
+        """Whether ``fit`` stops now: ``stop_training`` set by a callback; data-parallel
+        and ``agree``, set on any process (one process's callback stops them all at the
+        same step). Every process passes the same ``agree``."""
+        if parallel is None or not agree:
+            return self.stop_training
+        asked = parallel.communicator.sum_host(np.asarray([float(self.stop_training)]))
+        self.stop_training = bool(asked[0] > 0)
+        return self.stop_training
+
+    def _parallel_train_step(
+        self,
+        rows: distribute.StepRows,
+        X: list[Array],
+        Y: list[Array],
+        metric_groups: Sequence[Sequence[metrics_module.Metric]],
+        W: list[Array] | None,
+    ) -> tuple[list[Array], list[Array]]:
+        """``_train_step`` on this process's share ``rows`` of a global batch: its gradient,
+        weighted by its share of the batch, summed over every process; then the same
+        update everywhere. Random draws (dropout) are this share's rows of those a single
+        process would make for the whole batch. A process without rows in this batch
+        steps on a stand-in row whose gradient counts 0."""
+        engine = self._built_engine()
+        sync = self._gradient_sync
+        sync.begin(rows.count / rows.global_count)
+        engine.set_random_rows(rows.offset if rows.count else 0, rows.global_count)
+        try:
+            loss_terms, metric_values = self._gradient_step(X, Y, metric_groups, W)
+        finally:
+            engine.set_random_rows(0, None)
+        sync.finish()
+        self._apply_update()
+        return loss_terms, metric_values
 
     def _step_graphs(self, engine: Engine) -> step_graphs_module.StepGraphs | None:
         """The fit's CUDA graphs of its training steps, or ``None`` for plain steps: when
@@ -1048,6 +1162,10 @@ class Trainer(abc.ABC):
                 start = stop
         total = int(self._params.shape[0])
         whole = segments == [(0, total)]
+        ready_at: dict[int, int] = {}
+        for index, node_plan in enumerate(node_plans):
+            if node_plan.trains:  # the backward pass meets a layer's first node last
+                ready_at.setdefault(id(nodes[index].layer), index)
         return _Plan(
             stack=None if self._sample_weighted else self._dense_stack(),
             nodes=node_plans,
@@ -1057,6 +1175,7 @@ class Trainer(abc.ABC):
             trained_layers=trained,
             fused_outputs=fused_outputs,
             loss_workspaces=[Workspace(engine) for _ in outputs[1:]],
+            ready_at=ready_at,
         )
 
     def _fused_gradient(self, k: int) -> str | None:
@@ -1338,6 +1457,7 @@ class Trainer(abc.ABC):
         """Backpropagate the output gradients through the active nodes, in reverse order."""
         engine = self._built_engine()
         seen: set[int] = set()
+        finished: set[int] = set()
         nodes, states = self._nodes, self._states
         for i in range(len(nodes) - 1, -1, -1):
             node_plan = plan.nodes[i]
@@ -1381,20 +1501,31 @@ class Trainer(abc.ABC):
             if accumulate and param_grads is not None:
                 for total, part in zip(layer._grads, param_grads):
                     engine.accumulate(total, part)
+            if node_plan.trains and plan.ready_at.get(id(layer)) == i:
+                self._finish_gradients(layer)
+                finished.add(id(layer))
             if not node_plan.need_dX:
                 continue
             parts = dX if nodes[i].merges else [dX]
             for slot, part in zip(node_plan.in_slots, parts):
                 if plan.needs_grad[slot]:
                     gradients[slot].append(part)
-        trained = {id(layer) for layer in plan.trained_layers}
-        for cast in self._weight_casts:
-            if id(cast.layer) in trained:
-                engine.cast(cast.grads, self._built_dtype(), out=cast.master_grads)
-        scale = self._loss_scale()
         for layer in plan.trained_layers:
-            if layer.regularized:
-                layer.backprop_penalties(scale)
+            if id(layer) not in finished:  # no gradient reached it: its penalty's still counts
+                self._finish_gradients(layer)
+
+    def _finish_gradients(self, layer: Layer) -> None:
+        """Complete a trained layer's gradients once the backward pass is done with it:
+        the float32 master copy of half-precision ones, the penalties' gradients; then
+        hand its range of the flat buffer to data parallelism's sum."""
+        engine = self._built_engine()
+        for cast in self._weight_casts:
+            if cast.layer is layer:
+                engine.cast(cast.grads, self._built_dtype(), out=cast.master_grads)
+        if layer.regularized:
+            layer.backprop_penalties(self._loss_scale())
+        if self._gradient_sync is not None:
+            self._gradient_sync.ready(*self._layer_ranges[id(layer)])
 
     def _loss_scale(self) -> float:
         """The factor the loss gradients carry: the ``LossScaleOptimizer``'s scale, else 1."""
@@ -1432,10 +1563,12 @@ class Trainer(abc.ABC):
         totals = self._totals(engine, metric_groups)
         penalties = [penalty for layer in self._trained_layers() for penalty in layer.penalties()]
         n = int(X[0].shape[0])
+        parallel = distribute.distribution()
+        first, last, combined = (0, n, False) if parallel is None else parallel.evaluation_rows(n)
         hooks.on_test_begin()
-        for step, start in enumerate(range(0, n, batch_size)):
+        for step, start in enumerate(range(first, last, batch_size)):
             hooks.on_test_batch_begin(step)
-            stop = min(start + batch_size, n)
+            stop = min(start + batch_size, last)
             loss_terms, values = self._test_batch(
                 [engine.slice_rows(A, start, stop) for A in X],
                 [engine.slice_rows(A, start, stop) for A in Y],
@@ -1444,7 +1577,11 @@ class Trainer(abc.ABC):
             )
             totals.add(stop - start, loss_terms + penalties, values)
             hooks.on_test_batch_end(step, metrics_module.LazyLogs(totals.logs))
-        logs = totals.logs()
+        if combined:
+            assert parallel is not None
+            logs = totals.reduced_logs(parallel.communicator.sum_host)
+        else:
+            logs = totals.logs()
         hooks.on_test_end(logs)
         return logs
 
@@ -1541,7 +1678,7 @@ class Trainer(abc.ABC):
         X, Y = self._to_engine(xs, ys)
         W = self._weights_to_engine(ws)
         logs = self._evaluate_engine_arrays(X, Y, batch_size, metric_groups, hooks, W)
-        if verbose:
+        if verbose and distribute.is_chief():
             _print_summary_line(steps, time.perf_counter() - started, logs)
         return self._returned(logs, return_dict)
 
@@ -1628,7 +1765,13 @@ class Trainer(abc.ABC):
         if steps is not None:  # the first steps batches, as Keras
             rows = _positive(steps, "steps") * batch_size
             xs = [a[:rows] for a in xs]
-        if output == "engine":
+        parallel = distribute.distribution()
+        first, last, combined = (
+            (0, len(xs[0]), False) if parallel is None else parallel.evaluation_rows(len(xs[0]))
+        )
+        if combined:  # data-parallel: this process's share, the rest gathered below
+            xs = [a[first:last] for a in xs]
+        elif output == "engine":
             return self._predict_on_engine(xs, batch_size, callbacks)
         self._claim_layers()
         hooks = callbacks_module.CallbackList(callbacks, model=self, verbose=0, add_history=False)
@@ -1645,11 +1788,16 @@ class Trainer(abc.ABC):
             batches.append([engine.to_numpy(out) for out in outputs])
             hooks.on_predict_batch_end(step, {"outputs": self._structure(batches[-1])})
         hooks.on_predict_end()
-        if verbose:
+        if verbose and distribute.is_chief():
             _print_summary_line(len(batches), time.perf_counter() - started, {})
         joined = [np.concatenate(parts, axis=0) for parts in zip(*batches)]
+        if combined:
+            assert parallel is not None
+            joined = [parallel.communicator.gather_rows(part) for part in joined]
         # an output of a multi-dimensional per-sample shape (a Reshape) as (N, *dims)
         joined = [part.reshape(len(part), *t.dims) for part, t in zip(joined, self._outputs)]
+        if output == "engine":  # gathered through the host
+            joined = [engine.asarray(part, dtype=part.dtype.name) for part in joined]
         return self._structure(joined)
 
     def _predict_on_engine(self, xs: list[np.ndarray], batch_size: int, callbacks: Any) -> Any:

@@ -49,7 +49,9 @@ ITEMS_PER_THREAD = 8
 ACCURACY_KINDS = ("binary", "categorical", "sparse")
 
 # What the whole-array kernel sums, per element pair (a, b) and float64 constants (c1, c2).
-_MAPS = ("sum", "penalty", "nonbinary", "agree", "product")
+_MAPS = ("sum", "penalty", "nonbinary", "agree", "product", "outside", "outside_whole")
+#: the maps that count data that fails a check; they also run on int64 labels
+COUNT_MAPS = ("outside", "outside_whole")
 
 _F64 = np.dtype(np.float64)
 
@@ -85,6 +87,16 @@ def _reduce_kernel(dtype: Any, mapping: str) -> Any:
 
         def term(a, b, c1, c2):
             return np.float64(a) * np.float64(b)
+
+    elif mapping == "outside":
+
+        def term(a, b, c1, c2):
+            return zero64 if c1 <= a and a <= c2 else one64  # NaN compares false: outside
+
+    elif mapping == "outside_whole":
+
+        def term(a, b, c1, c2):
+            return zero64 if c1 <= a and a <= c2 and math.floor(a) == a else one64
 
     else:
         raise KeyError(f"unknown reduction {mapping!r}; available: {', '.join(_MAPS)}")
@@ -165,13 +177,15 @@ def map_sum(
 
     ``term`` is ``mapping``: ``"sum"`` (``A``), ``"penalty"`` (``c1 * |A| + c2 * A**2``),
     ``"nonbinary"`` (1 where ``A`` is neither 0 nor 1), ``"agree"`` (1 where
-    ``A > 0.5`` equals ``B > 0.5``) or ``"product"`` (``A * B``, a weighted sum; ``B``
-    may have another float dtype). Arrays above ``THREADS * ITEMS_PER_THREAD``
+    ``A > 0.5`` equals ``B > 0.5``), ``"product"`` (``A * B``, a weighted sum; ``B``
+    may have another float dtype), ``"outside"`` (1 where ``A`` is NaN or outside
+    ``[c1, c2]``; ``A`` may be int64) or ``"outside_whole"`` (also 1 where ``A`` is not
+    a whole number). Arrays above ``THREADS * ITEMS_PER_THREAD``
     elements need a float64 scratch of one partial per block (at most ``MAX_BLOCKS``),
     the reused ``common.scratch("reduce_partials")``: nothing is allocated per call.
 
     Args:
-        mapping: one of the four above.
+        mapping: one of the seven above.
         A: C-contiguous float device array of any shape.
         B: device array of the shape of ``A``, read by ``"agree"`` only (pass ``A``).
         out: float64 device array ``(1,)``.
@@ -316,6 +330,12 @@ def ptx_variants() -> Iterator[PtxVariant]:
     """Every kernel this module launches, for each dtype, with its argument types."""
     f64, i64 = types.float64, types.int64
     flat64 = array(_F64, 1)
+    labels = array(np.int64, 1)
+    yield (
+        "reduce[outside,i64]",
+        _reduce_kernel(np.dtype(np.int64), "outside"),
+        (labels, labels, f64, f64, f64, flat64),
+    )
     for dtype in FLOAT_DTYPES:
         flat, rows, scalar_type = array(dtype, 1), array(dtype, 2), numba_type(dtype)
         short = dtype.name.replace("float", "f")

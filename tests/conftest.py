@@ -109,11 +109,13 @@ def engine(engine_name: str):
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():
-    """Tests may change floatx, the seed or the engine; undo it afterwards."""
+    """Tests may change floatx, the seed, the engine or the distribution; undo it
+    afterwards."""
     saved = dict(config._state)
     yield
     config._state.clear()
     config._state.update(saved)
+    dlcore.distribute.shutdown()
 
 
 @pytest.fixture

@@ -394,3 +394,26 @@ def test_the_graph_probe_compares_histories_and_its_step_is_summarised(tmp_path)
     )
     step = {s.name: s for s in gpu_check.plan("python3", str(tmp_path))}["graphs"]
     assert step.command[-3:] == ["graphs", "--json", step.json_file] and step.limit_s == 45
+
+
+def test_data_parallel_steps_run_two_processes_per_gpu_engine(tmp_path):
+    steps = {step.name: step for step in gpu_check.plan("/venv/bin/python3", str(tmp_path))}
+    for engine in ("cupy", "numba"):
+        step = steps[f"data-parallel-{engine}"]
+        assert step.command[:3] == ["/venv/bin/mpiexec", "-n", "2"] and step.needs_gpu
+        assert step.needs == "/venv/bin/mpiexec" and engine in step.command
+    report = tmp_path / "data-parallel-cupy.json"
+    report.write_text(
+        json.dumps(
+            {
+                "transport": "NCCLCommunicator",
+                "max_weight_difference": 2e-7,
+                "seconds_per_epoch": 0.5,
+                "seconds_per_epoch_alone": 0.8,
+            }
+        )
+    )
+    summary, numbers = gpu_check.parse_data_parallel("", str(report))
+    assert summary == "NCCLCommunicator: weights within 2e-07, 0.5 s/epoch (alone 0.8)"
+    assert numbers["transport"] == "NCCLCommunicator"
+    assert gpu_check.parse_data_parallel("", str(tmp_path / "missing.json"))[0] == "no report"

@@ -153,14 +153,172 @@ def test_predict_output_engine_returns_the_engines_arrays(engine):
 def test_engine_from_external_shares_memory_or_declines(engine):
     torch = pytest.importorskip("torch")
     t = torch.arange(6.0, dtype=torch.float32).reshape(3, 2)
-    taken = engine.from_external(t, dtype="float32")
+    taken = engine.from_external(t)
     if engine.name == "numpy":
         assert taken.__array_interface__["data"][0] == t.data_ptr()
-        assert engine.from_external(t[:, ::2], dtype="float32") is None  # not contiguous
+        assert taken.dtype == np.float32
+        assert engine.from_external(t.double()).dtype == np.float64  # its own dtype
+        assert engine.from_external(t[:, ::2]) is None  # not contiguous
+        assert engine.from_external(t.to(torch.int16)) is None  # a dtype the engine lacks
     else:  # array_api_strict lives on its own device; numba takes device memory only
         assert taken is None
-    assert engine.from_external(t, dtype="float64") is None
-    assert engine.from_external(np.float32(1.0).item(), dtype="float32") is None
+    assert engine.from_external(1.0) is None
+
+
+def test_engine_arrays_are_taken_as_they_are(engine):
+    own = engine.asarray(np.arange(6.0).reshape(3, 2), dtype="float32")
+    assert engine.from_external(own) is own
+
+
+# ------------------------------------------------------------ data on the engine's device
+def _on_engine(engine, host):
+    """``host`` as the engine's own array, the way a GPU tensor of the user arrives: on
+    array_api_strict it lives on a simulated device that NumPy cannot read."""
+    return engine.asarray(host, dtype=host.dtype.name)
+
+
+def test_data_on_the_engine_trains_like_host_data(engine, monkeypatch):
+    x, y = _data()
+    labels = np.argmax(y, axis=1)
+    expected_model, expected = _trained_weights(x, y)
+    model = _model()
+    X, Y = _on_engine(engine, x), _on_engine(engine, y)
+    history = model.fit(X, Y, epochs=3, batch_size=4, shuffle=False, verbose=0)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        history.history["loss"][-1], expected_model.history.history["loss"][-1], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        model.evaluate(X, Y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6
+    )
+    seen = _spy_on_engine_data(model, monkeypatch)
+    np.testing.assert_allclose(model.predict(X), model.predict(x), rtol=1e-6, atol=1e-7)
+    assert seen[0][0] is X  # predicted from the array itself, not a copy
+    sparse = _model()
+    sparse.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    sparse.fit(X, _on_engine(engine, labels), epochs=1, verbose=0)
+
+
+def test_data_on_the_engine_splits_validation_and_converts_dtype(engine):
+    x, y = _data("float64")
+    model = _model()
+    on_host = model.fit(x, y, epochs=2, batch_size=4, validation_split=0.25, verbose=0)
+    model = _model()
+    on_engine = model.fit(
+        _on_engine(engine, x),
+        _on_engine(engine, y),
+        epochs=2,
+        batch_size=4,
+        validation_split=0.25,
+        verbose=0,
+    )
+    for key, values in on_host.history.items():
+        np.testing.assert_allclose(on_engine.history[key], values, rtol=1e-6, err_msg=key)
+
+
+def test_class_weight_with_targets_on_the_engine(engine):
+    x, y = _data()
+    weights = {0: 1.0, 1: 3.0}
+    model = _model()
+    model.fit(x, y, epochs=2, batch_size=4, shuffle=False, class_weight=weights, verbose=0)
+    expected = model.get_weights()
+    model = _model()
+    X, Y = _on_engine(engine, x), _on_engine(engine, y)
+    model.fit(X, Y, epochs=2, batch_size=4, shuffle=False, class_weight=weights, verbose=0)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def _with(array, index, value):
+    changed = array.copy()
+    changed[index] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("case", "loss", "pattern"),
+    [
+        (
+            "nan",
+            "categorical_crossentropy",
+            r"x contains 1 NaN or infinite value\(s\), the first at index \(2, 1\)",
+        ),
+        (
+            "width",
+            "categorical_crossentropy",
+            r"the model expects inputs with 3 features .*received x.shape=\(12, 2\)",
+        ),
+        (
+            "overflow",
+            "categorical_crossentropy",
+            r"x holds values up to 1e\+300, beyond the range of the model's float32",
+        ),
+        (
+            "label",
+            "sparse_categorical_crossentropy",
+            r"label 7 in y is out of range for the output layer of 2 units",
+        ),
+        ("fraction", "sparse_categorical_crossentropy", r"non-integer values such as 0\.5"),
+        (
+            "one_hot",
+            "categorical_crossentropy",
+            r"categorical_crossentropy expects one-hot targets .*received integer labels",
+        ),
+        (
+            "binary",
+            "binary_crossentropy",
+            r"binary_crossentropy expects targets in \[0, 1\], received values from 0\.0 to 2\.0",
+        ),
+        ("target_nan", "mse", r"y contains 1 NaN or infinite value"),
+    ],
+)
+def test_data_on_the_engine_is_refused_as_host_data_is(engine, case, loss, pattern):
+    x, y = _data()
+    labels = np.argmax(y, axis=1).astype(np.int64)
+    if loss == "binary_crossentropy":
+        y = y[:, :1].copy()
+    if case == "nan":
+        x = _with(x, (2, 1), np.nan)
+    elif case == "width":
+        x = x[:, :2].copy()
+    elif case == "overflow":
+        x = _with(x.astype(np.float64), (0, 0), 1e300)
+    elif case == "label":
+        y = _with(labels, 3, 7)
+    elif case == "fraction":
+        y = _with(labels.astype(np.float32), 3, 0.5)
+    elif case == "one_hot":
+        y = labels.astype(np.float32)
+    elif case == "binary":
+        y = _with(y, (0, 0), 2.0)
+    elif case == "target_nan":
+        y = _with(y, (1, 1), np.nan)
+    dlcore.set_random_seed(0)
+    units = 1 if loss == "binary_crossentropy" else 2
+    model = Sequential([Dense(4, activation="relu", input_shape=(3,)), Dense(units)])
+    model.compile(optimizer="sgd", loss=loss)
+    before = model.get_weights()
+    for data in ((x, y), (_on_engine(engine, x), _on_engine(engine, y))):
+        with pytest.raises(ValueError, match=pattern):
+            model.fit(*data, epochs=1, verbose=0)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_count_outside_counts_what_fails_a_check(engine):
+    values = np.array([0.0, 1.5, 2.0, np.nan, np.inf, -3.0, 7.0, -np.inf], dtype=np.float32)
+    A = engine.asarray(values, dtype="float32")
+    assert engine.count_outside(A, 0.0, 5.0) == 5  # nan, inf, -3, 7, -inf
+    assert engine.count_outside(A, 0.0, 5.0, whole=True) == 6  # and 1.5
+    assert engine.count_outside(A, -np.inf, np.inf) == 3  # not finite
+    wide = engine.asarray(np.array([1e300, -2.0, 3.0]), dtype="float64")
+    assert engine.count_outside(wide, -3.4e38, 3.4e38) == 1  # beyond float32
+    labels = engine.asarray(np.array([0, 3, 9, -1, 2**40]), dtype="int64")
+    assert engine.count_outside(labels, 0, 3) == 3
+    assert engine.count_outside(labels, -0.5, 9.5) == 2
+    assert engine.count_outside(labels, -np.inf, np.inf) == 0
+    assert engine.count_outside(labels, 0.2, 0.8) == 5  # no whole number inside
 
 
 def test_readme_interop_example():

@@ -225,3 +225,38 @@ def test_schedule_with_clipping_and_decay_trains_as_keras():
     _assert_same(
         *_train_both("AdamW", {"weight_decay": 0.05, "clipnorm": 0.5}, schedule), KERAS_F32
     )
+
+
+def test_clipping_and_decay_skip_batch_normalization_statistics_as_keras():
+    """clipnorm clips each trained weight and weight decay shrinks trained weights only:
+    BatchNormalization's moving statistics are neither (they were once counted among the
+    clipped variables, which refused the fit)."""
+    from dlcore.layers import BatchNormalization
+
+    km = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(7, use_bias=False),  # Adam would amplify a zero gradient's noise
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    dm = Sequential(
+        [Dense(7, use_bias=False), BatchNormalization(), Dense(3, activation="softmax")]
+    )
+    dm.build((None, FEATURES))
+    rng = np.random.default_rng(3)
+    weights = [
+        np.abs(rng.normal(size=w.shape)) + 0.5 if w.ndim == 1 else rng.normal(size=w.shape) / 3
+        for w in km.get_weights()
+    ]
+    km.set_weights(weights)
+    dm.set_weights(weights)
+    options = {"learning_rate": 0.05, "weight_decay": 0.1, "clipnorm": 0.2}
+    km.compile(optimizer=keras.optimizers.AdamW(**options), loss="categorical_crossentropy")
+    dm.compile(optimizer=dl_optimizers.AdamW(**options), loss="categorical_crossentropy")
+    x, y = _data()
+    kwargs = {"batch_size": BATCH, "shuffle": False, "verbose": 0, "epochs": EPOCHS}
+    km.fit(x, y, **kwargs)
+    dm.fit(x, y, **kwargs)
+    _assert_same(km.get_weights(), dm.get_weights(), KERAS_F32)  # Keras's moments: float32

@@ -244,6 +244,20 @@ def parse_doctor(output: str, _json_file: str = "") -> tuple[str, dict[str, Any]
     return verdict or "no OK/FAILED line (see the tail)", numbers
 
 
+def parse_data_parallel(output: str, json_file: str) -> tuple[str, dict[str, Any]]:
+    """tests/distribute_scripts/gpu_data_parallel.py's report: the transport and how far
+    two processes' training is from one's."""
+    report = _read_json(json_file)
+    if not isinstance(report, dict):
+        return "no report", {}
+    alone = report.get("seconds_per_epoch_alone")
+    return (
+        f"{report.get('transport')}: weights within {report.get('max_weight_difference')}, "
+        f"{report.get('seconds_per_epoch')} s/epoch (alone {alone})",
+        report,
+    )
+
+
 def parse_bench(output: str, json_file: str) -> tuple[str, dict[str, Any]]:
     data = _read_json(json_file)
     if not isinstance(data, dict):
@@ -480,6 +494,26 @@ def plan(python: str, out: str) -> list[Step]:
             json_file=mixed_json,
         ),  # fmt: skip
     ]
+    # data parallelism before the benches, which stay last
+    mpiexec = os.path.join(os.path.dirname(python), "mpiexec")
+    script = os.path.join(tests, "distribute_scripts", "gpu_data_parallel.py")
+    first_bench = next(i for i, step in enumerate(steps) if step.name == "bench")
+    for offset, engine in enumerate(("cupy", "numba")):
+        report = os.path.join(out, f"data-parallel-{engine}.json")
+        steps.insert(
+            first_bench + offset,
+            Step(
+                f"data-parallel-{engine}",
+                f"2 processes sharing the GPU, data-parallel on {engine} (NCCL where CuPy has "
+                "it), against one process",
+                [mpiexec, "-n", "2", python, script, engine, report],
+                45,
+                min_s=30,
+                needs=mpiexec,
+                parse=parse_data_parallel,
+                json_file=report,
+            ),
+        )
     return steps
 
 

@@ -83,6 +83,8 @@ class BackupAndRestore(Callback):
     >>> model.fit(x, y, epochs=100, callbacks=[backup])  # rerun after a crash: it resumes
     """
 
+    chief_only = True
+
     def __init__(
         self,
         backup_dir: str | os.PathLike[str],

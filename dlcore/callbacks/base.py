@@ -46,6 +46,10 @@ class Callback:
             (batches per epoch).
     """
 
+    #: whether only the chief process (rank 0) of a data-parallel run runs it: the
+    #: callbacks that print or write files
+    chief_only: bool = False
+
     def __init__(self) -> None:
         self.model: Any = None
         self.params: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dlcore import distribute
 from dlcore.callbacks.base import Callback, Logs
 from dlcore.callbacks.history import History
 from dlcore.callbacks.progress import ProgbarLogger
@@ -64,6 +65,9 @@ class CallbackList(Callback):
             verbose = 1
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1, 2 or 'auto', received verbose={verbose!r}")
+        if not distribute.is_chief():  # data-parallel: rank 0 alone prints and writes
+            user = [cb for cb in user if not cb.chief_only]
+            verbose = 0
         history = next((cb for cb in user if isinstance(cb, History)), None)
         self.history: History = history if history is not None else History()
         self._add_history = add_history
@@ -77,6 +81,7 @@ class CallbackList(Callback):
         self._batch_begin_targets: list[Callback] = []
         self._batch_end_targets: list[Callback] = []
         self.wants_batch_logs = False
+        self.has_batch_hooks = False
         if model is not None:
             self.set_model(model)
         self.set_params({"verbose": verbose, "epochs": epochs, "steps": steps})
@@ -100,6 +105,12 @@ class CallbackList(Callback):
             if _overrides(cb, "on_train_batch_end") or _overrides(cb, "on_batch_end")
         ]
         self.wants_batch_logs = bool(self._batch_end_targets)
+        # a callback that may set model.stop_training within an epoch (the progress bar
+        # only reads): data-parallel processes then agree after every step
+        self.has_batch_hooks = any(
+            not isinstance(cb, ProgbarLogger)
+            for cb in self._batch_begin_targets + self._batch_end_targets
+        )
 
     def set_params(self, params: Mapping[str, Any]) -> None:
         """Passes ``params`` to every callback."""

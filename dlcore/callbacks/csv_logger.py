@@ -43,6 +43,8 @@ class CSVLogger(Callback):
     >>> model.fit(x, y, epochs=10, callbacks=[CSVLogger("training.csv")])
     """
 
+    chief_only = True
+
     def __init__(
         self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False
     ) -> None:

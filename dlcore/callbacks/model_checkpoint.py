@@ -54,6 +54,8 @@ class ModelCheckpoint(Callback):
     >>> model.fit(x, y, validation_split=0.2, epochs=20, callbacks=[ckpt])
     """
 
+    chief_only = True
+
     def __init__(
         self,
         filepath: str | os.PathLike[str],

@@ -50,6 +50,8 @@ class ProgbarLogger(Callback):
     at all.
     """
 
+    chief_only = True
+
     def __init__(self) -> None:
         super().__init__()
         self.verbose: int = 1

@@ -104,6 +104,8 @@ class TensorBoard(Callback):
     >>> model.fit(x, y, validation_split=0.2, epochs=10, callbacks=[board])
     """
 
+    chief_only = True
+
     def __init__(
         self,
         log_dir: str | os.PathLike[str] = "logs",
