@@ -451,11 +451,7 @@ def _initializer(value: Any, layer: str, cls: str, key: str) -> dict[str, Any] |
         value = {"class_name": value["class_name"], "config": config}
     elif not isinstance(value, str):
         raise _refuse(layer, cls, key, value, supported)
-    try:
-        found = initializers.get(value)
-    except ValueError:
-        raise _refuse(layer, cls, key, value, supported) from None
-    return {"class_name": type(found).__name__, "config": found.get_config()}
+    return _made_by(initializers.get, value, layer, cls, key, supported)
 
 
 def _regularizer(value: Any, layer: str, cls: str, key: str) -> dict[str, Any] | None:
@@ -469,10 +465,19 @@ def _regularizer(value: Any, layer: str, cls: str, key: str) -> dict[str, Any] |
         if not _keras_own(value, "keras.regularizers"):
             raise _refuse(layer, cls, key, value, supported)
         value = {"class_name": value.get("class_name"), "config": value.get("config") or {}}
-    elif not isinstance(value, str):
+    return _made_by(regularizers.get, value, layer, cls, key, supported)
+
+
+def _made_by(
+    get: Any, value: Any, layer: str, cls: str, key: str, supported: str
+) -> dict[str, Any] | None:
+    """dlcore's ``{"class_name", "config"}`` of the object ``get`` (``initializers.get``,
+    ``regularizers.get``) makes of a name or a ``{"class_name", "config"}``, or the
+    refusal of ``value``."""
+    if not isinstance(value, (str, Mapping)):
         raise _refuse(layer, cls, key, value, supported)
     try:
-        found = regularizers.get(value)
+        found = get(value)
     except ValueError:
         raise _refuse(layer, cls, key, value, supported) from None
     if found is None:
