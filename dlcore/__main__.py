@@ -13,6 +13,10 @@ def _engines(_: argparse.Namespace) -> int:
     for info in backends.available():
         status = "yes" if info.available else "no "
         print(f"{info.name:<18} {status}  {info.detail}")
+    from dlcore.benchmark import machine
+
+    print(machine.machine_line(machine.cpu_info().to_dict()))
+    print(machine.blas_line(machine.blas_libraries()))
     return 0
 
 

@@ -5,8 +5,11 @@ The JSON file (``--json FILE``) holds one object with the keys
 - ``settings``: engines, cases, peers, repeats, steps, smoke, seed, gemm_size, dtype
   (``"float32"``, or ``null`` when only mixed precisions ran), isolated; with
   ``--precision mixed_...`` also ``mixed``: ``{"precisions": [...], "matmul_precision"}``;
-- ``machine``: platform, machine, processor, cpu_count, python, numpy, blas
-  (numpy's BLAS name and version), dlcore, peers (their versions, with ``--peers``);
+- ``machine``: cpu (``machine.CpuInfo.to_dict()``: model, vendor, isa (the GEMM flags
+  present), logical_cpus, physical_cores, family, label: the machine class), blas_libraries
+  (``machine.blas_libraries()``: internal_api, version, architecture, num_threads, ...),
+  platform, machine, processor, cpu_count, python, numpy, blas (numpy's BLAS name and
+  version), dlcore, peers (their versions, with ``--peers``);
 - ``engines``: ``{engine timed: device}``; ``skipped``: ``{engine or peer: why not}``;
 - ``results``: one object per case and runner: every field of ``runner.Measurement``
   (epoch_seconds, peak_flops, bound_step_seconds, ...) and the derived samples,
@@ -34,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from dlcore.benchmark import machine as machine_class
 from dlcore.benchmark.runner import (
     MET,
     NOT_MEASURED,
@@ -131,6 +135,10 @@ def print_report(result: BenchmarkRun, say: Say = print) -> None:
         f"{machine['python']}, NumPy {machine['numpy']}"
         + (f" ({blas.get('name')} {blas.get('version')})" if blas else "")
     )
+    if machine.get("cpu"):
+        say(machine_class.machine_line(machine["cpu"]))
+    if "blas_libraries" in machine:
+        say(machine_class.blas_line(machine["blas_libraries"]))
     if blas.get("kernels"):
         say(f"NumPy's OpenBLAS runs its {blas['kernels']} kernels")
     for key, value in (blas.get("environment") or {}).items():
@@ -165,10 +173,17 @@ def print_report(result: BenchmarkRun, say: Say = print) -> None:
         _print_mixed(result, precision, say)
 
 
+def _measured_on(result: BenchmarkRun) -> str:
+    """The line above a table naming the machine class its numbers belong to."""
+    cpu = result.machine.get("cpu") or {}
+    return f"measured on: {cpu.get('label', 'unknown machine class')}, {cpu.get('model', '?')}"
+
+
 def _print_float32(result: BenchmarkRun, say: Say) -> None:
     """The float32 table, the GEMM peaks and the targets."""
     s = result.settings
     say("")
+    say(_measured_on(result))
     say(format_table(result.measurements))
     say("")
     say(
@@ -327,6 +342,7 @@ def _print_mixed(result: BenchmarkRun, precision: str, say: Say) -> None:
     )
     say(mixed_description(precision, matmul))
     say("")
+    say(_measured_on(result))
     say(format_mixed_table(rows, result.measurements))
     fallbacks = {row.measurement.runner: row.arithmetic.fallback for row in rows}
     for runner, why in fallbacks.items():

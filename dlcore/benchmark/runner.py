@@ -668,7 +668,8 @@ class BenchmarkRun:
 
 # ---------------------------------------------------------------------- machine
 def machine_info(peer_versions: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    """Platform, CPU count, Python, numpy and its BLAS, dlcore, and the peers' versions."""
+    """The machine class (CPU and loaded BLAS libraries, ``machine.describe()``), platform,
+    CPU count, Python, numpy and its BLAS, dlcore, and the peers' versions."""
     blas: dict[str, Any] | None = None
     try:
         config = np.show_config(mode="dicts")
@@ -685,8 +686,12 @@ def machine_info(peer_versions: Mapping[str, str | None] | None = None) -> dict[
             if key in os.environ
         }
     from dlcore.backends import cpu_jit
+    from dlcore.benchmark import machine
 
     return {
+        # the machine class (machine.describe): "cpu" (model, vendor, GEMM flags, cores,
+        # label) and "blas_libraries" (each loaded BLAS, its kernels and threads)
+        **machine.describe(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
