@@ -417,6 +417,54 @@ class Engine(abc.ABC):
             )
         return loss, inputs
 
+    def dense_stack_epoch(
+        self,
+        X: Array,
+        Y_true: Array,
+        order: Array | None,
+        batch_size: int,
+        weights: Sequence[Array],
+        biases: Sequence[Array],
+        weight_grads: Sequence[Array],
+        bias_grads: Sequence[Array],
+        activations: Sequence[str],
+        rule: str,
+        params: Array,
+        grads: Array,
+        slots: Sequence[Array | None],
+        hyperparameters: Sequence[Mapping[str, float]],
+        *,
+        count: bool,
+        workspaces: Sequence[Workspace],
+    ) -> tuple[Array, Array | None] | None:
+        """Train a dense stack for ``S = len(hyperparameters)`` steps in one call, where an
+        engine can do it without returning to Python between steps; ``None`` otherwise
+        (this default: the caller then runs the steps one by one).
+
+        Step ``s`` gathers the rows ``order[s * batch_size:]`` (up to ``batch_size`` of
+        them) of ``X`` and ``Y_true``, runs ``dense_stack_step`` on them and then
+        ``optimizer_step(rule, params, grads, slots, hyperparameters[s])``; the results
+        are those of these calls, to the bit.
+
+        Args:
+            X, Y_true: the whole data, ``(n, I)`` floats and one-hot ``(n, C)`` floats or
+                int64 labels ``(n,)``.
+            order: int64 ``(n,)``, the rows in batch order; ``None`` for ``0 .. n - 1``.
+            batch_size: rows per step (the last step may take fewer).
+            weights, biases, weight_grads, bias_grads, activations, workspaces: as
+                ``dense_stack_step`` takes them, views of ``params`` and ``grads``.
+            rule, params, grads, slots: as ``optimizer_step`` takes them.
+            hyperparameters: each step's hyperparameters.
+            count: whether to count each batch's correct predictions (argmax of the
+                probabilities equal to the target's class, as ``count_correct``).
+
+        Returns:
+            ``(losses, correct)``: each step's batch-mean loss and, with ``count``, its
+            count of correct predictions, ``(S,)`` arrays of the weights' dtype
+            (``correct`` ``None`` without ``count``); or ``None`` when not supported.
+        """
+        return None
+
     # ------------------------------------------------------------------ activations
     @abc.abstractmethod
     def activation(self, name: str, Z: Array) -> Array:

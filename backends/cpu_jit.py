@@ -357,3 +357,157 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "lion": _lion,
     "ftrl": _ftrl,
 }
+
+
+# ---------------------------------------------------------------------- a whole epoch
+# The update rules ``dense_stack_epoch`` runs, by the kernel name the NumPy engine's step
+# picks for them; the epoch loop branches on the code (one compiled loop serves every rule).
+EPOCH_RULES = {
+    "sgd": 0,
+    "sgd_momentum": 1,
+    "adam": 2,
+    "rmsprop": 3,
+    "adagrad": 4,
+    "adamax": 5,
+    "nadam": 6,
+    "adamw": 7,
+    "adadelta": 8,
+    "lion": 9,
+    "ftrl": 10,
+}
+#: the most slot arrays and scalars a rule of ``EPOCH_RULES`` takes after params and grads
+EPOCH_SLOTS = 3
+EPOCH_SCALARS = 7
+
+
+@cache
+def epoch_kernel() -> Callable[..., Any]:
+    """The compiled ``dense_stack_epoch``, with ``dense_stack`` and the rules' kernels
+    (the very ones the per-step path runs) compiled into it."""
+    import numba
+
+    stack = kernel("dense_stack")  # also compiles the helpers it calls
+    # the names the loop calls are looked up in this module's globals when it compiles
+    globals()["_dense_stack"] = stack
+    for name in EPOCH_RULES:
+        globals()[KERNELS[name].__name__] = kernel(name)
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+    for helper, function in _EPOCH_HELPERS.items():
+        globals()[helper] = jit(function)
+    return jit(_dense_stack_epoch)
+
+
+def _apply_rule(rule, params, grads, a, b, c, h):
+    """One update of rule code ``rule`` (``EPOCH_RULES``): slots ``a, b, c`` in the rule's
+    order (empty where it takes fewer or an optional one is absent), scalars ``h``."""
+    if rule == 0:
+        _sgd(params, grads, h[0])
+    elif rule == 1:
+        _sgd_momentum(params, grads, a, h[0], h[1], h[2] != 0)
+    elif rule == 2:
+        _adam(params, grads, a, b, c, h[0], h[1], h[2], h[3])
+    elif rule == 3:
+        _rmsprop(params, grads, a, b, c, h[0], h[1], h[2], h[3], h[4])
+    elif rule == 4:
+        _adagrad(params, grads, a, h[0], h[1])
+    elif rule == 5:
+        _adamax(params, grads, a, b, h[0], h[1], h[2], h[3], h[4])
+    elif rule == 6:
+        _nadam(params, grads, a, b, h[0], h[1], h[2], h[3], h[4], h[5], h[6])
+    elif rule == 7:
+        _adamw(params, grads, a, b, c, h[0], h[1], h[2], h[3], h[4])
+    elif rule == 8:
+        _adadelta(params, grads, a, b, h[0], h[1], h[2], h[3])
+    elif rule == 9:
+        _lion(params, grads, a, h[0], h[1], h[2], h[3], h[4])
+    else:
+        _ftrl(params, grads, a, b, h[0], h[1], h[2], h[3], h[4])
+
+
+def _first_argmax(A, r):
+    """``np.argmax(A[r])``: the first maximum, or the first NaN when there is one."""
+    best = 0
+    for j in range(1, A.shape[1]):
+        if A[r, j] > A[r, best] or (math.isnan(A[r, j]) and not math.isnan(A[r, best])):
+            best = j
+    return best
+
+
+def _dense_stack_epoch(
+    X,
+    Y,
+    labels,
+    order,
+    batch_size,
+    full,
+    last,
+    weights,
+    biases,
+    weight_grads,
+    bias_grads,
+    codes,
+    rule,
+    params,
+    grads,
+    a,
+    b,
+    c,
+    hyperparameters,
+    count,
+    losses,
+    correct,
+):
+    """``S`` training steps of a dense stack: per step, the batch gathered, ``_dense_stack``,
+    the correct predictions counted, then the optimizer's update.
+
+    Args:
+        X: float ``(n, I)`` inputs; Y: one-hot float ``(n, C)`` targets or ``(0, 0)``;
+        labels: int ``(n,)`` class labels or ``(0,)``.
+        order: int64 ``(n,)``, the rows in the order they are batched.
+        batch_size: rows per step; step ``s`` takes ``order[s * batch_size:]`` up to
+            ``batch_size`` rows.
+        full, last: for a full and for a short last batch: ``(outputs, deltas, Y, labels)``,
+            ``_dense_stack``'s ``outputs`` (the batch's rows go into the first) and
+            ``deltas``, and the batch's targets (the unused kind ``(0, 0)`` or ``(0,)``).
+        weights, biases, weight_grads, bias_grads, codes: as ``_dense_stack`` takes them,
+            views of the flat ``params`` and ``grads``.
+        rule: the code of the update rule (``EPOCH_RULES``); ``a, b, c`` its slots.
+        hyperparameters: ``(S, EPOCH_SCALARS)`` each step's scalars in the rule's order.
+        count: whether to count the correct predictions (argmax of the probabilities
+            equal to the target's class).
+        losses: float64 ``(S,)``, written with each step's batch-mean loss.
+        correct: int64 ``(S,)``, written with each step's count when ``count``.
+    """
+    n = order.shape[0]
+    for s in range(losses.shape[0]):
+        start = s * batch_size
+        stop = min(start + batch_size, n)
+        rows = stop - start
+        outputs, deltas, Y_batch, labels_batch = full if rows == batch_size else last
+        X_batch = outputs[0]
+        sparse = labels.shape[0] > 0
+        for i in range(rows):
+            row = order[start + i]
+            for j in range(X.shape[1]):
+                X_batch[i, j] = X[row, j]
+            if sparse:
+                labels_batch[i] = labels[row]
+            else:
+                for j in range(Y.shape[1]):
+                    Y_batch[i, j] = Y[row, j]
+        losses[s] = _dense_stack(
+            outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y_batch, labels_batch
+        )
+        if count:
+            P = outputs[len(outputs) - 1]
+            hits = 0
+            for i in range(rows):
+                predicted = _first_argmax(P, i)
+                target = labels_batch[i] if sparse else _first_argmax(Y_batch, i)
+                if predicted == target:
+                    hits += 1
+            correct[s] = hits
+        _apply_rule(rule, params, grads, a, b, c, hyperparameters[s])
+
+
+_EPOCH_HELPERS = {"_apply_rule": _apply_rule, "_first_argmax": _first_argmax}

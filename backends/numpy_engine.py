@@ -184,6 +184,96 @@ class NumpyEngine(ArrayAPIEngine):
         )
         return dtype.type(loss), outputs[-1]
 
+    def dense_stack_epoch(
+        self,
+        X: Array,
+        Y_true: Array,
+        order: Array | None,
+        batch_size: int,
+        weights: Sequence[Array],
+        biases: Sequence[Array],
+        weight_grads: Sequence[Array],
+        bias_grads: Sequence[Array],
+        activations: Sequence[str],
+        rule: str,
+        params: Array,
+        grads: Array,
+        slots: Sequence[Array | None],
+        hyperparameters: Sequence[Mapping[str, float]],
+        *,
+        count: bool,
+        workspaces: Sequence[Workspace],
+    ) -> tuple[Array, Array | None] | None:
+        # large buffers: the per-step updates run on every core, which one loop would not
+        if (
+            not cpu_jit.stack_available()
+            or any(name not in cpu_jit.ACTIVATION_CODES for name in activations)
+            or rule not in self._JIT_STEPS
+            or params.shape[0] >= cpu_chunks.SPLIT_MIN_ELEMENTS
+        ):
+            return None
+        # each step's kernel and scalars, as optimizer_step would pass them
+        recorder = _StepRecorder(self)
+        for h in hyperparameters:
+            self._JIT_STEPS[rule](recorder, params, grads, slots, h)
+        kernels = {name for name, _, _ in recorder.calls}
+        if len(kernels) != 1 or not kernels <= cpu_jit.EPOCH_RULES.keys():
+            return None
+        steps, dtype, n = len(hyperparameters), X.dtype, X.shape[0]
+        arrays = recorder.calls[0][1]
+        slot_arrays = [*arrays[2:], *[self._absent(None, params)] * cpu_jit.EPOCH_SLOTS]
+        table = np.zeros((steps, cpu_jit.EPOCH_SCALARS), dtype=dtype)
+        for s, (_, _, scalars) in enumerate(recorder.calls):
+            table[s, : len(scalars)] = scalars
+        sparse = Y_true.ndim == 1
+        sets = {}
+        for rows in {min(batch_size, n - s * batch_size) for s in range(steps)}:
+            layer_outputs, deltas = [], []
+            for W, workspace in zip(weights, workspaces):
+                layer_outputs.append(workspace.array("A", (rows, W.shape[1]), dtype))
+                deltas.append(workspace.array("delta", (rows, W.shape[1]), dtype))
+            loss_space = workspaces[-1]
+            sets[rows] = (
+                (loss_space.array("epoch_x", (rows, X.shape[1]), dtype), *layer_outputs),
+                tuple(deltas),
+                self._no_targets[dtype]
+                if sparse
+                else loss_space.array("epoch_y", (rows, Y_true.shape[1]), Y_true.dtype),
+                loss_space.array("epoch_labels", (rows,), Y_true.dtype)
+                if sparse
+                else self._no_labels,
+            )
+        last = sets[min(sets)]
+        codes = np.array(
+            [cpu_jit.ACTIVATION_CODES[name] for name in activations] + [0], dtype=np.int64
+        )
+        losses = np.empty(steps, dtype=np.float64)
+        correct = np.zeros(steps, dtype=np.int64)
+        cpu_jit.epoch_kernel()(
+            X,
+            self._no_targets[dtype] if sparse else Y_true,
+            Y_true if sparse else self._no_labels,
+            np.arange(n, dtype=np.int64) if order is None else order,
+            batch_size,
+            sets.get(batch_size, last),
+            last,
+            tuple(weights),
+            tuple(biases),
+            tuple(weight_grads),
+            tuple(bias_grads),
+            codes,
+            cpu_jit.EPOCH_RULES[kernels.pop()],
+            params,
+            grads,
+            *slot_arrays[: cpu_jit.EPOCH_SLOTS],
+            table,
+            count,
+            losses,
+            correct,
+        )
+        # rounded as dense_stack_step and count_correct round their results
+        return losses.astype(dtype), correct.astype(dtype) if count else None
+
     # ------------------------------------------------------------------ merges
     # With a workspace the results go into its arrays (names prefixed "merge_");
     # without one, the generic code computes the same in the same order.
@@ -516,6 +606,21 @@ class NumpyEngine(ArrayAPIEngine):
         if empty is None:
             empty = self._empty_arrays[like.dtype] = np.empty(0, dtype=like.dtype)
         return empty
+
+
+class _StepRecorder:
+    """Stands in for the engine in its ``_JIT_STEPS`` methods to record the kernel each
+    step would run and the scalars it would pass, rounded as the step rounds them."""
+
+    def __init__(self, engine: NumpyEngine) -> None:
+        self._engine = engine
+        self.calls: list[tuple[str, list[np.ndarray], tuple[Any, ...]]] = []
+
+    def _jit(self, name: str, arrays: list[np.ndarray], *scalars: Any) -> None:
+        self.calls.append((name, arrays, scalars))
+
+    def _absent(self, optional: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+        return self._engine._absent(optional, like)
 
 
 def _buffer(workspace: Workspace | None, name: str, shape: tuple[int, ...], dtype) -> Array:

@@ -951,7 +951,14 @@ class Trainer(abc.ABC):
                 callback_list.on_epoch_begin(epoch)
                 totals = self._totals(engine, metric_groups)
                 order = engine.asarray(rng.permutation(n), dtype="int64") if shuffle else None
-                for step, rows in enumerate(steps):
+                at_once = (
+                    parallel is None
+                    and graphs is None
+                    and self._epoch_in_one_call(
+                        X, Y, W, order, batch_size, steps, metric_groups, totals, callback_list
+                    )
+                )
+                for step, rows in enumerate([] if at_once else steps):
                     callback_list.on_train_batch_begin(step)
                     # a process without rows in a short last batch steps on a stand-in row
                     # with weight 0, so that every process draws the same random numbers
@@ -1010,6 +1017,72 @@ class Trainer(abc.ABC):
         self._compiled_optimizer().finalize_variable_values(engine, self._params)
         callback_list.on_train_end(epoch_logs)
         return callback_list.history
+
+    def _epoch_in_one_call(
+        self,
+        X: list[Array],
+        Y: list[Array],
+        W: list[Array] | None,
+        order: Array | None,
+        batch_size: int,
+        steps: list[distribute.StepRows],
+        metric_groups: list[list[metrics_module.Metric]],
+        totals: metrics_module.EpochTotals,
+        callback_list: callbacks_module.CallbackList,
+    ) -> bool:
+        """Run an epoch's ``steps`` as one ``engine.dense_stack_epoch`` call and record them
+        in ``totals``, when nothing needs Python between steps: a dense stack, no sample
+        weights, no batch callbacks, only accuracies as metrics, an optimizer whose steps
+        are its rule alone. ``False``, with nothing run, otherwise."""
+        plan = self._plan
+        stack = None if plan is None else plan.stack
+        engine = self._built_engine()
+        if stack is None or W is not None or self.stop_training:
+            return False
+        if type(engine).dense_stack_epoch is Engine.dense_stack_epoch:  # never supported
+            return False
+        if callback_list.has_batch_hooks or callback_list.wants_batch_logs:
+            return False
+        kind = "sparse" if Y[0].ndim == 1 else "categorical"
+        metrics = metric_groups[0]
+        if any(
+            metric.accuracy_kind != kind
+            or not (
+                metric.metric_object is None
+                or isinstance(metric.metric_object, metrics_module.MeanMetric)
+            )
+            for metric in metrics
+        ):
+            return False
+        run = self._compiled_optimizer().epoch_steps(len(steps))
+        if run is None:
+            return False
+        result = engine.dense_stack_epoch(
+            X[0],
+            Y[0],
+            order,
+            batch_size,
+            stack.weights,
+            stack.biases,
+            stack.weight_grads,
+            stack.bias_grads,
+            stack.activations,
+            run.rule,
+            self._params,
+            self._grads,
+            run.slots,
+            run.hyperparameters,
+            count=bool(metrics),
+            workspaces=stack.workspaces,
+        )
+        if result is None:
+            return False
+        run.commit()
+        losses, correct = result
+        for s, rows in enumerate(steps):
+            counts = [] if correct is None else [correct[s]] * len(metrics)
+            totals.add(rows.count, [losses[s]], counts)
+        return True
 
     def _stops(self, parallel: distribute.DataParallel | None, agree: bool = True) -> bool:
         """Whether ``fit`` stops now: ``stop_training`` set by a callback; data-parallel

@@ -27,7 +27,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -105,6 +105,16 @@ _MAX_STEPS = 2**63 - 1
 
 def _is_index(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+class EpochSteps(NamedTuple):
+    """An optimizer's part of steps run in one engine call (``Optimizer.epoch_steps``)."""
+
+    rule: str
+    slots: tuple[Array | None, ...]
+    hyperparameters: list[dict[str, float]]
+    #: advances the optimizer's host state past the steps, once they have run
+    commit: Callable[[], None]
 
 
 class Optimizer(abc.ABC):
@@ -441,6 +451,40 @@ class Optimizer(abc.ABC):
         self._last_ranges = ranges
         if self.use_ema:
             self._update_average(engine, params, ranges, first)
+
+    def epoch_steps(self, steps: int) -> EpochSteps | None:
+        """What ``steps`` calls of ``apply`` over the whole buffer would hand the engine, for
+        an engine that runs them in one call (``Engine.dense_stack_epoch``); ``None`` when
+        a step needs more than the rule's update (clipping, weight decay outside the
+        rule, a moving average, a subclass's own ``apply`` such as loss scaling).
+
+        Nothing changes until the caller runs the steps and calls ``commit()``: the step
+        count, the learning rate of a schedule and the host scalars then advance as
+        ``steps`` calls of ``apply`` would have advanced them.
+        """
+        if type(self).apply is not Optimizer.apply or self._size is None or steps < 1:
+            return None
+        if self.use_ema or self._clipping():
+            return None
+        if not self.fused_weight_decay and self.weight_decay:
+            return None
+        before = (self._iterations, self._learning_rate, self._host_state())
+        hyperparameters = []
+        for _ in range(steps):  # as apply does per step
+            if self._schedule is not None:
+                self._learning_rate = self._schedule(self._iterations)
+            self._iterations += 1
+            hyperparameters.append(self._step_hyperparameters())
+        after = (self._iterations, self._learning_rate, self._host_state())
+        self._iterations, self._learning_rate = before[0], before[1]
+        self._set_host_state(before[2])
+
+        def commit() -> None:
+            self._iterations, self._learning_rate = after[0], after[1]
+            self._set_host_state(after[2])
+            self._last_ranges = [(0, int(self._size))]  # type: ignore[arg-type]
+
+        return EpochSteps(self.rule, self._slot_values, hyperparameters, commit)
 
     # ------------------------------------------------------------------ clipping, decay, EMA
     def _decay(self) -> float:
