@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dlcore import config
-from dlcore.backends.base import Array, Engine, dtype_name
+from dlcore.backends.base import Array, Engine, Workspace, dtype_name
 from dlcore.distribute.communicator import Communicator, PendingSum, shares
 
 
@@ -198,6 +198,7 @@ class GradientSync:
         self._open: list[int] | None = None  # the bucket being filled: [start, stop)
         self._pending: list[PendingSum] = []
         self._sent: list[tuple[int, int]] = []
+        self._workspaces: dict[tuple[int, int], Workspace] = {}
 
     @property
     def overlaps(self) -> bool:
@@ -233,9 +234,13 @@ class GradientSync:
         self._sent.append((start, stop))
 
     def _weighted(self, start: int, stop: int) -> Array:
-        view = self._engine.slice_rows(self._grads, start, stop)
+        engine = self._engine
+        view = engine.slice_rows(self._grads, start, stop)
         if self._weight != 1.0:
-            self._engine.assign(view, self._engine.scale(view, self._weight))
+            workspace = self._workspaces.get((start, stop))
+            if workspace is None:  # one per range: the steps after the first allocate nothing
+                workspace = self._workspaces[(start, stop)] = Workspace(engine)
+            engine.assign(view, engine.scale(view, self._weight, workspace=workspace))
         return view
 
     def finish(self) -> None:
