@@ -20,6 +20,7 @@ import json
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -178,8 +179,8 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
             compile_config = _legacy_compile(training)
         else:
             with zipfile.ZipFile(path) as zf:
-                config = json.loads(zf.read("config.json"))
-                data = zf.read("model.weights.h5")
+                config = json.loads(_zip_member(zf, "config.json"))
+                data = _zip_member(zf, "model.weights.h5")
             with h5py.File(io.BytesIO(data), "r") as f:
                 weights = _h5_v3_weights(f)
                 state = _h5_v3_optimizer_values(f)
@@ -188,7 +189,7 @@ def load_keras_file(path: str, *, compile: bool = True) -> Any:
         _assign(model, weights)
     except ModelFileError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as error:
+    except _READ_ERRORS as error:
         what = f"missing {error}" if isinstance(error, KeyError) else str(error)
         raise ModelFileError(path, f"{path} is not a Keras model dlcore can read: {what}") from None
     if compile and compile_config:
@@ -220,7 +221,7 @@ def load_keras_weights(model: Any, path: str) -> None:
                     path, f"{path} is an HDF5 file without Keras 3 weights (no 'layers' group)"
                 )
             found = {
-                key: [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+                key: [_read(group["vars"][str(i)]) for i in range(len(group["vars"]))]
                 for key, group in f["layers"].items()
                 if "vars" in group
             }
@@ -270,6 +271,55 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# What a damaged or crafted file makes zipfile, zlib, json, h5py and the rebuilding raise.
+_READ_ERRORS = (
+    KeyError,
+    ValueError,
+    TypeError,
+    OSError,
+    IndexError,
+    AttributeError,
+    EOFError,
+    RecursionError,
+    OverflowError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+#: a member or dataset may hold at most this many times the bytes the file stores for
+#: it (above ``_BOMB_FLOOR_BYTES``): more is a decompression (or fill-value) bomb
+_MAX_EXPANSION = 100
+_BOMB_FLOOR_BYTES = 1 << 26  # 64 MiB
+
+
+def _read(dataset: Any) -> np.ndarray:
+    """An HDF5 dataset's values, after checking that they are numbers and that their
+    size is not a bomb: a dataset declaring far more bytes than the file stores for it
+    (compressed, or chunks left to the fill value) is refused before anything is read."""
+    dtype = np.dtype(dataset.dtype)
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ValueError(f"the dataset {dataset.name!r} holds {dtype}, not numbers")
+    declared = int(np.prod(dataset.shape, dtype=np.int64)) * dtype.itemsize
+    stored = int(dataset.id.get_storage_size())
+    if declared > _BOMB_FLOOR_BYTES and declared > _MAX_EXPANSION * stored:
+        raise ValueError(
+            f"the dataset {dataset.name!r} declares {declared} bytes but the file stores "
+            f"{stored} for it; refusing a possible decompression bomb"
+        )
+    return np.asarray(dataset)
+
+
+def _zip_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A member of a ``.keras`` zip, refusing a decompression bomb before inflating it."""
+    info = zf.getinfo(name)
+    if info.file_size > _BOMB_FLOOR_BYTES and info.file_size > _MAX_EXPANSION * info.compress_size:
+        raise ValueError(
+            f"the member {name!r} declares {info.file_size} bytes but stores "
+            f"{info.compress_size}; refusing a possible decompression bomb"
+        )
+    return zf.read(name)
+
+
 def _h5_v3_weights(f: Any) -> dict[str, list[np.ndarray]]:
     """Layer name -> its weights, from a Keras 3 ``model.weights.h5``."""
     found: dict[str, list[np.ndarray]] = {}
@@ -279,7 +329,7 @@ def _h5_v3_weights(f: Any) -> dict[str, list[np.ndarray]]:
         if vars_group is None:
             continue
         name = _text(vars_group.attrs.get("name", key))
-        found[name] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+        found[name] = [_read(vars_group[str(i)]) for i in range(len(vars_group))]
     return found
 
 
@@ -289,7 +339,7 @@ def _h5_v3_optimizer_values(f: Any) -> list[np.ndarray] | None:
     group = f.get("optimizer/vars")
     if group is None or not len(group):
         return None
-    return [np.asarray(group[str(i)]) for i in range(len(group))]
+    return [_read(group[str(i)]) for i in range(len(group))]
 
 
 def _h5_legacy_optimizer_values(f: Any, path: str) -> list[np.ndarray] | None:
@@ -312,7 +362,7 @@ def _h5_legacy_optimizer_values(f: Any, path: str) -> list[np.ndarray] | None:
     while f"weight_names{chunk}" in group.attrs:  # Keras splits long name lists
         names += list(group.attrs[f"weight_names{chunk}"])
         chunk += 1
-    return [np.asarray(group[_text(name)]) for name in names] or None
+    return [_read(group[_text(name)]) for name in names] or None
 
 
 def _h5_legacy_weights(group: Any) -> dict[str, list[np.ndarray]]:
@@ -320,7 +370,7 @@ def _h5_legacy_weights(group: Any) -> dict[str, list[np.ndarray]]:
     found = {}
     for name in (_text(n) for n in group.attrs["layer_names"]):
         layer = group[name]
-        found[name] = [np.asarray(layer[_text(w)]) for w in layer.attrs["weight_names"]]
+        found[name] = [_read(layer[_text(w)]) for w in layer.attrs["weight_names"]]
     return found
 
 

@@ -832,3 +832,51 @@ def test_every_shared_optimizer_round_trips_through_keras_members(tmp_path, engi
         np.testing.assert_allclose(theirs[key], mine[key], rtol=1e-7, err_msg=key)
     for a, b in zip(_continue(again), _continue(model)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_decompression_bomb_in_a_keras_zip_is_refused_before_inflating(tmp_path):
+    import tracemalloc
+
+    members = _members(os.path.join(FIXTURES, "sequential.keras"))
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.json", members["metadata.json"])
+        zf.writestr("config.json", members["config.json"])
+        info = zipfile.ZipInfo("model.weights.h5")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zf.open(info, "w", force_zip64=True) as member:
+            chunk = bytes(1 << 20)
+            for _ in range(80):  # 80 MiB of zeros, a few hundred KB stored
+                member.write(chunk)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"model\.weights\.h5.*decompression bomb"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_a_dataset_declaring_more_than_the_file_stores_is_refused(tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "fill.h5"
+    shutil.copy(os.path.join(FIXTURES, "sequential.h5"), path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"]
+        layer = group[_text_of(group.attrs["layer_names"][0])]
+        name = _text_of(layer.attrs["weight_names"][0])
+        del layer[name]
+        # 400 MB declared, nothing stored: every chunk is left to the fill value
+        layer.create_dataset(name, shape=(100_000, 1_000), dtype="float32", chunks=(1000, 100))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ModelFileError, match=r"declares 400000000 bytes.*decompression bomb"):
+        load_model(path)
+
+
+def _text_of(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
