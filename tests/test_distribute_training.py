@@ -101,6 +101,12 @@ def test_a_process_with_another_model_is_refused_by_rank(tmp_path):
     assert "fit(): rank 1 has" in output and "rank 1 has parameters 51, rank 0 has 44" in output
 
 
+def test_layer_names_may_differ_between_processes(tmp_path):
+    result = run_mpi(3, "fit_features.py", "names", str(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" trained ") == 3
+
+
 def test_an_exception_on_one_process_ends_every_process(tmp_path):
     started = time.monotonic()
     result = run_mpi(3, "fit_features.py", "fail", str(tmp_path), timeout=60)

@@ -74,7 +74,13 @@ class DataParallel:
         pass data of different shapes: the first rank that differs from rank 0 is named."""
         from dlcore.distribute import failure
 
-        architecture = json.dumps(model.get_config(), sort_keys=True, default=str)
+        # the layers' classes and weight shapes, not their names: a process that made
+        # another model first numbers its layers' default names differently
+        layers = [
+            (type(layer).__name__, [list(shape) for shape in layer.parameter_shapes()])
+            for layer in model.layers
+        ]
+        architecture = json.dumps(layers)
         setup = {
             "model": hashlib.sha256(architecture.encode()).hexdigest()[:16],
             "parameters": int(model.count_params()),

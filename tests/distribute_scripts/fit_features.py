@@ -5,7 +5,8 @@
 MODE ``files``: verbose=2 progress, a CSVLogger, a ModelCheckpoint and model.save,
 written by rank 0 only. ``predict``: evaluate and predict over the whole data, saved by
 rank 0 with a one-process reference computed on every rank. ``mismatch``: rank 1
-builds a wider model, which fit refuses. ``fail``: rank 1 raises inside fit, in epoch 2.
+builds a wider model, which fit refuses; ``names``: rank 1's layers have other default
+names, which does not matter. ``fail``: rank 1 raises inside fit, in epoch 2.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def main() -> None:
     elif mode == "mismatch":
         net = model(width=7 if rank == 1 else 6)
         net.fit(x, y, epochs=1, verbose=0)
+    elif mode == "names":  # rank 1 numbers its layers' default names after another model's
+        if rank == 1:
+            model()
+        net = model()
+        net.fit(x, y, epochs=1, verbose=0)
+        print(f"rank {rank} trained {[layer.name for layer in net.layers]}", flush=True)
     elif mode == "fail":
         net = model()
         net.fit(x, y, epochs=3, verbose=0, callbacks=[FailInEpoch2()])
