@@ -126,6 +126,7 @@ class NumbaEngine(Engine):
         self._cuda = cuda
         self._array_types: tuple[type, ...] | None = None
         self._random_rows: tuple[int, int | None] = (0, None)
+        self._whole_batch_buffers: dict[tuple[tuple[int, ...], str], tuple[Array, ...]] = {}
         self._k_common = common
         self._k_activations = activations
         self._k_dense_backward = dense_backward
@@ -305,15 +306,30 @@ class NumbaEngine(Engine):
     def set_random_rows(self, offset: int, total: int | None) -> None:
         self._random_rows = (int(offset), None if total is None else int(total))
 
-    def _whole_batch(self, X: Array) -> tuple[Array, slice] | None:
-        """Zeros of the whole batch's shape and this array's rows of it, when
-        ``set_random_rows`` gave a batch larger than ``X``; else ``None``."""
+    def _whole_batch(self, X: Array) -> tuple[Array, Array, Array, slice] | None:
+        """When ``set_random_rows`` gave a batch larger than ``X``: zeros of the whole
+        batch's shape to draw with, two arrays of that shape for what a kernel writes, and
+        ``X``'s rows of them; else ``None``. The arrays are kept per shape, so that the
+        steps after the first allocate nothing."""
         offset, total = self._random_rows
         if total is None or X.ndim == 0:
             return None
-        return self.zeros((total, *X.shape[1:]), dtype=X.dtype.name), slice(
-            offset, offset + X.shape[0]
-        )
+        shape = (total, *X.shape[1:])
+        key = (shape, X.dtype.name)
+        buffers = self._whole_batch_buffers.get(key)
+        if buffers is None:
+            buffers = self._whole_batch_buffers[key] = (
+                self.zeros(shape, dtype=X.dtype.name),
+                self._empty(shape, X.dtype),
+                self._empty(shape, X.dtype),
+            )
+        return (*buffers, slice(offset, offset + X.shape[0]))
+
+    def _own_rows(self, A: Array, rows: slice, like: Array) -> Array:
+        """``A[rows]`` copied into an array of its own (``A`` is reused by the next draw)."""
+        out = self._recycled(like.shape, like.dtype)
+        self.assign(out, A[rows])
+        return out
 
     def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
         result = np.empty(len(values))
@@ -746,12 +762,9 @@ class NumbaEngine(Engine):
             self._generator = self._k_dropout.DropoutGenerator(seed % 2**63)
         whole = self._whole_batch(X)
         if whole is not None:  # this process's rows of the whole batch's mask
-            zeros, rows = whole
-            mask_all = self._empty(zeros.shape, X.dtype)
-            self._k_dropout.dropout(
-                self._generator, zeros, self._empty(zeros.shape, X.dtype), mask_all, rate=rate
-            )
-            mask = mask_all[rows]
+            zeros, drawn, mask_all, rows = whole
+            self._k_dropout.dropout(self._generator, zeros, drawn, mask_all, rate=rate)
+            mask = self._own_rows(mask_all, rows, X)
             return self.backprop_dropout(X, mask), mask
         Y = self._recycled(X.shape, X.dtype)
         mask = self._recycled(X.shape, X.dtype)
@@ -821,8 +834,7 @@ class NumbaEngine(Engine):
 
         whole = self._whole_batch(X)
         if whole is not None:  # this process's rows of the whole batch's noise
-            zeros, rows = whole
-            drawn = self._empty(zeros.shape, X.dtype)
+            zeros, drawn, _, rows = whole
             noise.gaussian(
                 self._random_states(), zeros, drawn, drawn, stddev=stddev, mode=noise.ADDITIVE
             )
@@ -837,17 +849,16 @@ class NumbaEngine(Engine):
         stddev = float(np.sqrt(rate / (1.0 - rate)))
         whole = self._whole_batch(X)
         if whole is not None:  # this process's rows of the whole batch's mask
-            zeros, rows = whole
-            mask_all = self._empty(zeros.shape, X.dtype)
+            zeros, drawn, mask_all, rows = whole
             noise.gaussian(
                 self._random_states(),
                 zeros,
-                self._empty(zeros.shape, X.dtype),
+                drawn,
                 mask_all,
                 stddev=stddev,
                 mode=noise.MULTIPLICATIVE,
             )
-            mask = mask_all[rows]
+            mask = self._own_rows(mask_all, rows, X)
             return self.backprop_dropout(X, mask), mask
         Y = self._recycled(X.shape, X.dtype)
         mask = self._recycled(X.shape, X.dtype)
