@@ -71,14 +71,19 @@ def test_a_keras_name_gets_both_formats_in_one_file(tmp_path):
     np.testing.assert_array_equal(again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0))
 
 
+def _keras_only(source, target):
+    """``target``: a zip of ``source``'s Keras members alone, without dlcore's archive."""
+    members = _members(source)
+    with zipfile.ZipFile(target, "w") as zf:
+        for name in ("metadata.json", "config.json", "model.weights.h5"):
+            zf.writestr(name, members[name])
+    return target
+
+
 def test_keras_members_alone_load_too(tmp_path):
     model = _two_branch_model()
     model.save(tmp_path / "both.keras")
-    members = _members(tmp_path / "both.keras")
-    with zipfile.ZipFile(tmp_path / "keras_only.keras", "w") as zf:
-        for name in ("metadata.json", "config.json", "model.weights.h5"):
-            zf.writestr(name, members[name])
-    again = load_model(tmp_path / "keras_only.keras")
+    again = load_model(_keras_only(tmp_path / "both.keras", tmp_path / "keras_only.keras"))
     np.testing.assert_allclose(
         again.predict(PROBE, verbose=0), model.predict(PROBE, verbose=0), rtol=1e-6, atol=1e-6
     )
@@ -820,11 +825,7 @@ def test_every_shared_optimizer_round_trips_through_keras_members(tmp_path, engi
     model = _frozen_model(getattr(optimizers, name)(**ALL_OPTIMIZERS[name]))
     model.fit(FIT_X, FIT_Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     model.save(tmp_path / "both.keras")
-    members = _members(tmp_path / "both.keras")
-    with zipfile.ZipFile(tmp_path / "keras_only.keras", "w") as zf:
-        for member in ("metadata.json", "config.json", "model.weights.h5"):
-            zf.writestr(member, members[member])
-    again = load_model(tmp_path / "keras_only.keras")
+    again = load_model(_keras_only(tmp_path / "both.keras", tmp_path / "keras_only.keras"))
     assert type(again.optimizer).__name__ == name and again.optimizer.iterations == 4
     mine, theirs = model.optimizer.get_state(), again.optimizer.get_state()
     assert set(mine) == set(theirs)
