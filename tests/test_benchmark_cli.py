@@ -261,11 +261,12 @@ class FakePeer:
 
 @pytest.fixture
 def fake_peers(monkeypatch):
-    """A stand-in for dlcore.benchmark.peers with jax installed and torch missing."""
+    """A stand-in for dlcore.benchmark.peers with jax (so also jax-floor) installed and
+    torch missing."""
     calls, received = [], {}
     fake = types.ModuleType("dlcore.benchmark.peers")
-    fake.PEERS = ("jax", "torch")
-    fake.peer_versions = lambda: {"jax": "0.0.fake", "torch": None}
+    fake.PEERS = ("jax", "jax-floor", "torch")
+    fake.peer_versions = lambda: {"jax": "0.0.fake", "jax-floor": "0.0.fake", "torch": None}
     fake.broken = False
 
     def make_trainer(peer, case, x, y, weights, seed, precision="float32"):
@@ -290,8 +291,9 @@ def test_peers_train_interleaved_from_the_same_data_and_weights(fake_peers):
     result = runner.run(
         ["numpy"], ["tiny", "medium"], peers=True, repeats=3, smoke=True, say=lambda _: None
     )
-    per_case = ["numpy", "jax", "numpy", "jax", "jax", "numpy", "numpy", "jax"]
+    trainers = ["numpy", "jax", "jax-floor"]
     # warm-up, then three rounds whose order rotates
+    per_case = trainers + trainers + trainers[1:] + trainers[:1] + trainers[2:] + trainers[:2]
     assert fake_peers.calls == per_case * 2
     tiny = cases.CASES["tiny"].scaled(runner.SMOKE_FACTOR)
     x, y, weights, seed = fake_peers.received["tiny"]
@@ -306,12 +308,17 @@ def test_peers_train_interleaved_from_the_same_data_and_weights(fake_peers):
     jax, numpy = found["tiny", "jax"], found["tiny", "numpy"]
     assert jax.kind == "peer" and jax.peak_source == "numpy" and jax.peak_flops == numpy.peak_flops
     assert jax.own_peak_flops == 1e9 and len(jax.epoch_seconds) == 3
-    assert result.machine["peers"] == {"jax": "0.0.fake", "torch": None}
+    assert result.machine["peers"] == {"jax": "0.0.fake", "jax-floor": "0.0.fake", "torch": None}
+    assert result.settings["peers"] == ["jax", "jax-floor"]
     assert "not installed" in result.skipped["torch"]
     assert 'pip install "dlcore[peers]"' in result.skipped["torch"]
     checks = {(c.case, c.peer): c for c in result.checks if c.target == "peer"}
-    ratio = numpy.samples_per_second / jax.samples_per_second
-    assert checks["tiny", "jax"].value == pytest.approx(ratio)
+    floor = found["tiny", "jax-floor"]
+    assert floor.kind == "peer" and len(floor.epoch_seconds) == 3
+    for peer, theirs in (("jax", jax), ("jax-floor", floor)):
+        ratio = numpy.samples_per_second / theirs.samples_per_second
+        assert checks["tiny", peer].value == pytest.approx(ratio)
+    assert checks["tiny", "jax"].threshold == 2.0 and checks["tiny", "jax-floor"].threshold == 1.3
     assert checks["medium", "torch"].value is None
     assert "not installed" in checks["medium", "torch"].note
     assert all(c.status == runner.NOT_MEASURED for c in result.checks)  # a smoke run
@@ -321,9 +328,10 @@ def test_a_peer_that_fails_is_reported_and_the_engines_still_measured(fake_peers
     fake_peers.module.broken = True
     result = runner.run(["numpy"], ["tiny"], peers=True, repeats=1, smoke=True, say=print)
     assert [m.runner for m in result.measurements] == ["numpy"]
-    assert "no such device" in result.skipped["jax"]
-    (check,) = [c for c in result.checks if c.peer == "jax"]
-    assert check.status == runner.NOT_MEASURED and "no such device" in check.note
+    for peer in ("jax", "jax-floor"):
+        assert "no such device" in result.skipped[peer]
+        (check,) = [c for c in result.checks if c.peer == peer]
+        assert check.status == runner.NOT_MEASURED and "no such device" in check.note
 
 
 # ---------------------------------------------------------------------- arithmetic
@@ -355,29 +363,68 @@ def made_up(name, runner_name, kind, samples_per_second, bound_fraction=0.5):
 
 
 @pytest.mark.parametrize(
-    "ours, theirs, status",
-    [(25_000, 10_000, runner.MET), (20_000, 10_000, runner.MET), (15_000, 10_000, "NOT met")],
+    "peer, threshold, ours, theirs, status",
+    [
+        ("jax", 2.0, 25_000, 10_000, runner.MET),
+        ("jax", 2.0, 20_000, 10_000, runner.MET),
+        ("jax", 2.0, 15_000, 10_000, "NOT met"),
+        ("jax-floor", 1.3, 15_000, 10_000, runner.MET),
+        ("jax-floor", 1.3, 13_000, 10_000, runner.MET),
+        ("jax-floor", 1.3, 12_000, 10_000, "NOT met"),
+    ],
 )
-def test_a_peer_target_compares_samples_per_second(ours, theirs, status):
-    measured = [made_up("tiny", "numpy", "engine", ours), made_up("tiny", "jax", "peer", theirs)]
-    (check,) = runner.evaluate_targets(cases.CASES["tiny"], measured)
-    assert (check.engine, check.target, check.peer, check.threshold) == ("numpy", "peer", "jax", 2)
+def test_a_peer_target_compares_samples_per_second(peer, threshold, ours, theirs, status):
+    measured = [made_up("tiny", "numpy", "engine", ours), made_up("tiny", peer, "peer", theirs)]
+    checks = {c.peer: c for c in runner.evaluate_targets(cases.CASES["tiny"], measured)}
+    assert set(checks) == {"jax", "jax-floor"}
+    check = checks[peer]
+    assert (check.engine, check.target, check.threshold) == ("numpy", "peer", threshold)
     assert check.value == pytest.approx(ours / theirs) and check.status == status
+    (other,) = [c for name, c in checks.items() if name != peer]
+    assert other.status == runner.NOT_MEASURED and "--peers" in other.note
+
+
+@pytest.mark.parametrize(
+    "name, ratios",
+    [("tiny", {"jax": 2.0, "jax-floor": 1.3}), ("small", {"jax": 1.3, "jax-floor": 1.3})],
+)
+def test_tiny_and_small_judge_jax_and_its_floor_each_at_its_own_ratio(name, ratios):
+    """dlcore at 1.5x JAX and 1.35x JAX's floor: each peer judged against its own ratio."""
+    measured = [
+        made_up(name, "numpy", "engine", 27_000),
+        made_up(name, "jax", "peer", 18_000),
+        made_up(name, "jax-floor", "peer", 20_000),
+    ]
+    checks = runner.evaluate_targets(cases.CASES[name], measured)
+    assert [(c.target, c.peer) for c in checks] == [("peer", "jax"), ("peer", "jax-floor")]
+    found = {c.peer: c for c in checks}
+    assert {peer: c.threshold for peer, c in found.items()} == ratios
+    assert found["jax"].value == pytest.approx(1.5)
+    assert found["jax-floor"].value == pytest.approx(1.35)
+    for peer, check in found.items():
+        assert check.status == (runner.MET if check.value >= ratios[peer] else "NOT met")
+    line = report.format_check(found["jax-floor"])
+    assert "samples/s >= 1.3 x jax-floor" in line and "1.35x" in line
 
 
 def test_a_peer_that_was_not_measured_is_not_measured_not_passed():
     measured = [made_up("tiny", "numpy", "engine", 1e6)]
-    missing = {"jax": 'jax is not installed (pip install "dlcore[peers]")'}
-    (check,) = runner.evaluate_targets(cases.CASES["tiny"], measured, peers_missing=missing)
-    assert check.status == runner.NOT_MEASURED and check.value is None
-    assert check.note == missing["jax"]
-    (check,) = runner.evaluate_targets(cases.CASES["tiny"], measured)
-    assert check.status == runner.NOT_MEASURED and "--peers" in check.note
+    missing = {
+        peer: f'{peer} is not installed (pip install "dlcore[peers]")'
+        for peer in ("jax", "jax-floor")
+    }
+    checks = runner.evaluate_targets(cases.CASES["tiny"], measured, peers_missing=missing)
+    assert [c.peer for c in checks] == ["jax", "jax-floor"]
+    for check in checks:
+        assert check.status == runner.NOT_MEASURED and check.value is None
+        assert check.note == missing[check.peer]
+    checks = runner.evaluate_targets(cases.CASES["tiny"], measured)
+    assert all(c.status == runner.NOT_MEASURED and "--peers" in c.note for c in checks)
 
 
 def test_medium_checks_both_peers_and_the_bound():
     measured = [
-        made_up("medium", "cupy", "engine", 12_000, bound_fraction=0.9),
+        made_up("medium", "cupy", "engine", 12_000, bound_fraction=0.95),
         made_up("medium", "numba", "engine", 9_000, bound_fraction=0.6),
         made_up("medium", "jax", "peer", 10_000),
     ]
@@ -391,7 +438,7 @@ def test_medium_checks_both_peers_and_the_bound():
         ("numba", "torch"): runner.NOT_MEASURED,
         ("numba", "bound"): "NOT met",
     }
-    assert found["cupy", "bound"].value == pytest.approx(0.9)
+    assert found["cupy", "bound"].value == pytest.approx(0.95)
     assert found["numba", "bound"].value == pytest.approx(0.6)
     assert not runner.BenchmarkRun({}, {}, checks=checks).all_met
     met_or_unmeasured = [c for c in checks if c.engine == "cupy"]
@@ -400,9 +447,11 @@ def test_medium_checks_both_peers_and_the_bound():
 
 def test_an_unjudged_run_keeps_the_numbers_but_judges_nothing():
     measured = [made_up("large", "numpy", "engine", 500, bound_fraction=0.2)]
-    (check,) = runner.evaluate_targets(cases.CASES["large"], measured, unjudged="smoke run")
+    checks = runner.evaluate_targets(cases.CASES["large"], measured, unjudged="smoke run")
+    (check,) = [c for c in checks if c.target == "bound"]
     assert check.status == runner.NOT_MEASURED and check.value == pytest.approx(0.2)
     assert check.note.startswith("smoke run; ")
+    assert all(c.status == runner.NOT_MEASURED for c in checks)
 
 
 def test_target_lines_name_the_goal_the_verdict_and_the_numbers():
@@ -410,7 +459,9 @@ def test_target_lines_name_the_goal_the_verdict_and_the_numbers():
         made_up("small", "numpy", "engine", 26_000),
         made_up("small", "jax", "peer", 10_000),
     ]
-    (check,) = runner.evaluate_targets(cases.CASES["small"], measured)
+    (check,) = [
+        c for c in runner.evaluate_targets(cases.CASES["small"], measured) if c.peer == "jax"
+    ]
     line = report.format_check(check)
     assert "small" in line and "1.3 x jax" in line and " met " in line and "2.60x" in line
     assert "numpy 26,000 vs jax 10,000 samples/s" in line

@@ -1,4 +1,5 @@
-"""The benchmark's peers (JAX, PyTorch) against a float64 NumPy reference of the same training."""
+"""The benchmark's peers (JAX, JAX's floor, PyTorch) against a float64 NumPy reference of
+the same training."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from dlcore.benchmark import peers
-from dlcore.benchmark.cases import Case
+from dlcore.benchmark import peers, runner
+from dlcore.benchmark.cases import CASES, PEER_TARGETS, Case
 
 CASE = Case("t", (6, 5, 4, 3), 4)
 SEED = 7
@@ -18,6 +19,8 @@ SEED = 7
 TORCH_WARNINGS = pytest.mark.filterwarnings(
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 )
+JAX_PEERS = ["jax", "jax-floor"]
+EVERY_PEER = [*JAX_PEERS, pytest.param("torch", marks=TORCH_WARNINGS)]
 
 
 def initial_weights(case: Case) -> list[np.ndarray]:
@@ -41,26 +44,26 @@ def one_hot_data(samples: int, case: Case) -> tuple[np.ndarray, np.ndarray]:
 class ReferenceTrainer:
     """The benchmark training in float64 NumPy: ReLU hidden layers, softmax, mean
     categorical cross-entropy, Adam; rows in the order of successive
-    ``default_rng(seed).permutation(n)``, in batches of ``batch_size`` (the last may be
-    smaller).
+    ``default_rng(seed).permutation(n)`` (or, with ``shuffle=False``, in their order in
+    ``x`` every epoch), in batches of ``batch_size`` (the last may be smaller).
 
     ``torch_adam`` selects PyTorch's placement of epsilon: Keras 3 updates
     ``w -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)``, torch.optim.Adam
     ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
     """
 
-    def __init__(self, weights, x, y, batch_size, seed, *, torch_adam=False):
+    def __init__(self, weights, x, y, batch_size, seed, *, torch_adam=False, shuffle=True):
         self.W = [w.astype(np.float64) for w in weights]
         self.m = [np.zeros_like(w) for w in self.W]
         self.v = [np.zeros_like(w) for w in self.W]
         self.t = 0
         self.x, self.y = x.astype(np.float64), y.astype(np.float64)
-        self.batch_size, self.torch_adam = batch_size, torch_adam
+        self.batch_size, self.torch_adam, self.shuffle = batch_size, torch_adam, shuffle
         self.rng = np.random.default_rng(seed)
 
     def epoch(self) -> float:
         n = len(self.x)
-        order = self.rng.permutation(n)
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         loss_sum = 0.0
         for start in range(0, n, self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -100,14 +103,28 @@ class ReferenceTrainer:
                 self.W[i] -= lr * np.sqrt(c2) / c1 * self.m[i] / (np.sqrt(self.v[i]) + eps)
 
 
-@pytest.mark.parametrize("peer", [pytest.param("jax"), pytest.param("torch", marks=TORCH_WARNINGS)])
+def reference_of(peer, weights, x, y):
+    """The float64 reference of what ``peer`` trains: torch's epsilon for torch, the rows
+    in their order in ``x`` every epoch for jax-floor."""
+    return ReferenceTrainer(
+        weights,
+        x,
+        y,
+        CASE.batch_size,
+        SEED,
+        torch_adam=peer == "torch",
+        shuffle=peer != "jax-floor",
+    )
+
+
+@pytest.mark.parametrize("peer", EVERY_PEER)
 @pytest.mark.parametrize("samples", [12, 10], ids=["full-batches", "partial-last-batch"])
 def test_two_epochs_match_the_float64_reference(peer, samples):
-    pytest.importorskip(peer)
+    pytest.importorskip(peers.PEER_FRAMEWORKS[peer])
     x, y = one_hot_data(samples, CASE)
     weights = initial_weights(CASE)
     trainer = peers.make_trainer(peer, CASE, x, y, weights, SEED)
-    reference = ReferenceTrainer(weights, x, y, CASE.batch_size, SEED, torch_adam=peer == "torch")
+    reference = reference_of(peer, weights, x, y)
     assert trainer.name == peer
     for _ in range(2):
         loss = trainer.epoch()
@@ -123,12 +140,33 @@ def test_two_epochs_match_the_float64_reference(peer, samples):
     assert all(np.abs(w - w0).max() > 1e-3 for w, w0 in zip(reference.W, weights))
 
 
-def test_the_weights_are_copied_in_and_out():
+def test_the_floor_trains_the_same_batches_in_the_same_order_whatever_the_seed():
+    """Its batches are fixed when it is made, so the seed changes nothing; the shuffled
+    reference, which the jax peer matches, ends elsewhere."""
+    pytest.importorskip("jax")
+    x, y = one_hot_data(12, CASE)
+    weights = initial_weights(CASE)
+    trained = []
+    for seed in (SEED, SEED + 1):
+        trainer = peers.make_trainer("jax-floor", CASE, x, y, weights, seed)
+        trainer.epoch()
+        trainer.epoch()
+        trained.append(trainer.get_weights())
+    for w, w_other in zip(*trained):
+        np.testing.assert_array_equal(w, w_other)
+    shuffled = ReferenceTrainer(weights, x, y, CASE.batch_size, SEED)
+    shuffled.epoch()
+    shuffled.epoch()
+    assert max(np.abs(w - expected).max() for w, expected in zip(trained[0], shuffled.W)) > 1e-4
+
+
+@pytest.mark.parametrize("peer", JAX_PEERS)
+def test_the_weights_are_copied_in_and_out(peer):
     pytest.importorskip("jax")
     x, y = one_hot_data(8, CASE)
     weights = initial_weights(CASE)
     before = [w.copy() for w in weights]
-    trainer = peers.make_trainer("jax", CASE, x, y, weights, SEED)
+    trainer = peers.make_trainer(peer, CASE, x, y, weights, SEED)
     trainer.epoch()
     snapshot = trainer.get_weights()
     saved = [w.copy() for w in snapshot]
@@ -141,29 +179,55 @@ def test_the_weights_are_copied_in_and_out():
 
 def test_an_unknown_peer_names_the_peers():
     x, y = one_hot_data(8, CASE)
-    with pytest.raises(ValueError, match=r"unknown peer 'tensorflow'; available: jax, torch"):
+    with pytest.raises(
+        ValueError, match=r"unknown peer 'tensorflow'; available: jax, jax-floor, torch"
+    ):
         peers.make_trainer("tensorflow", CASE, x, y, initial_weights(CASE), SEED)
 
 
 @pytest.mark.parametrize("peer", peers.PEERS)
 def test_a_missing_peer_says_what_to_install(peer, monkeypatch):
-    monkeypatch.setitem(sys.modules, peer, None)  # makes `import peer` fail
+    framework = peers.PEER_FRAMEWORKS[peer]
+    monkeypatch.setitem(sys.modules, framework, None)  # makes `import framework` fail
     x, y = one_hot_data(8, CASE)
-    with pytest.raises(ImportError, match=r'pip install "dlcore\[peers\]"'):
+    with pytest.raises(ImportError, match=rf'needs {framework},.*pip install "dlcore\[peers\]"'):
         peers.make_trainer(peer, CASE, x, y, initial_weights(CASE), SEED)
     assert peers.peer_versions()[peer] is None
 
 
 def test_peer_versions_are_the_installed_ones():
+    """Every peer under its own name with its framework's version: jax-floor reports jax's."""
+    assert peers.PEER_FRAMEWORKS == {"jax": "jax", "jax-floor": "jax", "torch": "torch"}
     versions = peers.peer_versions()
-    assert set(versions) == set(peers.PEERS)
+    assert list(versions) == list(peers.PEERS)
     for name in peers.PEERS:
         try:
-            module = __import__(name)
+            module = __import__(peers.PEER_FRAMEWORKS[name])
         except ImportError:
             assert versions[name] is None
         else:
             assert versions[name] == module.__version__
+    assert versions["jax-floor"] == versions["jax"]
+
+
+def test_the_peers_run_includes_the_floor_wherever_jax_is_installed():
+    ready, missing, versions = runner.installed_peers()
+    try:
+        import jax
+    except ImportError:
+        assert "jax-floor" not in ready and "jax-floor is not installed" in missing["jax-floor"]
+    else:
+        assert "jax" in ready and "jax-floor" in ready
+        assert versions["jax-floor"] == jax.__version__
+
+
+def test_every_peer_target_names_a_peer_and_tiny_and_small_compare_with_the_floor():
+    for case, ratios in PEER_TARGETS.items():
+        assert case in CASES
+        assert set(ratios) <= set(peers.PEERS)
+    assert PEER_TARGETS["tiny"] == {"jax": 2.0, "jax-floor": 1.3}
+    assert PEER_TARGETS["small"] == {"jax": 1.3, "jax-floor": 1.3}
+    assert PEER_TARGETS["medium"] == {"jax": 1.0, "torch": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -175,7 +239,8 @@ def test_peer_versions_are_the_installed_ones():
         ("weights", r"expected weights of shapes .* received \[\(6, 5\), \(5,\)\]"),
     ],
 )
-def test_data_and_weights_that_do_not_fit_the_case(change, message):
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_data_and_weights_that_do_not_fit_the_case(peer, change, message):
     x, y = one_hot_data(8, CASE)
     weights = initial_weights(CASE)
     if change == "x":
@@ -187,7 +252,7 @@ def test_data_and_weights_that_do_not_fit_the_case(change, message):
     else:
         weights = weights[:2]
     with pytest.raises(ValueError, match=message):
-        peers.make_trainer("jax", CASE, x, y, weights, SEED)
+        peers.make_trainer(peer, CASE, x, y, weights, SEED)
 
 
 def test_importing_the_peers_module_imports_no_peer():
@@ -219,14 +284,14 @@ def test_peers_compute_float32_products_without_tf32():
 
 
 # ---------------------------------------------------------------------- mixed precision
-@pytest.mark.parametrize("peer", [pytest.param("jax"), pytest.param("torch", marks=TORCH_WARNINGS)])
+@pytest.mark.parametrize("peer", EVERY_PEER)
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_reduced_precision_trains_float32_weights_close_to_the_reference(peer, precision):
-    pytest.importorskip(peer)
+    pytest.importorskip(peers.PEER_FRAMEWORKS[peer])
     x, y = one_hot_data(10, CASE)
     weights = initial_weights(CASE)
     trainer = peers.make_trainer(peer, CASE, x, y, weights, SEED, precision=precision)
-    reference = ReferenceTrainer(weights, x, y, CASE.batch_size, SEED, torch_adam=peer == "torch")
+    reference = reference_of(peer, weights, x, y)
     loss, expected_loss = trainer.epoch(), reference.epoch()
     assert isinstance(loss, float) and np.isfinite(loss)
     # half precision keeps 8 (bfloat16) or 11 (float16) significant bits
@@ -259,6 +324,17 @@ def test_the_jax_peer_computes_in_the_policys_half_dtype():
     assert peers.jax_compute_dtype("mixed_bfloat16") == "bfloat16"
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_the_floor_computes_what_the_jax_peer_computes(precision):
+    pytest.importorskip("jax")
+    x, y = one_hot_data(8, CASE)
+    made = [
+        peers.make_trainer(peer, CASE, x, y, initial_weights(CASE), SEED, precision=precision)
+        for peer in JAX_PEERS
+    ]
+    assert made[0].arithmetic() == made[1].arithmetic()
+
+
 def test_peers_allow_tf32_at_reduced_precision():
     from types import SimpleNamespace
 
@@ -277,7 +353,8 @@ def test_peers_allow_tf32_at_reduced_precision():
     assert calls == [("torch", "high"), ("jax", "jax_default_matmul_precision", None)]
 
 
-def test_an_unknown_precision_names_the_precisions():
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_an_unknown_precision_names_the_precisions(peer):
     x, y = one_hot_data(8, CASE)
     with pytest.raises(ValueError, match=r"unknown precision 'fp8'; available: float32, mixed"):
-        peers.make_trainer("jax", CASE, x, y, initial_weights(CASE), SEED, precision="fp8")
+        peers.make_trainer(peer, CASE, x, y, initial_weights(CASE), SEED, precision="fp8")

@@ -9,6 +9,15 @@ would write it:
 - ``jax``: forward, ``jax.value_and_grad`` and the Keras Adam update in one ``jax.jit``
   step with the parameters and optimizer state donated; the training set lives on the
   device and the step gathers its rows itself, so a step is a single dispatch.
+- ``jax-floor``: JAX's floor, the ``jax`` peer's step (the same jitted function of
+  model, loss and Keras Adam, at the same precisions, the same donation, the loss summed
+  on the device) with nothing else: the epoch's batches are sliced once, when the
+  trainer is made, into device arrays that every epoch visits in the data's own row
+  order, so a step gathers nothing and no epoch shuffles. No user can train that way
+  (``model.fit`` and every training loop shuffle each epoch: the same batches in the
+  same order bias the descent), so it is not a way to train but a floor: what JAX's
+  jitted step costs, one dispatch per batch, with nothing else in the epoch. It ignores
+  ``seed``.
 - ``torch``: ``torch.compile`` of forward + ``F.cross_entropy``, autograd backward, and
   ``torch.optim.Adam(eps=1e-7, fused=True)``. torch.optim.Adam adds epsilon after the
   bias correction, ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``, where Keras
@@ -17,13 +26,14 @@ would write it:
   ``torch.compile`` takes about 10 s on the first epoch (2 cores, empty Inductor cache),
   and about 3 s more when a last partial batch appears.
 
-Shuffling follows one rule for every peer: ``rng = np.random.default_rng(seed)`` is made
-once per trainer and epoch ``k`` (from 0) visits the rows in the order of the ``k``-th
-``rng.permutation(n)``, in batches of ``case.batch_size`` rows; a last partial batch
-(when ``n`` is not a multiple of the batch size) is trained as a smaller batch, and the
-epoch's loss is the mean over samples, as ``model.fit`` reports it.
+Shuffling follows one rule for every peer but ``jax-floor``: ``rng =
+np.random.default_rng(seed)`` is made once per trainer and epoch ``k`` (from 0) visits
+the rows in the order of the ``k``-th ``rng.permutation(n)``, in batches of
+``case.batch_size`` rows. For every peer a last partial batch (when ``n`` is not a
+multiple of the batch size) is trained as a smaller batch, and the epoch's loss is the
+mean over samples, as ``model.fit`` reports it.
 
-Both peers compute their matrix products in full float32, as dlcore does: on NVIDIA
+The peers compute their matrix products in full float32, as dlcore does: on NVIDIA
 GPUs torch and JAX would otherwise use TF32 (10-bit mantissas) for float32 products, and
 the float32 table would compare unlike arithmetic (``full_float32_torch``,
 ``full_float32_jax``).
@@ -38,10 +48,10 @@ and a float32 Adam, and TF32 allowed for what stays float32 (``reduced_precision
   ``mixed_float16`` is float16 with ``torch.amp.GradScaler`` and ``mixed_bfloat16`` is
   bfloat16; on the CPU both are bfloat16, the dtype CPU autocast is made for (float16
   has no fast CPU kernels), and no scaler.
-- ``jax``: the loss casts the parameters and the batch to float16 or bfloat16, runs the
-  layers in it and the log-softmax in float32; gradients come back in float32. The
-  matrix products run at JAX's default precision. float16 runs without loss scaling
-  (JAX itself has none).
+- ``jax`` and ``jax-floor``: the loss casts the parameters and the batch to float16 or
+  bfloat16, runs the layers in it and the log-softmax in float32; gradients come back in
+  float32. The matrix products run at JAX's default precision. float16 runs without loss
+  scaling (JAX itself has none).
 
 torch and jax are imported only inside ``peer_versions`` and ``make_trainer``.
 """
@@ -55,7 +65,9 @@ import numpy as np
 
 from dlcore.benchmark.cases import FLOAT32, PRECISIONS, Case
 
-PEERS = ("jax", "torch")
+# Every peer and the framework it imports (the one whose version it reports).
+PEER_FRAMEWORKS = {"jax": "jax", "jax-floor": "jax", "torch": "torch"}
+PEERS = tuple(PEER_FRAMEWORKS)
 INSTALL_HINT = 'pip install "dlcore[peers]"'
 
 LEARNING_RATE = 1e-3
@@ -85,15 +97,16 @@ class PeerTrainer(Protocol):
 
 
 def peer_versions() -> dict[str, str | None]:
-    """The installed version of every peer in ``PEERS``, or ``None`` where importing it
-    fails. Imports each peer (so it is slow the first time) and never raises."""
+    """The installed version of the framework of every peer in ``PEERS``, keyed by the
+    peer (``jax-floor`` reports jax's), or ``None`` where importing the framework fails.
+    Imports each framework (so it is slow the first time) and never raises."""
     versions: dict[str, str | None] = {}
-    for name in PEERS:
+    for framework in dict.fromkeys(PEER_FRAMEWORKS.values()):
         try:
-            versions[name] = str(importlib.import_module(name).__version__)
+            versions[framework] = str(importlib.import_module(framework).__version__)
         except Exception:  # a broken install can raise anything, and this must not
-            versions[name] = None
-    return versions
+            versions[framework] = None
+    return {peer: versions[framework] for peer, framework in PEER_FRAMEWORKS.items()}
 
 
 def make_trainer(
@@ -115,7 +128,8 @@ def make_trainer(
         weights: the initial weights in Keras order, per layer a kernel
             ``(in, out)`` then a bias ``(out,)``; copied, never modified.
         seed: seeds ``np.random.default_rng``, whose successive ``permutation(n)``
-            give the row order of successive epochs.
+            give the row order of successive epochs (``jax-floor``: unused, every epoch
+            visits the rows in their order in ``x``).
         precision: one of ``cases.PRECISIONS``: float32 throughout, or the peer's own
             reduced precision for a mixed policy (the module docstring says which).
 
@@ -131,15 +145,18 @@ def make_trainer(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
     x, y, weights = _checked(case, x, y, weights)
+    framework = PEER_FRAMEWORKS[peer]
     try:
-        importlib.import_module(peer)
+        importlib.import_module(framework)
     except ImportError as error:
         raise ImportError(
-            f"the {peer!r} peer needs {peer}, which cannot be imported ({error}); "
+            f"the {peer!r} peer needs {framework}, which cannot be imported ({error}); "
             f"install the peers with: {INSTALL_HINT}"
         ) from error
     if peer == "jax":
         return _JaxTrainer(case, x, y, weights, seed, precision)
+    if peer == "jax-floor":
+        return _JaxFloorTrainer(case, x, y, weights, seed, precision)
     return _TorchTrainer(case, x, y, weights, seed, precision)
 
 
@@ -230,7 +247,8 @@ def jax_compute_dtype(precision: str) -> str | None:
 
 
 class _JaxTrainer:
-    """Keras's training step as one jitted JAX function per batch size; at a mixed
+    """Keras's training step as one jitted JAX function per batch size that gathers the
+    epoch's shuffled rows itself from the device-resident training set; at a mixed
     ``precision`` the loss computes in float16 or bfloat16 from float32 parameters."""
 
     name = "jax"
@@ -246,7 +264,6 @@ class _JaxTrainer:
     ) -> None:
         import jax
         import jax.numpy as jnp
-        from jax import lax
 
         compute = jax_compute_dtype(precision)
         if compute is None:
@@ -260,51 +277,45 @@ class _JaxTrainer:
             )
         self._jax = jax
         self._jnp = jnp
-        self._rng = np.random.default_rng(seed)
         self._n = len(x)
         self._batches = _batches(self._n, case.batch_size)
-        self._X = jax.device_put(x)
-        self._Y = jax.device_put(y)
         self._params = [jax.device_put(w) for w in weights]
         moment_1 = [jnp.zeros_like(p) for p in self._params]
         moment_2 = [jnp.zeros_like(p) for p in self._params]
         self._opt = (moment_1, moment_2, jnp.zeros((), jnp.int32))
+        self._prepare(x, y, seed, _keras_step(jax, compute))
+
+    def _prepare(self, x: np.ndarray, y: np.ndarray, seed: int, train_on: Any) -> None:
+        """Put the training set on the device and jit the step that gathers its batch
+        and calls ``train_on`` (``_keras_step``)."""
+        jax, jnp = self._jax, self._jnp
+        from jax import lax
+
+        self._rng = np.random.default_rng(seed)
+        self._X = jax.device_put(x)
+        self._Y = jax.device_put(y)
         # Device scalars made once, so that a step transfers nothing from the host.
         self._starts = [jnp.asarray(start, jnp.int32) for start, _ in self._batches]
 
-        def loss_of(params, X_batch, Y_batch):
-            if compute is not None:  # the gradients come back in the params' float32
-                params = [p.astype(compute) for p in params]
-                X_batch = X_batch.astype(compute)
-            H = X_batch
-            for layer in range(0, len(params) - 2, 2):
-                H = jax.nn.relu(H @ params[layer] + params[layer + 1])
-            logits = (H @ params[-2] + params[-1]).astype(jnp.float32)
-            return -jnp.mean(jnp.sum(Y_batch * jax.nn.log_softmax(logits), axis=-1))
-
         def step(params, opt, loss_sum, X, Y, order, start, rows):
             rows_index = lax.dynamic_slice(order, (start,), (rows,))
-            loss, grads = jax.value_and_grad(loss_of)(params, X[rows_index], Y[rows_index])
-            m, v, t = opt
-            t = t + 1
-            power = t.astype(jnp.float32)
-            alpha = LEARNING_RATE * jnp.sqrt(1 - BETA_2**power) / (1 - BETA_1**power)
-            m = [m_ + (g - m_) * (1 - BETA_1) for m_, g in zip(m, grads)]
-            v = [v_ + (g * g - v_) * (1 - BETA_2) for v_, g in zip(v, grads)]
-            params = [p - alpha * m_ / (jnp.sqrt(v_) + EPSILON) for p, m_, v_ in zip(params, m, v)]
-            return params, (m, v, t), loss_sum + loss * rows
+            return train_on(params, opt, loss_sum, X[rows_index], Y[rows_index])
 
         self._step = jax.jit(step, static_argnames="rows", donate_argnums=(0, 1, 2))
 
     def epoch(self) -> float:
-        jnp = self._jnp
         order = self._jax.device_put(self._rng.permutation(self._n).astype(np.int32))
-        loss_sum = jnp.zeros((), jnp.float32)
+        loss_sum = self._jnp.zeros((), self._jnp.float32)
         params, opt = self._params, self._opt
         for start, (_, rows) in zip(self._starts, self._batches):
             params, opt, loss_sum = self._step(
                 params, opt, loss_sum, self._X, self._Y, order, start, rows=rows
             )
+        return self._finish(params, opt, loss_sum)
+
+    def _finish(self, params: Any, opt: Any, loss_sum: Any) -> float:
+        """Keep the epoch's parameters and optimizer state once the device has computed
+        them, and return the mean loss over samples."""
         self._params, self._opt = self._jax.block_until_ready((params, opt))
         return float(loss_sum) / self._n
 
@@ -314,6 +325,59 @@ class _JaxTrainer:
 
     def arithmetic(self) -> str:
         return self._arithmetic
+
+
+class _JaxFloorTrainer(_JaxTrainer):
+    """The ``jax`` peer's step on batches sliced once onto the device, visited in the
+    data's row order every epoch: no gather, no shuffle (JAX's floor)."""
+
+    name = "jax-floor"
+
+    def _prepare(self, x: np.ndarray, y: np.ndarray, seed: int, train_on: Any) -> None:
+        """Slice the epoch's batches onto the device and jit ``train_on`` itself."""
+        jax = self._jax
+        self._X_batches = [jax.device_put(x[start : start + rows]) for start, rows in self._batches]
+        self._Y_batches = [jax.device_put(y[start : start + rows]) for start, rows in self._batches]
+        self._step = jax.jit(train_on, donate_argnums=(0, 1, 2))
+
+    def epoch(self) -> float:
+        loss_sum = self._jnp.zeros((), self._jnp.float32)
+        params, opt = self._params, self._opt
+        for X_batch, Y_batch in zip(self._X_batches, self._Y_batches):
+            params, opt, loss_sum = self._step(params, opt, loss_sum, X_batch, Y_batch)
+        return self._finish(params, opt, loss_sum)
+
+
+def _keras_step(jax: Any, compute: str | None) -> Any:
+    """``train_on(params, opt, loss_sum, X_batch, Y_batch) -> (params, opt, loss_sum)``,
+    to be traced by ``jax.jit``: the loss and its gradients, Keras's Adam update, and
+    ``loss_sum`` plus the batch's loss times its rows; ``opt`` is ``(m, v, t)``. The
+    layers compute in ``compute`` (``jax_compute_dtype``) from float32 parameters, or
+    in float32 when it is ``None``."""
+    jnp = jax.numpy
+
+    def loss_of(params, X_batch, Y_batch):
+        if compute is not None:  # the gradients come back in the params' float32
+            params = [p.astype(compute) for p in params]
+            X_batch = X_batch.astype(compute)
+        H = X_batch
+        for layer in range(0, len(params) - 2, 2):
+            H = jax.nn.relu(H @ params[layer] + params[layer + 1])
+        logits = (H @ params[-2] + params[-1]).astype(jnp.float32)
+        return -jnp.mean(jnp.sum(Y_batch * jax.nn.log_softmax(logits), axis=-1))
+
+    def train_on(params, opt, loss_sum, X_batch, Y_batch):
+        loss, grads = jax.value_and_grad(loss_of)(params, X_batch, Y_batch)
+        m, v, t = opt
+        t = t + 1
+        power = t.astype(jnp.float32)
+        alpha = LEARNING_RATE * jnp.sqrt(1 - BETA_2**power) / (1 - BETA_1**power)
+        m = [m_ + (g - m_) * (1 - BETA_1) for m_, g in zip(m, grads)]
+        v = [v_ + (g * g - v_) * (1 - BETA_2) for v_, g in zip(v, grads)]
+        params = [p - alpha * m_ / (jnp.sqrt(v_) + EPSILON) for p, m_, v_ in zip(params, m, v)]
+        return params, (m, v, t), loss_sum + loss * X_batch.shape[0]
+
+    return train_on
 
 
 class _TorchTrainer:

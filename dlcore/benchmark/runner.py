@@ -356,11 +356,12 @@ def gemm_peak_flops(engine: Engine, size: int | None = None) -> float:
 
 def peer_peak_flops(peer: str, size: int | None = None) -> float | None:
     """FLOP/s of the peer's own float32 matrix product on a ``size``³ product, on the
-    device the peer trains on (jax: its default device; torch: CUDA when available),
-    or ``None`` for a peer this function does not know."""
+    device the peer trains on (jax, jax-floor: JAX's default device; torch: CUDA when
+    available), or ``None`` for a peer this function does not know."""
     n = GEMM_SIZE if size is None else size
     A_host, B_host = _gemm_operands(n)
-    if peer == "jax":
+    framework = importlib.import_module("dlcore.benchmark.peers").PEER_FRAMEWORKS.get(peer)
+    if framework == "jax":
         import jax
         import jax.numpy as jnp
 
@@ -372,7 +373,7 @@ def peer_peak_flops(peer: str, size: int | None = None) -> float | None:
             last[0] = matmul(A, B)
 
         return 2.0 * n**3 / _best_seconds(jax_product, lambda: last[0].block_until_ready())
-    if peer == "torch":
+    if framework == "torch":
         import torch
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -531,7 +532,7 @@ def evaluate_targets(
     """The targets of ``case`` for every dlcore engine measured on it.
 
     A peer target compares the engine's samples/s with each peer that ``PEER_TARGETS``
-    lists for the case: ratio ≥ ``case.min_peer_ratio``. A bound target needs a
+    lists for the case: ratio ≥ the ratio listed for that peer. A bound target needs a
     fraction of the GEMM bound ≥ ``case.min_bound_fraction``.
 
     Args:
@@ -551,9 +552,14 @@ def evaluate_targets(
     peers = {m.runner: m for m in mine if m.kind == "peer"}
     checks = []
 
-    def check(engine: str, target: str, peer: str | None, value: float | None, note: str) -> None:
-        threshold = case.min_peer_ratio if target == "peer" else case.min_bound_fraction
-        assert threshold is not None
+    def check(
+        engine: str,
+        target: str,
+        peer: str | None,
+        threshold: float,
+        value: float | None,
+        note: str,
+    ) -> None:
         if value is None:
             status = NOT_MEASURED
         elif unjudged is not None:
@@ -563,25 +569,26 @@ def evaluate_targets(
         checks.append(TargetCheck(case.name, engine, target, peer, threshold, value, status, note))
 
     for engine in (m for m in mine if m.kind == "engine"):
-        if case.min_peer_ratio is not None:
-            for peer in PEER_TARGETS.get(case.name, ()):
-                if peer in peers:
-                    theirs = peers[peer].samples_per_second
-                    ratio = engine.samples_per_second / theirs
-                    note = (
-                        f"{engine.runner} {engine.samples_per_second:,.0f} vs {peer} "
-                        f"{theirs:,.0f} samples/s"
-                    )
-                    check(engine.runner, "peer", peer, ratio, note)
-                else:
-                    why = missing.get(peer, f"{peer} was not run (add --peers)")
-                    check(engine.runner, "peer", peer, None, why)
+        for peer, min_ratio in PEER_TARGETS.get(case.name, {}).items():
+            if peer in peers:
+                theirs = peers[peer].samples_per_second
+                ratio = engine.samples_per_second / theirs
+                note = (
+                    f"{engine.runner} {engine.samples_per_second:,.0f} vs {peer} "
+                    f"{theirs:,.0f} samples/s"
+                )
+                check(engine.runner, "peer", peer, min_ratio, ratio, note)
+            else:
+                why = missing.get(peer, f"{peer} was not run (add --peers)")
+                check(engine.runner, "peer", peer, min_ratio, None, why)
         if case.min_bound_fraction is not None:
             note = (
                 f"bound {engine.bound_step_seconds * 1e3:.3f} ms vs {engine.ms_per_step:.3f} "
                 f"ms per step at {engine.peak_flops / 1e9:,.1f} GFLOP/s"
             )
-            check(engine.runner, "bound", None, engine.bound_fraction, note)
+            check(
+                engine.runner, "bound", None, case.min_bound_fraction, engine.bound_fraction, note
+            )
     return checks
 
 
