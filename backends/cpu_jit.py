@@ -22,12 +22,15 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import numpy as np
 
+from . import cpu_gemm
+from .cpu_gemm import FORWARD, INPUT_GRADIENT, WEIGHT_GRADIENT
 from .names import EPSILON
 
 
@@ -55,10 +58,13 @@ def kernel(name: str) -> Callable[..., Any]:
     # error_model="numpy": a division by zero gives inf or nan as in NumPy, and the loops
     # vectorise (Python's model checks every division and raises)
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-    if name == "dense_stack":
+    if name in ("dense_stack", "time_stack", "time_product"):
         # the helpers are looked up in this module's globals when the kernel compiles
         for helper in ("_bias_and_activation", "_activation_gradient", "_column_sums"):
             globals()[helper] = jit(_HELPERS[helper])
+        globals()["_product"] = cpu_gemm.compiled_product()
+    if name == "time_stack":
+        globals()["_dense_stack"] = kernel("dense_stack")
     return jit(KERNELS[name])
 
 
@@ -273,7 +279,9 @@ def _column_sums(delta, out):
             out[j] += delta[r, j]
 
 
-def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels):
+def _dense_stack(
+    outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels, plan, addresses
+):
     """Forward, softmax + categorical cross-entropy, and backward of ``L`` dense layers.
 
     Args:
@@ -285,10 +293,13 @@ def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, cod
         codes: int64 ``(L,)`` activation codes of the hidden layers (``ACTIVATION_CODES``).
         Y: one-hot float targets ``(N, classes)``, or ``(0, 0)`` with ``labels``.
         labels: int64 class labels ``(N,)``, or ``(0,)`` with one-hot ``Y``.
+        plan: int64 ``(L, 3, cpu_gemm.PLAN_FIELDS)``, the library of each matrix product
+            (``cpu_gemm.plan``); addresses: int64, ``cpu_gemm.addresses()``.
 
     Returns:
         The batch-mean loss, as a float64.
     """
+    # _product is cpu_gemm's, bound in this module's globals by ``kernel`` (F821 below)
     layers = len(weights)
     N = outputs[0].shape[0]
     one = outputs[0].dtype.type(1.0)
@@ -296,7 +307,7 @@ def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, cod
     inv_n = outputs[0].dtype.type(1.0 / N)
     for layer in range(layers):
         A = outputs[layer + 1]
-        np.dot(outputs[layer], weights[layer], A)
+        _product(plan, layer, FORWARD, addresses, outputs[layer], weights[layer], A)  # noqa: F821
         _bias_and_activation(A, biases[layer], codes[layer] if layer < layers - 1 else 0, one)
     P = outputs[layers]
     delta = deltas[layers - 1]
@@ -331,10 +342,52 @@ def _dense_stack(outputs, weights, biases, weight_grads, bias_grads, deltas, cod
         if layer < layers - 1:
             _activation_gradient(delta, outputs[layer + 1], codes[layer], one)
         _column_sums(delta, bias_grads[layer])
-        np.dot(outputs[layer].T, delta, weight_grads[layer])
+        _product(  # noqa: F821
+            plan, layer, WEIGHT_GRADIENT, addresses, outputs[layer].T, delta, weight_grads[layer]
+        )
         if layer > 0:
-            np.dot(delta, weights[layer].T, deltas[layer - 1])
+            _product(  # noqa: F821
+                plan, layer, INPUT_GRADIENT, addresses, delta, weights[layer].T, deltas[layer - 1]
+            )
     return loss / N
+
+
+def _time_stack(
+    repeats,
+    outputs,
+    weights,
+    biases,
+    weight_grads,
+    bias_grads,
+    deltas,
+    codes,
+    Y,
+    labels,
+    plan,
+    addresses,
+):
+    """``_dense_stack`` ``repeats`` times (to time a plan; the gradients it writes are
+    scratch until the next step)."""
+    for _ in range(repeats):
+        _dense_stack(
+            outputs,
+            weights,
+            biases,
+            weight_grads,
+            bias_grads,
+            deltas,
+            codes,
+            Y,
+            labels,
+            plan,
+            addresses,
+        )
+
+
+def _time_product(repeats, plan, layer, kind, addresses, A, B, C):
+    """Product ``kind`` of ``layer`` by ``plan``, ``repeats`` times."""
+    for _ in range(repeats):
+        _product(plan, layer, kind, addresses, A, B, C)  # noqa: F821
 
 
 _HELPERS = {
@@ -345,6 +398,8 @@ _HELPERS = {
 
 KERNELS: dict[str, Callable[..., Any]] = {
     "dense_stack": _dense_stack,
+    "time_stack": _time_stack,
+    "time_product": _time_product,
     "sgd": _sgd,
     "sgd_momentum": _sgd_momentum,
     "adam": _adam,
@@ -357,6 +412,102 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "lion": _lion,
     "ftrl": _ftrl,
 }
+
+
+def gemm_plan(
+    outputs: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    weight_grads: Sequence[np.ndarray],
+    bias_grads: Sequence[np.ndarray],
+    deltas: Sequence[np.ndarray],
+    codes: np.ndarray,
+    Y: np.ndarray,
+    labels: np.ndarray,
+    time_step: Callable[[np.ndarray], float] | None = None,
+) -> np.ndarray:
+    """The plan of ``dense_stack``'s matrix products for these arrays (``cpu_gemm``): the
+    one chosen before for the same dtype, batch rows and widths, or one timed now on these
+    very arrays, ``outputs[0]`` holding a real batch. Timing writes the outputs, deltas and
+    gradients, as a step would, and leaves the weights alone. ``time_step(plan)``, seconds
+    per training step with ``plan``, replaces timing ``dense_stack`` alone (the epoch loop
+    times its own steps, the optimizer's included).
+
+    Raises:
+        cpu_gemm.GemmLibraryError: ``DLCORE_GEMM`` is invalid.
+    """
+    dtype, rows = outputs[0].dtype, outputs[0].shape[0]
+    widths = [outputs[0].shape[1], *(W.shape[1] for W in weights)]
+    step_products = cpu_gemm.products(rows, widths)
+    key = cpu_gemm.plan_key(dtype, rows, widths)
+    cached = cpu_gemm.cached_choices(key)
+    if cached is not None:
+        plan = cpu_gemm.restore(cached, step_products, len(weights), dtype)
+        if plan is not None:
+            return plan
+    addresses = cpu_gemm.addresses()
+    stack, product_kernel = kernel("time_stack"), kernel("time_product")
+    arguments = (outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels)
+    repeats = [0]
+
+    def time_stack(plan: np.ndarray) -> float:
+        if not repeats[0]:  # calls of about _STEP_TIMING_SECONDS, so that dispatch does not count
+            start = time.perf_counter()
+            stack(1, *arguments, plan, addresses)
+            elapsed = time.perf_counter() - start
+            repeats[0] = max(1, int(_STEP_TIMING_SECONDS / max(elapsed, 1e-9)))
+        start = time.perf_counter()
+        stack(repeats[0], *arguments, plan, addresses)
+        return (time.perf_counter() - start) / repeats[0]
+
+    def time_product(plan: np.ndarray, product: cpu_gemm.Product) -> float:
+        layer = product.layer
+        if product.kind == FORWARD:
+            operands = (outputs[layer], weights[layer], outputs[layer + 1])
+        elif product.kind == WEIGHT_GRADIENT:
+            operands = (outputs[layer].T, deltas[layer], weight_grads[layer])
+        else:
+            operands = (deltas[layer], weights[layer].T, deltas[layer - 1])
+        start = time.perf_counter()
+        product_kernel(1, plan, layer, product.kind, addresses, *operands)
+        return time.perf_counter() - start
+
+    plan = cpu_gemm.choose(
+        step_products, len(weights), dtype, time_step or time_stack, time_product
+    )
+    cpu_gemm.remember(key, plan)
+    return plan
+
+
+_STEP_TIMING_SECONDS = 0.0002
+
+
+def plan_for_widths(
+    widths: tuple[int, ...], rows: int, dtype: str = "float32", seed: int = 0
+) -> tuple[np.ndarray, list[cpu_gemm.Product]]:
+    """The plan ``gemm_plan`` gives a ReLU stack of ``widths`` (softmax output) training on
+    batches of ``rows``, timed on random arrays; and its products (``cpu_gemm.products``)."""
+    rng = np.random.default_rng(seed)
+    kind = np.dtype(dtype)
+    pairs = list(zip(widths[:-1], widths[1:]))
+    X = rng.standard_normal((rows, widths[0])).astype(kind)
+    weights = tuple((rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(kind) for i, o in pairs)
+    biases = tuple(np.zeros(o, dtype=kind) for _, o in pairs)
+    outputs = (X, *(np.empty((rows, o), dtype=kind) for _, o in pairs))
+    deltas = tuple(np.empty((rows, o), dtype=kind) for _, o in pairs)
+    labels = rng.integers(0, widths[-1], rows).astype(np.int64)
+    plan = gemm_plan(
+        outputs,
+        weights,
+        biases,
+        tuple(np.empty_like(W) for W in weights),
+        tuple(np.empty_like(b) for b in biases),
+        deltas,
+        np.array([ACTIVATION_CODES["relu"]] * (len(pairs) - 1) + [0], dtype=np.int64),
+        np.empty((0, 0), dtype=kind),
+        labels,
+    )
+    return plan, cpu_gemm.products(rows, widths)
 
 
 # ---------------------------------------------------------------------- a whole epoch
@@ -456,6 +607,7 @@ def _dense_stack_epoch(
     count,
     losses,
     correct,
+    addresses,
 ):
     """``S`` training steps of a dense stack: per step, the batch gathered, ``_dense_stack``,
     the correct predictions counted, then the optimizer's update.
@@ -466,9 +618,10 @@ def _dense_stack_epoch(
         order: int64 ``(n,)``, the rows in the order they are batched.
         batch_size: rows per step; step ``s`` takes ``order[s * batch_size:]`` up to
             ``batch_size`` rows.
-        full, last: for a full and for a short last batch: ``(outputs, deltas, Y, labels)``,
-            ``_dense_stack``'s ``outputs`` (the batch's rows go into the first) and
-            ``deltas``, and the batch's targets (the unused kind ``(0, 0)`` or ``(0,)``).
+        full, last: for a full and for a short last batch: ``(outputs, deltas, Y, labels,
+            plan)``, ``_dense_stack``'s ``outputs`` (the batch's rows go into the first) and
+            ``deltas``, the batch's targets (the unused kind ``(0, 0)`` or ``(0,)``), and
+            the plan of its matrix products.
         weights, biases, weight_grads, bias_grads, codes: as ``_dense_stack`` takes them,
             views of the flat ``params`` and ``grads``.
         rule: the code of the update rule (``EPOCH_RULES``); ``a, b, c`` its slots.
@@ -477,13 +630,14 @@ def _dense_stack_epoch(
             equal to the target's class).
         losses: float64 ``(S,)``, written with each step's batch-mean loss.
         correct: int64 ``(S,)``, written with each step's count when ``count``.
+        addresses: int64, ``cpu_gemm.addresses()``.
     """
     n = order.shape[0]
     for s in range(losses.shape[0]):
         start = s * batch_size
         stop = min(start + batch_size, n)
         rows = stop - start
-        outputs, deltas, Y_batch, labels_batch = full if rows == batch_size else last
+        outputs, deltas, Y_batch, labels_batch, plan = full if rows == batch_size else last
         X_batch = outputs[0]
         sparse = labels.shape[0] > 0
         for i in range(rows):
@@ -496,7 +650,17 @@ def _dense_stack_epoch(
                 for j in range(Y.shape[1]):
                     Y_batch[i, j] = Y[row, j]
         losses[s] = _dense_stack(
-            outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y_batch, labels_batch
+            outputs,
+            weights,
+            biases,
+            weight_grads,
+            bias_grads,
+            deltas,
+            codes,
+            Y_batch,
+            labels_batch,
+            plan,
+            addresses,
         )
         if count:
             P = outputs[len(outputs) - 1]

@@ -12,12 +12,13 @@ uses every core already.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from . import cpu_chunks, cpu_jit, xp_activations
+from . import cpu_chunks, cpu_gemm, cpu_jit, xp_activations
 from .base import Array, Workspace
 from .generic import ArrayAPIEngine
 from .names import EPSILON
@@ -176,11 +177,29 @@ class NumpyEngine(ArrayAPIEngine):
             workspaces[-1].memo[key] = arguments
         outputs = (X, *arguments[0])
         sparse = Y_true.ndim == 1
-        loss = cpu_jit.kernel("dense_stack")(
-            outputs,
-            *arguments[1:],
+        targets = (
             self._no_targets[dtype] if sparse else Y_true,
             Y_true if sparse else self._no_labels,
+        )
+        plan_key = ("dense_stack_plan", N, tuple(activations))
+        plan = workspaces[-1].memo.get(plan_key)
+        if plan is None:  # the first step of this batch size chooses the products' libraries
+            _, kernels, bias_vectors, kernel_grads, bias_vector_grads, delta_arrays, codes = (
+                arguments
+            )
+            plan = cpu_jit.gemm_plan(
+                outputs,
+                kernels,
+                bias_vectors,
+                kernel_grads,
+                bias_vector_grads,
+                delta_arrays,
+                codes,
+                *targets,
+            )
+            workspaces[-1].memo[plan_key] = plan
+        loss = cpu_jit.kernel("dense_stack")(
+            outputs, *arguments[1:], *targets, plan, cpu_gemm.addresses()
         )
         return dtype.type(loss), outputs[-1]
 
@@ -243,26 +262,64 @@ class NumpyEngine(ArrayAPIEngine):
                 if sparse
                 else self._no_labels,
             )
-        last = sets[min(sets)]
         codes = np.array(
             [cpu_jit.ACTIVATION_CODES[name] for name in activations] + [0], dtype=np.int64
         )
+        rows_order = np.arange(n, dtype=np.int64) if order is None else order
+        rule_code = cpu_jit.EPOCH_RULES[kernels.pop()]
+        targets = (
+            self._no_targets[dtype] if sparse else Y_true,
+            Y_true if sparse else self._no_labels,
+        )
+        plans = {}
+        for rows, (outputs, row_deltas, Y_batch, labels_batch) in sets.items():
+            key = ("dense_stack_plan", rows, tuple(activations))
+            plan = workspaces[-1].memo.get(key)
+            if plan is None:  # timed on a real batch, as the first step would see it
+                np.take(X, rows_order[:rows], axis=0, out=outputs[0])
+                if sparse:
+                    np.take(Y_true, rows_order[:rows], out=labels_batch)
+                else:
+                    np.take(Y_true, rows_order[:rows], axis=0, out=Y_batch)
+                timer = None
+                if rows == batch_size and all(_within(A, params) for A in (*weights, *biases)):
+                    timer = _EpochTimer(
+                        (X, *targets, rows_order, batch_size),
+                        (outputs, row_deltas, Y_batch, labels_batch),
+                        (tuple(weights), tuple(biases), tuple(weight_grads), tuple(bias_grads)),
+                        codes,
+                        (rule_code, params, grads, slot_arrays[: cpu_jit.EPOCH_SLOTS], table),
+                    ).seconds_per_step
+                plan = cpu_jit.gemm_plan(
+                    outputs,
+                    tuple(weights),
+                    tuple(biases),
+                    tuple(weight_grads),
+                    tuple(bias_grads),
+                    row_deltas,
+                    codes,
+                    Y_batch,
+                    labels_batch,
+                    time_step=timer,
+                )
+                workspaces[-1].memo[key] = plan
+            plans[rows] = (outputs, row_deltas, Y_batch, labels_batch, plan)
+        last = plans[min(plans)]
         losses = np.empty(steps, dtype=np.float64)
         correct = np.zeros(steps, dtype=np.int64)
         cpu_jit.epoch_kernel()(
             X,
-            self._no_targets[dtype] if sparse else Y_true,
-            Y_true if sparse else self._no_labels,
-            np.arange(n, dtype=np.int64) if order is None else order,
+            *targets,
+            rows_order,
             batch_size,
-            sets.get(batch_size, last),
+            plans.get(batch_size, last),
             last,
             tuple(weights),
             tuple(biases),
             tuple(weight_grads),
             tuple(bias_grads),
             codes,
-            cpu_jit.EPOCH_RULES[kernels.pop()],
+            rule_code,
             params,
             grads,
             *slot_arrays[: cpu_jit.EPOCH_SLOTS],
@@ -270,6 +327,7 @@ class NumpyEngine(ArrayAPIEngine):
             count,
             losses,
             correct,
+            cpu_gemm.addresses(),
         )
         # rounded as dense_stack_step and count_correct round their results
         return losses.astype(dtype), correct.astype(dtype) if count else None
@@ -606,6 +664,86 @@ class NumpyEngine(ArrayAPIEngine):
         if empty is None:
             empty = self._empty_arrays[like.dtype] = np.empty(0, dtype=like.dtype)
         return empty
+
+
+def _within(A: np.ndarray, buffer: np.ndarray) -> bool:
+    """Whether ``A`` is a C-contiguous view lying inside the flat ``buffer``."""
+    start = A.__array_interface__["data"][0] - buffer.__array_interface__["data"][0]
+    return (
+        A.flags.c_contiguous
+        and A.dtype == buffer.dtype
+        and 0 <= start
+        and start + A.nbytes <= buffer.nbytes
+        and start % buffer.itemsize == 0
+    )
+
+
+class _EpochTimer:
+    """Seconds per step of the epoch loop with a given plan of matrix products: the first
+    ``STEPS`` steps of the epoch, run on copies of the parameters and of the optimizer's
+    slots (the gradients are scratch), so that choosing a plan leaves the model as it was.
+
+    Args:
+        data: ``(X, Y, labels, order, batch_size)`` as the epoch loop takes them.
+        batch: ``(outputs, deltas, Y_batch, labels_batch)`` of a full batch.
+        layers: ``(weights, biases, weight_grads, bias_grads)``, views of the flat
+            ``params`` and ``grads``.
+        codes: the activation codes.
+        update: ``(rule, params, grads, slots, table)``: the rule's code, the flat
+            buffers, its three slot arrays and the steps' scalars.
+    """
+
+    #: steps per timed call: enough that the optimizer and the batch gather between the
+    #: products weigh as they do in the epoch
+    STEPS = 4
+
+    def __init__(
+        self,
+        data: tuple[Any, ...],
+        batch: tuple[Any, ...],
+        layers: tuple[tuple[np.ndarray, ...], ...],
+        codes: np.ndarray,
+        update: tuple[Any, ...],
+    ) -> None:
+        X, Y, labels, order, batch_size = data
+        rule, params, grads, slots, table = update
+        steps = min(self.STEPS, table.shape[0], order.shape[0] // batch_size)
+        copy = params.copy()
+
+        def on_copy(A: np.ndarray) -> np.ndarray:
+            start = A.__array_interface__["data"][0] - params.__array_interface__["data"][0]
+            start //= params.itemsize
+            return copy[start : start + A.size].reshape(A.shape)
+
+        weights, biases, weight_grads, bias_grads = layers
+        self._arguments = (
+            (X, Y, labels, order[: steps * batch_size], batch_size),
+            batch,
+            (
+                tuple(on_copy(W) for W in weights),
+                tuple(on_copy(b) for b in biases),
+                weight_grads,
+                bias_grads,
+                codes,
+                rule,
+                copy,
+                grads,
+                *(slot.copy() for slot in slots),
+                table[:steps],
+                False,
+                np.empty(steps, dtype=np.float64),
+                np.zeros(steps, dtype=np.int64),
+                cpu_gemm.addresses(),
+            ),
+        )
+        self._steps = max(steps, 1)
+
+    def seconds_per_step(self, plan: np.ndarray) -> float:
+        data, batch, rest = self._arguments
+        kernel = cpu_jit.epoch_kernel()
+        start = time.perf_counter()
+        kernel(*data, (*batch, plan), (*batch, plan), *rest)
+        return (time.perf_counter() - start) / self._steps
 
 
 class _StepRecorder:

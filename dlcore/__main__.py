@@ -17,7 +17,30 @@ def _engines(_: argparse.Namespace) -> int:
 
     print(machine.machine_line(machine.cpu_info().to_dict()))
     print(machine.blas_line(machine.blas_libraries()))
+    _matrix_product_libraries()
     return 0
+
+
+def _matrix_product_libraries() -> None:
+    """Print the libraries the NumPy engine's compiled step may run its matrix products
+    on, and what it picks for the benchmark's tiny and small cases, timed now."""
+    from dlcore.backends import cpu_gemm, cpu_jit
+    from dlcore.benchmark.cases import CASES
+
+    print("numpy engine matrix products (chosen per product by timing; DLCORE_GEMM forces one):")
+    for library in cpu_gemm.libraries():
+        print(f"  {library.name:<9} {'yes' if library.available else 'no '}  {library.detail}")
+    if not cpu_jit.stack_available():
+        print(
+            "  picked: nothing, the compiled step needs Numba and SciPy (pip install dlcore[cpu])"
+        )
+        return
+    for name in ("tiny", "small"):
+        case = CASES[name]
+        plan, products = cpu_jit.plan_for_widths(case.widths, case.batch_size)
+        print(f"  picked for the {name} case (batch {case.batch_size}):")
+        for line in cpu_gemm.describe(plan, products):
+            print(f"    {line}")
 
 
 def _demo(args: argparse.Namespace) -> int:
