@@ -41,7 +41,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
@@ -80,8 +80,8 @@ ONE_CORE_MAX_FLOPS = 8e6
 #: products under this share of a step's FLOPs keep the first candidate, untimed
 MINOR_PRODUCT_SHARE = 0.01
 # each candidate is timed as the best of this many runs of at least _TIMING_SECONDS
-_TIMING_RUNS = 2
-_TIMING_SECONDS = 0.0002
+_TIMING_RUNS = 3
+_TIMING_SECONDS = 0.0004
 
 
 class GemmLibraryError(ValueError):
@@ -443,30 +443,44 @@ def choose(
     for product in sorted(step_products, key=lambda p: -p.flops):
         if len(options[product]) < 2 or product.flops < negligible:
             continue
-        timings = {}
+        trials = {}
         for code in options[product]:
-            if not set_choice(plan, product, code, dtype):
-                continue
-            trial = plan.copy()
-            timings[code] = _best_seconds(
-                partial(time_step, trial) if whole else partial(time_product, trial, product)
-            )
+            if set_choice(plan, product, code, dtype):
+                trials[code] = plan.copy()
+        runs = {
+            code: partial(time_step, trial) if whole else partial(time_product, trial, product)
+            for code, trial in trials.items()
+        }
+        timings = _interleaved_best_seconds(runs)
         set_choice(plan, product, min(timings, key=timings.__getitem__), dtype)
     return plan
 
 
-def _best_seconds(run: Callable[[], float]) -> float:
-    """The least of ``_TIMING_RUNS`` mean times of ``run``, each over at least
-    ``_TIMING_SECONDS``; ``run`` returns the seconds of one call (after a first untimed one)."""
-    run()
-    best = float("inf")
+def _interleaved_best_seconds(runs: Mapping[int, Callable[[], float]]) -> dict[int, float]:
+    """Per candidate, the least of ``_TIMING_RUNS`` mean times of its ``run`` (each mean
+    over at least ``_TIMING_SECONDS``), the candidates taking turns so that a slow spell of
+    the machine falls on all of them; ``run`` returns the seconds of one call."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(_TIMING_RUNS):
-        total, calls = run(), 1
-        while total < _TIMING_SECONDS:
-            total += run()
-            calls += 1
-        best = min(best, total / calls)
+        for code, run in runs.items():
+            best[code] = min(best[code], _mean_seconds(run))
     return best
+
+
+def _mean_seconds(run: Callable[[], float]) -> float:
+    """The mean seconds per call of ``run`` over at least ``_TIMING_SECONDS``."""
+    total, calls = run(), 1
+    while total < _TIMING_SECONDS:
+        total += run()
+        calls += 1
+    return total / calls
+
+
+def _best_seconds(run: Callable[[], float]) -> float:
+    """The least of ``_TIMING_RUNS`` mean times of ``run`` (after a first untimed call)."""
+    return _interleaved_best_seconds({0: run})[0]
 
 
 def _openblas_threads() -> int:

@@ -705,6 +705,14 @@ class _EpochTimer:
         codes: np.ndarray,
         update: tuple[Any, ...],
     ) -> None:
+        self._given = (data, batch, layers, codes, update)
+        self._arguments: tuple[Any, ...] | None = None
+        self._steps = 1
+
+    def _copies(self) -> tuple[Any, ...]:
+        """The epoch loop's arguments but the plan, on copies of the parameters and slots:
+        made at the first timing only (a plan found in the cache times nothing)."""
+        data, batch, layers, codes, update = self._given
         X, Y, labels, order, batch_size = data
         rule, params, grads, slots, table = update
         steps = min(self.STEPS, table.shape[0], order.shape[0] // batch_size)
@@ -716,7 +724,8 @@ class _EpochTimer:
             return copy[start : start + A.size].reshape(A.shape)
 
         weights, biases, weight_grads, bias_grads = layers
-        self._arguments = (
+        self._steps = max(steps, 1)
+        return (
             (X, Y, labels, order[: steps * batch_size], batch_size),
             batch,
             (
@@ -736,9 +745,10 @@ class _EpochTimer:
                 cpu_gemm.addresses(),
             ),
         )
-        self._steps = max(steps, 1)
 
     def seconds_per_step(self, plan: np.ndarray) -> float:
+        if self._arguments is None:
+            self._arguments = self._copies()
         data, batch, rest = self._arguments
         kernel = cpu_jit.epoch_kernel()
         start = time.perf_counter()

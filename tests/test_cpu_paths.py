@@ -262,16 +262,20 @@ def test_the_first_steps_allocate_and_the_counter_sees_it():
     assert counter.peak_rise[0] > SMALLEST_ARRAY_BYTES
 
 
-def test_peak_memory_of_fit_stays_within_its_budget():
+@pytest.mark.parametrize("choosing", [False, True], ids=["steady", "choosing-products"])
+def test_peak_memory_of_fit_stays_within_its_budget(choosing):
     """Peak traced memory of fit is at most 1.2 × (weights + Adam's state + one batch's
-    activations + the training data)."""
+    activations + the training data). The fit that chooses the matrix product libraries
+    (the first of a batch size in a process) may add one copy of the weights and of the
+    optimizer state, on which the epoch loop times its steps."""
     widths, batch = (784, 256, 256, 10), 128
     with dlcore.use_backend("numpy"):
         # Numba's compiling of the kernels for these shapes is the process's, once: done
-        # first; the choice of matrix product libraries is made again inside (no plan kept)
+        # first, with the choice of libraries, which is made again inside if `choosing`
         warm_x, warm_y = _data(batch, widths)
         _course_model(widths).fit(warm_x, warm_y, batch_size=batch, epochs=1, verbose=0)
-        cpu_gemm._PLANS.clear()
+        if choosing:
+            cpu_gemm._PLANS.clear()
         tracemalloc.start()
         try:
             x, y = _data(40 * batch, widths)
@@ -286,7 +290,11 @@ def test_peak_memory_of_fit_stays_within_its_budget():
     activations = batch * sum(widths) * itemsize  # every layer's output, the input included
     data = x.nbytes + y.nbytes
     budget = weights + optimizer_state + activations + data
-    assert peak <= 1.2 * budget, f"peak {peak / 1e6:.2f} MB, budget {budget / 1e6:.2f} MB"
+    timing_copies = weights + optimizer_state if choosing else 0
+    assert peak <= 1.2 * budget + timing_copies, (
+        f"peak {peak / 1e6:.2f} MB, budget {budget / 1e6:.2f} MB "
+        f"+ {timing_copies / 1e6:.2f} MB of copies to time on"
+    )
 
 
 # ---------------------------------------------------------------------- dense_stack_step
