@@ -352,36 +352,11 @@ def _dense_stack(
     return loss / N
 
 
-def _time_stack(
-    repeats,
-    outputs,
-    weights,
-    biases,
-    weight_grads,
-    bias_grads,
-    deltas,
-    codes,
-    Y,
-    labels,
-    plan,
-    addresses,
-):
-    """``_dense_stack`` ``repeats`` times (to time a plan; the gradients it writes are
-    scratch until the next step)."""
+def _time_stack(repeats, *arguments):
+    """``_dense_stack(*arguments)`` ``repeats`` times (to time a plan; the gradients it
+    writes are scratch until the next step)."""
     for _ in range(repeats):
-        _dense_stack(
-            outputs,
-            weights,
-            biases,
-            weight_grads,
-            bias_grads,
-            deltas,
-            codes,
-            Y,
-            labels,
-            plan,
-            addresses,
-        )
+        _dense_stack(*arguments)
 
 
 def _time_product(repeats, plan, layer, kind, addresses, A, B, C):
