@@ -15,9 +15,10 @@ def _engines(_: argparse.Namespace) -> int:
         print(f"{info.name:<18} {status}  {info.detail}")
     from dlcore.benchmark import machine
 
+    _matrix_product_libraries()
+    # the machine's two lines come last (README: "ends with the same two lines")
     print(machine.machine_line(machine.cpu_info().to_dict()))
     print(machine.blas_line(machine.blas_libraries()))
-    _matrix_product_libraries()
     return 0
 
 
