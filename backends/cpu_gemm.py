@@ -26,9 +26,12 @@ candidate runs on one core.
 
 ``DLCORE_GEMM=openblas|blis|mkl|numba`` allows one library only (openblas still measures
 its two thread counts); naming one that is not installed raises ``GemmLibraryError``.
-Plans are kept per process; ``DLCORE_GEMM_CACHE=FILE`` also keeps them in the JSON file
-``FILE``, under a key naming the CPU and the libraries, so that later processes skip the
-timing. Nothing here imports Numba, SciPy, BLIS or MKL until a plan is asked for.
+Plans are kept per process and in a JSON file (``cache_path()``: by default
+``~/.cache/dlcore/gemm-plans.json``, ``DLCORE_GEMM_CACHE=FILE`` names another, ``off``
+none), under a key naming the CPU and the libraries' versions, so that later processes
+on the machine skip the timing and, above all, compute with the same libraries: the
+libraries round differently, and a script run twice must give the same numbers.
+Nothing here imports Numba, SciPy, BLIS or MKL until a plan is asked for.
 """
 
 from __future__ import annotations
@@ -513,7 +516,7 @@ def plan_key(dtype: np.dtype, rows: int, widths: Sequence[int]) -> str:
 
 def cached_choices(key: str) -> list[int] | None:
     """The candidate codes (``plan[:, :, 0]`` flattened) chosen before under ``key``, in
-    this process or in ``DLCORE_GEMM_CACHE``'s file, or ``None``."""
+    this process or in ``cache_path()``'s file, or ``None``."""
     if key in _PLANS:
         return _PLANS[key]
     stored = _read_cache().get(key)
@@ -525,37 +528,54 @@ def cached_choices(key: str) -> list[int] | None:
     return None
 
 
+def cache_path() -> str | None:
+    """The file plans are kept in across processes: ``DLCORE_GEMM_CACHE`` when set (empty,
+    ``0`` or ``off``: none), else ``dlcore/gemm-plans.json`` in the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    value = os.environ.get(CACHE_ENVIRONMENT)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off") else value
+    folder = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(folder, "dlcore", "gemm-plans.json")
+
+
 def remember(key: str, plan: np.ndarray) -> None:
-    """Keep ``plan``'s candidate codes under ``key`` for this process, and in
-    ``DLCORE_GEMM_CACHE``'s file when it is set."""
+    """Keep ``plan``'s candidate codes under ``key`` for this process and in
+    ``cache_path()``'s file, beside the plans of other machines and library versions kept
+    there. A file that cannot be written leaves the plan to this process alone."""
     choices = [int(code) for code in plan[:, :, 0].ravel()]
     _PLANS[key] = choices
-    path = os.environ.get(CACHE_ENVIRONMENT)
-    if not path:
+    path = cache_path()
+    if path is None:
         return
-    stored = _read_cache()
-    stored[key] = choices
-    document = {"machine": _machine_key(), "plans": stored}
+    machines = _read_machines(path)
+    plans = machines.get(_machine_key())
+    machines[_machine_key()] = {**(plans if isinstance(plans, dict) else {}), key: choices}
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(document, file, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump({"machines": machines}, file, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError:
+        return
 
 
-def _read_cache() -> dict[str, Any]:
-    """The plans in ``DLCORE_GEMM_CACHE``'s file made on this machine with these libraries;
-    empty when unset, missing, unreadable or made elsewhere."""
-    path = os.environ.get(CACHE_ENVIRONMENT)
-    if not path or not os.path.exists(path):
-        return {}
+def _read_machines(path: str) -> dict[str, Any]:
+    """The file's plans by machine key; empty when missing, unreadable or not a table."""
     try:
         with open(path, encoding="utf-8") as file:
             document = json.load(file)
     except (OSError, ValueError):
         return {}
-    if not isinstance(document, dict) or document.get("machine") != _machine_key():
-        return {}
-    plans = document.get("plans")
+    machines = document.get("machines") if isinstance(document, dict) else None
+    return machines if isinstance(machines, dict) else {}
+
+
+def _read_cache() -> dict[str, Any]:
+    """The plans in ``cache_path()``'s file made on this machine with these libraries."""
+    path = cache_path()
+    plans = {} if path is None else _read_machines(path).get(_machine_key())
     return plans if isinstance(plans, dict) else {}
 
 

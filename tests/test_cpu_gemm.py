@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 def fresh_plans(monkeypatch):
     """No plan chosen before, no library forced, no cache file."""
     monkeypatch.delenv(cpu_gemm.ENVIRONMENT, raising=False)
-    monkeypatch.delenv(cpu_gemm.CACHE_ENVIRONMENT, raising=False)
+    monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, "off")
     monkeypatch.setattr(cpu_gemm, "_PLANS", {})
 
 
@@ -233,10 +233,9 @@ def test_plans_are_kept_in_the_cache_file_and_read_back(monkeypatch, tmp_path):
     monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, str(path))
     widths, rows = (12, 8, 4), 6
     plan, products = cpu_jit.plan_for_widths(widths, rows)
-    document = json.loads(path.read_text())
+    machines = json.loads(path.read_text())["machines"]
     key = cpu_gemm.plan_key(np.dtype("float32"), rows, widths)
-    assert document["machine"] == cpu_gemm._machine_key()
-    assert document["plans"][key] == [int(c) for c in plan[:, :, 0].ravel()]
+    assert machines[cpu_gemm._machine_key()][key] == [int(c) for c in plan[:, :, 0].ravel()]
     # a new process would find it: no timing now
     monkeypatch.setattr(cpu_gemm, "_PLANS", {})
 
@@ -248,19 +247,50 @@ def test_plans_are_kept_in_the_cache_file_and_read_back(monkeypatch, tmp_path):
     np.testing.assert_array_equal(again[:, :, 0], plan[:, :, 0])
 
 
+def test_the_cache_file_is_the_users_cache_folder_unless_named_or_off(monkeypatch, tmp_path):
+    monkeypatch.delenv(cpu_gemm.CACHE_ENVIRONMENT)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cpu_gemm.cache_path() == str(tmp_path / "cache" / "dlcore" / "gemm-plans.json")
+    cpu_jit.plan_for_widths((12, 8, 4), 6)  # the folder is made
+    assert (tmp_path / "cache" / "dlcore" / "gemm-plans.json").is_file()
+    for off in ("", "0", "OFF"):
+        monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, off)
+        assert cpu_gemm.cache_path() is None
+
+
+def test_plans_of_other_machines_in_the_file_are_kept(monkeypatch, tmp_path):
+    path = tmp_path / "gemm.json"
+    other = {"another CPU; 64 CPUs": {"float32/6/12-8-4/any": [0] * 6}}
+    path.write_text(json.dumps({"machines": other}))
+    monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, str(path))
+    cpu_jit.plan_for_widths((12, 8, 4), 6)
+    machines = json.loads(path.read_text())["machines"]
+    assert machines["another CPU; 64 CPUs"] == other["another CPU; 64 CPUs"]
+    assert cpu_gemm._machine_key() in machines
+
+
+def test_a_cache_file_that_cannot_be_written_leaves_the_plan_to_the_process(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, str(blocker / "gemm.json"))
+    plan, _ = cpu_jit.plan_for_widths((12, 8, 4), 6)
+    key = cpu_gemm.plan_key(np.dtype("float32"), 6, (12, 8, 4))
+    assert cpu_gemm.cached_choices(key) == [int(c) for c in plan[:, :, 0].ravel()]
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize(
     "content",
-    ["{not json", '{"machine": "another CPU", "plans": {}}', '["a list"]', ""],
-    ids=["broken", "other-machine", "not-a-table", "empty"],
+    ["{not json", '{"machines": {"another CPU": {}}}', '["a list"]', "", '{"machines": 3}'],
+    ids=["broken", "other-machine", "not-a-table", "empty", "machines-not-a-table"],
 )
 def test_a_cache_file_that_does_not_apply_is_ignored_and_rewritten(monkeypatch, tmp_path, content):
     path = tmp_path / "gemm.json"
     path.write_text(content)
     monkeypatch.setenv(cpu_gemm.CACHE_ENVIRONMENT, str(path))
-    plan, _ = cpu_jit.plan_for_widths((12, 8, 4), 6)
-    document = json.loads(path.read_text())
-    assert document["machine"] == cpu_gemm._machine_key()
-    assert len(document["plans"]) == 1
+    cpu_jit.plan_for_widths((12, 8, 4), 6)
+    machines = json.loads(path.read_text())["machines"]
+    assert len(machines[cpu_gemm._machine_key()]) == 1
 
 
 def test_a_cached_plan_naming_a_library_now_absent_is_timed_again(monkeypatch):
