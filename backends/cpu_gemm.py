@@ -187,7 +187,7 @@ _MKL_THREADING_SEQUENTIAL = 1
 _MKL_ROW_MAJOR, _MKL_NO_TRANS, _MKL_TRANS = 101, 111, 112
 _MKL_JIT_SUCCESS, _MKL_NO_JIT = 0, 1
 _INT = ctypes.c_int
-_MKL_FUNCTIONS = [
+_MKL_FUNCTIONS: list[tuple[str, Any, list[Any]]] = [
     (
         f"mkl_cblas_jit_create_{letter}gemm",
         _INT,
@@ -196,6 +196,7 @@ _MKL_FUNCTIONS = [
     )
     for letter, real in (("s", ctypes.c_float), ("d", ctypes.c_double))
 ] + [(f"mkl_jit_get_{letter}gemm_ptr", ctypes.c_void_p, [ctypes.c_void_p]) for letter in "sd"]
+_MKL_FUNCTIONS.append(("mkl_jit_destroy", _INT, [ctypes.c_void_p]))
 
 
 def _mkl_detail(library: ctypes.CDLL) -> str:
@@ -223,6 +224,8 @@ def _mkl_jits(library: ctypes.CDLL) -> bool:
         0.0,
         8,
     )
+    if jitter.value:
+        library.mkl_jit_destroy(jitter)
     return int(status) == _MKL_JIT_SUCCESS
 
 
@@ -264,9 +267,11 @@ def _mkl_kernel(
     return (kernel, jitter_address) if kernel else None
 
 
-def libraries() -> list[Library]:
+@cache
+def libraries() -> tuple[Library, ...]:
     """Every library of ``LIBRARIES``, whether the compiled step can call it here, and
-    its version or why not. Loads the libraries that are installed (not Numba's JIT)."""
+    its version or why not; found once per process (each product's candidates ask).
+    Loads the libraries that are installed (not Numba's JIT)."""
     found = []
     numba_ready = importlib.util.find_spec("numba") is not None
     openblas = _openblas()
@@ -289,7 +294,7 @@ def libraries() -> list[Library]:
         if numba_ready
         else Library("numba", False, "not installed (pip install numba)")
     )
-    return found
+    return tuple(found)
 
 
 def forced_library() -> str | None:
@@ -380,7 +385,8 @@ def candidates(product: Product, library: str | None, threads: int) -> list[int]
         for code, owner in enumerate(_LIBRARY_OF)
         if owner in available and (library is None or owner == library)
     ]
-    if _openblas() is None or not _openblas()[0]:  # type: ignore[index]
+    openblas = _openblas()
+    if openblas is None or not openblas[0]:  # its thread count cannot be set
         codes = [code for code in codes if code != OPENBLAS_ONE_THREAD]
     if library is None and threads > 1 and product.flops > ONE_CORE_MAX_FLOPS:
         codes = [code for code in codes if code == OPENBLAS]
