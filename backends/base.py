@@ -145,6 +145,23 @@ class Engine(abc.ABC):
         """Whether the engine computes in ``dtype`` (a name: ``"float32"``, ``"float64"``,
         ``"float16"``, ``"bfloat16"``)."""
 
+    def products_in(self, dtype: str) -> tuple[bool, str]:
+        """For a ``dtype`` the engine has no kernels for (``supports_dtype`` False):
+        whether its matrix products can still take their operands rounded to ``dtype``,
+        accumulating in float32, for float32 layers (``dense_forward``'s
+        ``product_dtype``); and what runs them, or why they cannot and the fix. This
+        default: never, with nothing to say."""
+        return False, ""
+
+    def refuse_product_dtype(self, product_dtype: str | None) -> None:
+        """Raise ``ValueError`` for a ``product_dtype`` other than ``None``, in the dense
+        operations of an engine whose ``products_in`` accepts none."""
+        if product_dtype is not None:
+            raise ValueError(
+                f"the {self.name} engine has no {product_dtype} matrix products "
+                f"(products_in({product_dtype!r}) is False); pass product_dtype=None"
+            )
+
     @abc.abstractmethod
     def asarray(self, data: np.ndarray, *, dtype: str) -> Array:
         """A host NumPy array of any shape on the engine, converted to ``dtype``.
@@ -302,6 +319,7 @@ class Engine(abc.ABC):
         activation: str,
         *,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> tuple[Array, Array]:
         """Fused dense layer: ``Z = X @ W + b`` and ``Y = activation(Z)``.
 
@@ -313,6 +331,8 @@ class Engine(abc.ABC):
                 (``custom.py``; an engine that cannot run those raises ``RuntimeError``).
 
             workspace: where to take ``Z`` and ``Y`` from instead of allocating them.
+            product_dtype: ``None``, or a dtype ``products_in`` accepted (the arrays
+                then float32): the product's operands are rounded to it.
 
         Returns:
             ``(Z, Y)``, both float ``(N, O)``. ``Z`` is what ``dense_backward``
@@ -335,6 +355,7 @@ class Engine(abc.ABC):
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> Array | None:
         """Fused backward pass of ``dense_forward``.
 
@@ -352,6 +373,7 @@ class Engine(abc.ABC):
             need_dX: ``False`` for the first layer, whose ``dX`` nobody uses.
             workspace: where to take ``dZ`` and ``dX`` from instead of allocating them;
                 with a workspace the engine may also overwrite ``dY``.
+            product_dtype: as ``dense_forward`` takes it, for both products.
 
         Returns:
             ``dX``, float ``(N, I)``, or ``None`` when ``need_dX`` is false.
@@ -371,6 +393,7 @@ class Engine(abc.ABC):
         activations: Sequence[str],
         *,
         workspaces: Sequence[Workspace],
+        product_dtypes: Sequence[str | None] | None = None,
     ) -> tuple[Array, Array]:
         """Forward pass, loss and backward pass of a stack of ``L`` dense layers whose last
         activation is softmax, trained with categorical cross-entropy on probabilities.
@@ -387,15 +410,19 @@ class Engine(abc.ABC):
             activations: the ``L - 1`` hidden layers' activations, from
                 ``STACK_ACTIVATIONS``.
             workspaces: ``L + 1`` workspaces, one per layer and one for the loss.
+            product_dtypes: ``None``, or per layer ``dense_forward``'s ``product_dtype``.
 
         Returns:
             ``(loss, P)``: the batch-mean loss as a 0-d float array and the softmax
             probabilities ``(N, C)`` (an array of the last layer's workspace).
         """
         names = [*activations, "softmax"]
+        precisions = list(product_dtypes or [None] * len(weights))
         inputs, cache = X, []
-        for W, b, name, workspace in zip(weights, biases, names, workspaces):
-            Z, Y = self.dense_forward(inputs, W, b, name, workspace=workspace)
+        for W, b, name, workspace, precision in zip(weights, biases, names, workspaces, precisions):
+            Z, Y = self.dense_forward(
+                inputs, W, b, name, workspace=workspace, product_dtype=precision
+            )
             cache.append((inputs, Z, Y))
             inputs = Y
         loss, _, gradient = self.softmax_crossentropy_batch(
@@ -414,6 +441,7 @@ class Engine(abc.ABC):
                 db=bias_grads[layer],
                 need_dX=layer > 0,
                 workspace=workspaces[layer],
+                product_dtype=precisions[layer],
             )
         return loss, inputs
 
@@ -436,6 +464,7 @@ class Engine(abc.ABC):
         *,
         count: bool,
         workspaces: Sequence[Workspace],
+        product_dtypes: Sequence[str | None] | None = None,
     ) -> tuple[Array, Array | None] | None:
         """Train a dense stack for ``S = len(hyperparameters)`` steps in one call, where an
         engine can do it without returning to Python between steps; ``None`` otherwise
@@ -451,8 +480,9 @@ class Engine(abc.ABC):
                 int64 labels ``(n,)``.
             order: int64 ``(n,)``, the rows in batch order; ``None`` for ``0 .. n - 1``.
             batch_size: rows per step (the last step may take fewer).
-            weights, biases, weight_grads, bias_grads, activations, workspaces: as
-                ``dense_stack_step`` takes them, views of ``params`` and ``grads``.
+            weights, biases, weight_grads, bias_grads, activations, workspaces,
+                product_dtypes: as ``dense_stack_step`` takes them, the arrays views of
+                ``params`` and ``grads``.
             rule, params, grads, slots: as ``optimizer_step`` takes them.
             hyperparameters: each step's hyperparameters.
             count: whether to count each batch's correct predictions (argmax of the

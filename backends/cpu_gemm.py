@@ -16,6 +16,10 @@ shape. So the NumPy engine chooses per product, by measurement (``plan``), among
   (AMD) MKL hands back its standard GEMM, which is what gets timed there;
 - ``numba``: a register-blocked loop compiled by Numba (``cpu_small_gemm``).
 
+The products of a layer whose dtype policy computes in bfloat16 are not chosen: they all
+run on ``onednn/bf16``, oneDNN's bfloat16 product with float32 accumulation
+(``cpu_bf16``), with their operands rounded to bfloat16 as they are copied for it.
+
 Because threads interfere with what runs between the products, a step of at most
 ``STEP_TIMING_MAX_SECONDS`` is timed whole: each product in turn (the largest first)
 tries every candidate while the others keep their best so far, and keeps the fastest
@@ -44,19 +48,21 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
 
 import numpy as np
 
+from . import cpu_bf16
+
 #: what ``DLCORE_GEMM`` may name
 LIBRARIES = ("openblas", "blis", "mkl", "numba")
 #: the candidates, by their code in a plan
-CANDIDATES = ("openblas", "openblas/1", "blis", "mkl", "numba")
-OPENBLAS, OPENBLAS_ONE_THREAD, BLIS, MKL, NUMBA = range(len(CANDIDATES))
-_LIBRARY_OF = ("openblas", "openblas", "blis", "mkl", "numba")
+CANDIDATES = ("openblas", "openblas/1", "blis", "mkl", "numba", "onednn/bf16")
+OPENBLAS, OPENBLAS_ONE_THREAD, BLIS, MKL, NUMBA, ONEDNN_BF16 = range(len(CANDIDATES))
+_LIBRARY_OF = ("openblas", "openblas", "blis", "mkl", "numba", "onednn")
 
 #: the products of one layer, by their index in a plan
 PRODUCTS = ("forward", "weight gradient", "input gradient")
@@ -67,8 +73,8 @@ FORWARD, WEIGHT_GRADIENT, INPUT_GRADIENT = range(len(PRODUCTS))
 # (negative: that operand is transposed).
 PLAN_FIELDS = 5
 # The library addresses the compiled products read, int64 (ADDRESSES,).
-SET_THREADS, GET_THREADS, BLIS_F32, BLIS_F64 = range(4)
-ADDRESSES = 4
+SET_THREADS, GET_THREADS, BLIS_F32, BLIS_F64, ONEDNN_GEMM_BF16 = range(5)
+ADDRESSES = 5
 
 ENVIRONMENT = "DLCORE_GEMM"
 CACHE_ENVIRONMENT = "DLCORE_GEMM_CACHE"
@@ -269,9 +275,10 @@ def _mkl_kernel(
 
 @cache
 def libraries() -> tuple[Library, ...]:
-    """Every library of ``LIBRARIES``, whether the compiled step can call it here, and
-    its version or why not; found once per process (each product's candidates ask).
-    Loads the libraries that are installed (not Numba's JIT)."""
+    """Every library of ``LIBRARIES``, then ``onednn`` (bfloat16 products only): whether
+    the compiled step can call it here, and its version or why not; found once per
+    process (each product's candidates ask). Loads the libraries that are installed (not
+    Numba's JIT)."""
     found = []
     numba_ready = importlib.util.find_spec("numba") is not None
     openblas = _openblas()
@@ -294,6 +301,8 @@ def libraries() -> tuple[Library, ...]:
         if numba_ready
         else Library("numba", False, "not installed (pip install numba)")
     )
+    bf16_ready, bf16_detail = cpu_bf16.status()
+    found.append(Library("onednn", bf16_ready and numba_ready, f"bfloat16 products: {bf16_detail}"))
     return tuple(found)
 
 
@@ -332,6 +341,7 @@ def addresses() -> np.ndarray:
     blis = _blis()
     if not isinstance(blis, str):
         table[BLIS_F32], table[BLIS_F64] = blis[0], blis[1]
+    table[ONEDNN_GEMM_BF16] = cpu_bf16.gemm_address()
     table.flags.writeable = False
     return table
 
@@ -383,7 +393,7 @@ def candidates(product: Product, library: str | None, threads: int) -> list[int]
     codes = [
         code
         for code, owner in enumerate(_LIBRARY_OF)
-        if owner in available and (library is None or owner == library)
+        if owner in available and (library is None or owner == library) and code != ONEDNN_BF16
     ]
     openblas = _openblas()
     if openblas is None or not openblas[0]:  # its thread count cannot be set
@@ -423,6 +433,7 @@ def choose(
     dtype: np.dtype,
     time_step: Callable[[np.ndarray], float],
     time_product: Callable[[np.ndarray, Product], float],
+    bfloat16_layers: Collection[int] = (),
 ) -> np.ndarray:
     """The plan of a step of ``step_products``, chosen by measurement.
 
@@ -432,6 +443,8 @@ def choose(
         dtype: float32 or float64.
         time_step: seconds of one whole step computed with a given plan.
         time_product: seconds of one product computed with a given plan.
+        bfloat16_layers: the layers whose products run in bfloat16 (``ONEDNN_BF16``,
+            untimed; float32 only, and only where ``cpu_bf16.status()`` allows).
 
     Returns:
         The plan, int64 ``(layers, 3, PLAN_FIELDS)``.
@@ -441,7 +454,12 @@ def choose(
     """
     library = forced_library()
     threads = _openblas_threads()
-    options = {product: candidates(product, library, threads) for product in step_products}
+    options = {
+        product: [ONEDNN_BF16]
+        if product.layer in bfloat16_layers
+        else candidates(product, library, threads)
+        for product in step_products
+    }
     plan = empty_plan(layers, options[step_products[0]][0] if step_products else OPENBLAS)
     for product in step_products:
         set_choice(plan, product, options[product][0], dtype)
@@ -514,10 +532,16 @@ def describe(plan: np.ndarray, step_products: Sequence[Product]) -> list[str]:
 _PLANS: dict[str, list[int]] = {}
 
 
-def plan_key(dtype: np.dtype, rows: int, widths: Sequence[int]) -> str:
-    """The key of a dense stack's plan: dtype, batch rows, widths and ``DLCORE_GEMM``."""
+def plan_key(
+    dtype: np.dtype, rows: int, widths: Sequence[int], bfloat16_layers: Collection[int] = ()
+) -> str:
+    """The key of a dense stack's plan: dtype, batch rows, widths, ``DLCORE_GEMM`` and the
+    layers computing in bfloat16."""
     forced = os.environ.get(ENVIRONMENT, "").strip().lower() or "any"
-    return f"{np.dtype(dtype).name}/{rows}/{'-'.join(map(str, widths))}/{forced}"
+    key = f"{np.dtype(dtype).name}/{rows}/{'-'.join(map(str, widths))}/{forced}"
+    if bfloat16_layers:
+        key += f"/bfloat16:{','.join(map(str, sorted(bfloat16_layers)))}"
+    return key
 
 
 def cached_choices(key: str) -> list[int] | None:
@@ -602,10 +626,15 @@ def _machine_key() -> str:
 
 
 def restore(
-    choices: Sequence[int], step_products: Sequence[Product], layers: int, dtype: np.dtype
+    choices: Sequence[int],
+    step_products: Sequence[Product],
+    layers: int,
+    dtype: np.dtype,
+    bfloat16_layers: Collection[int] = (),
 ) -> np.ndarray | None:
     """The plan of cached candidate ``choices``, or ``None`` where one no longer applies
-    (a library gone, or not the one ``DLCORE_GEMM`` allows)."""
+    (a library gone, not the one ``DLCORE_GEMM`` allows, or not the precision a layer
+    of ``bfloat16_layers`` (``choose``) asks for)."""
     if len(choices) != layers * len(PRODUCTS):
         return None
     library = forced_library()
@@ -615,7 +644,11 @@ def restore(
     for product in step_products:
         code = int(plan[product.layer, product.kind, 0])
         owner = _LIBRARY_OF[code]
-        if owner not in available or (library is not None and owner != library):
+        if (code == ONEDNN_BF16) != (product.layer in bfloat16_layers):
+            return None
+        if owner not in available or (
+            library is not None and owner != library and code != ONEDNN_BF16
+        ):
             return None
         if not set_choice(plan, product, code, dtype):
             return None
@@ -655,6 +688,8 @@ def _product(plan, layer, kind, addresses, A, B, C):
         )
     elif code == NUMBA:
         _small_matmul(A, B, C)  # noqa: F821
+    elif code == ONEDNN_BF16:
+        _bfloat16_product(addresses[ONEDNN_GEMM_BF16], A, B, C)
     elif code == OPENBLAS_ONE_THREAD and addresses[SET_THREADS] != 0:
         threads = _call_int(addresses[GET_THREADS])  # noqa: F821
         _call_with_int(addresses[SET_THREADS], 1)  # noqa: F821
@@ -686,7 +721,56 @@ def _mkl_fits(fields, A, B, C):
     )
 
 
-_HELPERS = {"_leading": _leading, "_mkl_fits": _mkl_fits}
+def _bfloat16_product(address, A, B, C):
+    """``C = A @ B`` by oneDNN's ``dnnl_gemm_bf16bf16f32`` at ``address``: float32 ``A``
+    and ``B`` (any strides) rounded to bfloat16, float32 accumulation, ``C`` float32 with
+    unit column stride."""
+    m, n, k = C.shape[0], C.shape[1], A.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        C[:] = 0.0
+        return
+    a = _bfloat16_rows(A)
+    b = _bfloat16_rows(B)
+    status = _onednn_gemm(  # noqa: F821
+        address, m, n, k, a.ctypes.data, k, b.ctypes.data, n, C.ctypes.data, C.strides[0] // 4
+    )
+    if status != 0:
+        raise RuntimeError("dnnl_gemm_bf16bf16f32 failed")
+
+
+def _bfloat16_rows(X):
+    """float32 ``X`` (any strides) rounded to bfloat16, to nearest even, as the bits of a
+    C-contiguous uint16 array; read in memory order."""
+    rows, columns = X.shape
+    out = np.empty((rows, columns), dtype=np.uint16)
+    if X.strides[0] >= X.strides[1]:
+        for i in range(rows):
+            for j in range(columns):
+                out[i, j] = _bfloat16_bits(X[i, j])
+    else:
+        for j in range(columns):
+            for i in range(rows):
+                out[i, j] = _bfloat16_bits(X[i, j])
+    return out
+
+
+def _bfloat16_bits(value):
+    """The bfloat16 nearest float32 ``value`` (ties to even; NaN stays a quiet NaN)."""
+    bits = _float32_bits(value)  # noqa: F821
+    if (bits & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((bits >> 16) | 0x40)
+    return np.uint16((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
+
+
+_HELPERS = {
+    "_leading": _leading,
+    "_mkl_fits": _mkl_fits,
+    "_bfloat16_bits": _bfloat16_bits,
+    "_bfloat16_rows": _bfloat16_rows,
+    "_bfloat16_product": _bfloat16_product,
+}
 
 
 @cache
@@ -811,7 +895,61 @@ def _intrinsics() -> dict[str, Any]:
             codegen,
         )
 
+    @intrinsic
+    def _float32_bits(typingctx, value):
+        """The bits of float32 ``value``, as a non-negative int64."""
+
+        def codegen(context, builder, signature, arguments):
+            single = context.cast(builder, arguments[0], signature.args[0], types.float32)
+            return builder.zext(builder.bitcast(single, i32), i64)
+
+        return types.int64(value), codegen
+
+    @intrinsic
+    def _onednn_gemm(typingctx, address, m, n, k, a, lda, b, ldb, c, ldc):
+        """oneDNN's row-major ``dnnl_gemm_bf16bf16f32`` at ``address``: ``C = A @ B``
+        without transposes, alpha 1, beta 0; returns its status (0: success)."""
+
+        def codegen(context, builder, signature, arguments):
+            values = [
+                as_i64(context, builder, value, kind)
+                for value, kind in zip(arguments, signature.args)
+            ]
+            target, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = values
+            single, char = ir.FloatType(), ir.IntType(8)
+            callee = function(
+                builder,
+                target,
+                i32,
+                [char, char, i64, i64, i64, single, pointer, i64, pointer, i64]
+                + [single, pointer, i64],
+            )
+            no_transpose = ir.Constant(char, ord("N"))
+            result = builder.call(
+                callee,
+                [
+                    no_transpose,
+                    no_transpose,
+                    m_,
+                    n_,
+                    k_,
+                    ir.Constant(single, 1.0),
+                    builder.inttoptr(a_, pointer),
+                    lda_,
+                    builder.inttoptr(b_, pointer),
+                    ldb_,
+                    ir.Constant(single, 0.0),
+                    builder.inttoptr(c_, pointer),
+                    ldc_,
+                ],
+            )
+            return builder.sext(result, i64)
+
+        return types.int64(address, m, n, k, a, lda, b, ldb, c, ldc), codegen
+
     return {
+        "_float32_bits": _float32_bits,
+        "_onednn_gemm": _onednn_gemm,
         "_call_int": _call_int,
         "_call_with_int": _call_with_int,
         "_call_kernel": _call_kernel,

@@ -400,13 +400,15 @@ def gemm_plan(
     Y: np.ndarray,
     labels: np.ndarray,
     time_step: Callable[[np.ndarray], float] | None = None,
+    bfloat16_layers: tuple[int, ...] = (),
 ) -> np.ndarray:
     """The plan of ``dense_stack``'s matrix products for these arrays (``cpu_gemm``): the
     one chosen before for the same dtype, batch rows and widths, or one timed now on these
     very arrays, ``outputs[0]`` holding a real batch. Timing writes the outputs, deltas and
     gradients, as a step would, and leaves the weights alone. ``time_step(plan)``, seconds
     per training step with ``plan``, replaces timing ``dense_stack`` alone (the epoch loop
-    times its own steps, the optimizer's included).
+    times its own steps, the optimizer's included). The products of ``bfloat16_layers``
+    run in bfloat16 (``cpu_gemm.choose``).
 
     Raises:
         cpu_gemm.GemmLibraryError: ``DLCORE_GEMM`` is invalid.
@@ -414,10 +416,10 @@ def gemm_plan(
     dtype, rows = outputs[0].dtype, outputs[0].shape[0]
     widths = [outputs[0].shape[1], *(W.shape[1] for W in weights)]
     step_products = cpu_gemm.products(rows, widths)
-    key = cpu_gemm.plan_key(dtype, rows, widths)
+    key = cpu_gemm.plan_key(dtype, rows, widths, bfloat16_layers)
     cached = cpu_gemm.cached_choices(key)
     if cached is not None:
-        plan = cpu_gemm.restore(cached, step_products, len(weights), dtype)
+        plan = cpu_gemm.restore(cached, step_products, len(weights), dtype, bfloat16_layers)
         if plan is not None:
             return plan
     addresses = cpu_gemm.addresses()
@@ -448,7 +450,12 @@ def gemm_plan(
         return time.perf_counter() - start
 
     plan = cpu_gemm.choose(
-        step_products, len(weights), dtype, time_step or time_stack, time_product
+        step_products,
+        len(weights),
+        dtype,
+        time_step or time_stack,
+        time_product,
+        bfloat16_layers,
     )
     cpu_gemm.remember(key, plan)
     return plan

@@ -170,7 +170,9 @@ class ArrayAPIEngine(Engine):
         activation: str,
         *,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> tuple[Array, Array]:
+        self.refuse_product_dtype(product_dtype)
         Z = self.xp.matmul(X, W)
         if b is not None:
             Z = Z + b
@@ -191,7 +193,9 @@ class ArrayAPIEngine(Engine):
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> Array | None:
+        self.refuse_product_dtype(product_dtype)
         xp = self.xp
         if dW is None and not need_dX:
             return None

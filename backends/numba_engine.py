@@ -366,7 +366,9 @@ class NumbaEngine(Engine):
         activation: str,
         *,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> tuple[Array, Array]:
+        self.refuse_product_dtype(product_dtype)
         custom.refuse(self.name, custom.ACTIVATIONS, activation)
         shape = (X.shape[0], W.shape[1])
         Z = self._output(workspace, "Z", shape, X.dtype)
@@ -394,7 +396,9 @@ class NumbaEngine(Engine):
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> Array | None:
+        self.refuse_product_dtype(product_dtype)
         if dW is None and not need_dX:
             return None
         if activation == "linear":
@@ -427,7 +431,10 @@ class NumbaEngine(Engine):
         activations: Sequence[str],
         *,
         workspaces: Sequence[Workspace],
+        product_dtypes: Sequence[str | None] | None = None,
     ) -> tuple[Array, Array]:
+        for product_dtype in product_dtypes or ():
+            self.refuse_product_dtype(product_dtype)
         # Stacks of widths up to 128: two or three kernels (backends/numba_fused.py).
         from . import numba_fused
 

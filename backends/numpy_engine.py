@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import cpu_chunks, cpu_gemm, cpu_jit, xp_activations
+from . import cpu_bf16, cpu_chunks, cpu_gemm, cpu_jit, xp_activations
 from .base import Array, Workspace
 from .generic import ArrayAPIEngine
 from .names import EPSILON
@@ -83,9 +83,10 @@ class NumpyEngine(ArrayAPIEngine):
         activation: str,
         *,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> tuple[Array, Array]:
         shape = (X.shape[0], W.shape[1])
-        Z = np.matmul(X, W, out=_buffer(workspace, "Z", shape, X.dtype))
+        Z = self._matmul(X, W, _buffer(workspace, "Z", shape, X.dtype), product_dtype)
         if b is not None:
             Z += b
         if activation == "linear":
@@ -108,6 +109,7 @@ class NumpyEngine(ArrayAPIEngine):
         db: Array | None,
         need_dX: bool = True,
         workspace: Workspace | None = None,
+        product_dtype: str | None = None,
     ) -> Array | None:
         if dW is None and not need_dX:
             return None
@@ -119,12 +121,29 @@ class NumpyEngine(ArrayAPIEngine):
         else:
             dZ = self.backprop_activation(activation, dY, Z, Y)
         if dW is not None:
-            np.matmul(X.T, dZ, out=dW)
+            self._matmul(X.T, dZ, dW, product_dtype)
             if db is not None:
                 np.sum(dZ, axis=0, out=db)
         if not need_dX:
             return None
-        return np.matmul(dZ, W.T, out=_buffer(workspace, "dX", X.shape, X.dtype))
+        return self._matmul(dZ, W.T, _buffer(workspace, "dX", X.shape, X.dtype), product_dtype)
+
+    def products_in(self, dtype: str) -> tuple[bool, str]:
+        if dtype != "bfloat16":
+            return False, ""
+        return cpu_bf16.status()
+
+    def _matmul(
+        self, A: np.ndarray, B: np.ndarray, out: np.ndarray | None, product_dtype: str | None
+    ) -> np.ndarray:
+        """``A @ B`` (into ``out`` when given), the operands rounded to ``product_dtype``
+        when one is given."""
+        if product_dtype is None:
+            return np.matmul(A, B, out=out)
+        _bfloat16_layers([product_dtype], A.dtype)
+        if out is None:
+            out = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
+        return cpu_bf16.matmul(A, B, out)
 
     def dense_stack_step(
         self,
@@ -137,7 +156,9 @@ class NumpyEngine(ArrayAPIEngine):
         activations: Sequence[str],
         *,
         workspaces: Sequence[Workspace],
+        product_dtypes: Sequence[str | None] | None = None,
     ) -> tuple[Array, Array]:
+        bfloat16_layers = _bfloat16_layers(product_dtypes, X.dtype)
         # a hidden activation without a compiled loop (a custom one) runs operation by operation
         if not cpu_jit.stack_available() or any(
             name not in cpu_jit.ACTIVATION_CODES for name in activations
@@ -151,6 +172,7 @@ class NumpyEngine(ArrayAPIEngine):
                 bias_grads,
                 activations,
                 workspaces=workspaces,
+                product_dtypes=product_dtypes,
             )
         N, dtype = X.shape[0], X.dtype
         # the kernel's arguments but the batch, made once per batch size (the workspaces
@@ -181,7 +203,7 @@ class NumpyEngine(ArrayAPIEngine):
             self._no_targets[dtype] if sparse else Y_true,
             Y_true if sparse else self._no_labels,
         )
-        plan_key = ("dense_stack_plan", N, tuple(activations))
+        plan_key = ("dense_stack_plan", N, tuple(activations), bfloat16_layers)
         plan = workspaces[-1].memo.get(plan_key)
         if plan is None:  # the first step of this batch size chooses the products' libraries
             _, kernels, bias_vectors, kernel_grads, bias_vector_grads, delta_arrays, codes = (
@@ -196,6 +218,7 @@ class NumpyEngine(ArrayAPIEngine):
                 delta_arrays,
                 codes,
                 *targets,
+                bfloat16_layers=bfloat16_layers,
             )
             workspaces[-1].memo[plan_key] = plan
         loss = cpu_jit.kernel("dense_stack")(
@@ -222,7 +245,9 @@ class NumpyEngine(ArrayAPIEngine):
         *,
         count: bool,
         workspaces: Sequence[Workspace],
+        product_dtypes: Sequence[str | None] | None = None,
     ) -> tuple[Array, Array | None] | None:
+        bfloat16_layers = _bfloat16_layers(product_dtypes, X.dtype)
         # large buffers: the per-step updates run on every core, which one loop would not
         if (
             not cpu_jit.stack_available()
@@ -273,7 +298,7 @@ class NumpyEngine(ArrayAPIEngine):
         )
         plans = {}
         for rows, (outputs, row_deltas, Y_batch, labels_batch) in sets.items():
-            key = ("dense_stack_plan", rows, tuple(activations))
+            key = ("dense_stack_plan", rows, tuple(activations), bfloat16_layers)
             plan = workspaces[-1].memo.get(key)
             if plan is None:  # timed on a real batch, as the first step would see it
                 np.take(X, rows_order[:rows], axis=0, out=outputs[0])
@@ -301,6 +326,7 @@ class NumpyEngine(ArrayAPIEngine):
                     Y_batch,
                     labels_batch,
                     time_step=timer,
+                    bfloat16_layers=bfloat16_layers,
                 )
                 workspaces[-1].memo[key] = plan
             plans[rows] = (outputs, row_deltas, Y_batch, labels_batch, plan)
@@ -664,6 +690,28 @@ class NumpyEngine(ArrayAPIEngine):
         if empty is None:
             empty = self._empty_arrays[like.dtype] = np.empty(0, dtype=like.dtype)
         return empty
+
+
+def _bfloat16_layers(
+    product_dtypes: Sequence[str | None] | None, dtype: np.dtype
+) -> tuple[int, ...]:
+    """The layers whose products run in bfloat16 (float32 arrays only); raises
+    ``ValueError`` for another product dtype, ``RuntimeError`` where bfloat16 products are
+    not available here."""
+    layers = []
+    for layer, product_dtype in enumerate(product_dtypes or ()):
+        if product_dtype is None:
+            continue
+        if product_dtype != "bfloat16" or dtype != np.float32:
+            raise ValueError(
+                f"the numpy engine runs float32 products in bfloat16 only, not {dtype} "
+                f"products in {product_dtype}; pass product_dtypes=None"
+            )
+        layers.append(layer)
+    ready, why = cpu_bf16.status()
+    if layers and not ready:
+        raise RuntimeError(f"bfloat16 products are not available here: {why}")
+    return tuple(layers)
 
 
 def _within(A: np.ndarray, buffer: np.ndarray) -> bool:

@@ -194,9 +194,10 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         f'matmul precision "{runner.MIXED_MATMUL_PRECISION}"; torch under torch.autocast '
         "(float16 with a GradScaler on CUDA for mixed_float16, else bfloat16, also on the "
         "CPU) and JAX with its layers in float16/bfloat16 from float32 parameters, both "
-        "with TF32 allowed. Engines without half-precision kernels (numpy; bfloat16 "
-        "everywhere) compute "
-        "float32 and the table says so",
+        "with TF32 allowed. Engines without kernels for the dtype (numba and cupy for "
+        "bfloat16, numpy for float16) compute float32 and the table says so; numpy runs "
+        "bfloat16 layers' matrix products in bfloat16 on float32 arrays where the CPU has "
+        "AVX-512 BF16 or AMX and oneDNN is installed, else float32",
     )
     bench.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     bench.add_argument(

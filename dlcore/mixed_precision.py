@@ -30,7 +30,13 @@ How a model runs a policy:
   float dtype and warns once. The cupy engine computes float16 with cuBLAS
   (tensor cores), the numba engine with kernels that store float16 and compute
   in float32; neither has bfloat16, which runs in float32, and the numpy engine
-  computes both in float32.
+  computes float16 in float32.
+- The numpy engine computes bfloat16 layers of a float32 model as Keras's CPU
+  backends do where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX) and
+  oneDNN is installed (``pip install dlcore[cpu]``): a Dense layer's matrix
+  products take their operands rounded to bfloat16 and accumulate in float32
+  (``Layer.product_dtype``); its activations, gradients and outputs stay float32.
+  Without those it warns once, saying which is missing, and computes in float32.
 """
 
 from __future__ import annotations
@@ -174,18 +180,38 @@ def compute_dtype_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> s
     wanted = policy.compute_dtype
     if engine.supports_dtype(wanted):
         return wanted
+    if product_dtype_on(engine, policy, variable_dtype) is not None:
+        return variable_dtype
     key = (engine.name, wanted)
     if key not in _warned:
         _warned.add(key)
+        accepted, why = engine.products_in(wanted)
+        if wanted == "float16":
+            others = "cupy and numba"
+        elif wanted == "bfloat16":
+            others = "numpy, in its matrix products, on CPUs with AVX-512 BF16 or AMX"
+        else:
+            others = "none yet"
+        reason = f" ({why})" if why and not accepted else ""
         warnings.warn(
-            f"the {engine.name} engine has no {wanted} kernels: layers with dtype policy "
-            f"{policy.name!r} compute in {variable_dtype} on it (the results are "
-            f"{variable_dtype}'s); engines that compute {wanted}: "
-            f"{'cupy and numba' if wanted == 'float16' else 'none yet'}",
+            f"the {engine.name} engine has no {wanted} kernels{reason}: layers with "
+            f"dtype policy {policy.name!r} compute in {variable_dtype} on it (the results "
+            f"are {variable_dtype}'s); engines that compute {wanted}: {others}",
             RuntimeWarning,
             stacklevel=3,
         )
     return variable_dtype
+
+
+def product_dtype_on(engine: Any, policy: DTypePolicy, run_dtype: str) -> str | None:
+    """The dtype the matrix products of a layer of ``policy`` computing in ``run_dtype``
+    round their operands to on ``engine`` (``Engine.products_in``): the policy's compute
+    dtype where the engine has no kernels for it but products in it (for float32 layers
+    only), else ``None``."""
+    wanted = policy.compute_dtype
+    if wanted == run_dtype or run_dtype != "float32" or engine.supports_dtype(wanted):
+        return None
+    return wanted if engine.products_in(wanted)[0] else None
 
 
 __all__ = [

@@ -273,7 +273,12 @@ class Model(Trainer):
             masters, master_grads = weights[view : view + count], gradients[view : view + count]
             run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
             if run_dtype == dtype:
-                layer.bind(engine, masters, master_grads, dtype, owner=self)
+                product_dtype = mixed_precision.product_dtype_on(
+                    engine, layer.dtype_policy, run_dtype
+                )
+                layer.bind(
+                    engine, masters, master_grads, dtype, owner=self, product_dtype=product_dtype
+                )
             else:
                 cast = _WeightCast(
                     layer,

@@ -83,6 +83,7 @@ class _DenseStack:
     weight_grads: list[Array]
     bias_grads: list[Array]
     workspaces: list[Workspace]
+    product_dtypes: list[str | None]
 
 
 @dataclass
@@ -1074,6 +1075,7 @@ class Trainer(abc.ABC):
             run.hyperparameters,
             count=bool(metrics),
             workspaces=stack.workspaces,
+            product_dtypes=stack.product_dtypes,
         )
         if result is None:
             return False
@@ -1310,6 +1312,7 @@ class Trainer(abc.ABC):
             weight_grads=[layer._grads[0] for layer in layers],
             bias_grads=[layer._grads[1] for layer in layers],
             workspaces=[state.workspace for state in states] + [self._model_workspace()],
+            product_dtypes=[layer.product_dtype for layer in layers],
         )
 
     # ------------------------------------------------------------------ one step
@@ -1370,6 +1373,7 @@ class Trainer(abc.ABC):
                 stack.bias_grads,
                 stack.activations,
                 workspaces=stack.workspaces,
+                product_dtypes=stack.product_dtypes,
             )
             metric_values = [
                 metric.batch_value(engine, output, Y[0], workspace) for metric in metric_groups[0]

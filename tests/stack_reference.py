@@ -6,6 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def bfloat16(x):
+    """float64 values of float32 ``x`` rounded to 8 significant bits, ties to even: the
+    formula, independent of the bit operations the engine rounds with (normal numbers)."""
+    mantissa, exponent = np.frexp(np.asarray(x, dtype=np.float32).astype(np.float64))
+    return np.ldexp(np.rint(mantissa * 256) / 256, exponent)
+
+
 def reference_stack_step(X, Y, weights, biases, activations):
     """Float64 forward, Keras cross-entropy and backward of a dense stack, written out."""
     functions = {

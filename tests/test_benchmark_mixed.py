@@ -8,14 +8,16 @@ import math
 import re
 
 import pytest
+from dlcore.backends import cpu_bf16
 
 import dlcore
 from dlcore import config, mixed_precision
 from dlcore.__main__ import main
 from dlcore.benchmark import cases, report, runner
 
-# The numpy engine has no half-precision kernels: it warns once and computes float32,
-# which is what these tests check the report says.
+# The numpy engine has no float16 kernels (and bfloat16 products only on CPUs with
+# AVX-512 BF16 or AMX): it warns once and computes float32, which is what these tests
+# check the report says.
 NO_HALF_KERNELS = pytest.mark.filterwarnings(
     "ignore:the numpy engine has no .*float16 kernels:RuntimeWarning"
 )
@@ -108,7 +110,13 @@ def test_float32_and_mixed_in_one_run_keep_the_targets_on_the_float32_table(tmp_
     float32_at, mixed_at = out.index("=== FLOAT32 ==="), out.index("=== MIXED PRECISION")
     assert float32_at < out.index("Targets") < mixed_at
     mixed_row = next(line for line in out[mixed_at:].splitlines() if line.startswith("tiny "))
-    assert "float32 (no bfloat16 kernels)" in mixed_row
+    # the numpy engine runs bfloat16 products where the CPU and oneDNN allow
+    computed = (
+        "bfloat16 products, float32 output (float32 arrays)"
+        if cpu_bf16.status()[0]
+        else "float32 (no bfloat16 kernels)"
+    )
+    assert computed in mixed_row
     assert re.fullmatch(r"\d+\.\d\dx", mixed_row.split()[7])  # samples/s vs float32
     assert "loss scaling" not in mixed_row  # only mixed_float16 scales the loss
     data = json.loads(path.read_text())
@@ -194,8 +202,9 @@ def test_the_trainer_reports_the_dtypes_its_layers_ran_in():
 
 def test_an_engine_that_computes_the_policy_reports_it_without_a_fallback():
     class Ran:
-        def __init__(self, dtype):
+        def __init__(self, dtype, product_dtype=None):
             self.run_dtype = dtype
+            self.product_dtype = product_dtype
 
     model = type("FakeModel", (), {})()
     model.layers = [Ran("float16"), Ran("float16"), Ran("float32")]
@@ -204,6 +213,14 @@ def test_an_engine_that_computes_the_policy_reports_it_without_a_fallback():
     found = runner.model_arithmetic(model, "mixed_float16")
     assert found == runner.Arithmetic(
         "float16, float32 output; loss scaling", ("float16", "float16", "float32"), None
+    )
+    # the numpy engine's bfloat16: products in bfloat16, arrays in float32
+    model.layers = [Ran("float32", "bfloat16"), Ran("float32", "bfloat16"), Ran("float32")]
+    model.engine = type("FakeEngine", (), {"name": "numpy"})()
+    model.optimizer = dlcore.optimizers.Adam()
+    found = runner.model_arithmetic(model, "mixed_bfloat16")
+    assert found == runner.Arithmetic(
+        "bfloat16 products, float32 output (float32 arrays)", ("float32",) * 3, None
     )
 
 

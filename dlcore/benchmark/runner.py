@@ -231,18 +231,26 @@ class Arithmetic:
 
 
 def model_arithmetic(model: Sequential, precision: str) -> Arithmetic:
-    """What ``model`` computed in, read from its layers' ``run_dtype`` once it has run on its
-    engine, for a model built under the dtype policy ``precision``."""
+    """What ``model`` computed in, read from its layers' ``run_dtype`` (and
+    ``product_dtype``, where an engine runs only the matrix products in the policy's
+    dtype) once it has run on its engine, for a model built under the dtype policy
+    ``precision``."""
     dtypes = tuple(layer.run_dtype for layer in model.layers)
     wanted = mixed_precision.DTypePolicy(precision).compute_dtype
-    hidden, output = dtypes[:-1], dtypes[-1]
+    products = tuple(layer.product_dtype for layer in model.layers)
+    labels = [
+        f"{product} products" if product else dtype for product, dtype in zip(products, dtypes)
+    ]
+    hidden, output = labels[:-1], labels[-1]
     engine = model.engine.name if model.engine is not None else "its"
     computed = "/".join(dict.fromkeys(hidden)) or output
     fallback = None
-    if any(dtype != wanted for dtype in hidden):
+    if any((product or dtype) != wanted for product, dtype in zip(products[:-1], dtypes[:-1])):
         fallback = f"the {engine} engine has no {wanted} kernels: its layers ran in {computed}"
         computed += f" (no {wanted} kernels)"
     summary = computed if set(hidden) == {output} else f"{computed}, {output} output"
+    if any(products):
+        summary += " (float32 arrays)"
     if isinstance(model.optimizer, LossScaleOptimizer):
         summary += "; loss scaling"
     return Arithmetic(summary, dtypes, fallback)

@@ -243,6 +243,9 @@ class Layer:
         # the dtype this layer computes in on its engine, set by bind: the policy's
         # compute dtype, or the model's where the engine has no kernels for it
         self.run_dtype = "float32"
+        # the dtype the layer's matrix products round their operands to, where the
+        # engine computes run_dtype arrays with products in the policy's compute dtype
+        self.product_dtype: str | None = None
         # the views forward and backward use; the master weights and their gradients
         # (_variables, _variable_grads) are the same arrays unless run_dtype differs
         # from dtype, when these are copies in run_dtype
@@ -301,13 +304,15 @@ class Layer:
         run_dtype: str | None = None,
         variables: list[Array] | None = None,
         variable_grads: list[Array] | None = None,
+        product_dtype: str | None = None,
     ) -> None:
         """Attach the layer to its views into ``owner``'s flat buffers (of ``dtype``).
 
         ``params`` and ``grads`` are what ``forward`` and ``backward`` use, in
         ``run_dtype`` (default ``dtype``); when that differs, ``variables`` and
         ``variable_grads`` are the master weights and gradients in ``dtype``, which
-        the owner keeps in step with them.
+        the owner keeps in step with them. ``product_dtype``: what the layer's matrix
+        products round their operands to (``mixed_precision.product_dtype_on``).
         """
         self.engine = engine
         self._params = params
@@ -316,6 +321,7 @@ class Layer:
         self._variable_grads = grads if variable_grads is None else variable_grads
         self.dtype = dtype
         self.run_dtype = dtype if run_dtype is None else run_dtype
+        self.product_dtype = product_dtype
         self._owner = owner
         self._carried = None
 

@@ -160,6 +160,7 @@ class Dense(Layer):
             params[1] if self.use_bias else None,
             self.activation,
             workspace=state.workspace if training and state is not None else None,
+            product_dtype=self.product_dtype,
         )
         if training and state is not None:
             state.cache = (X, Z, Y)
@@ -191,6 +192,7 @@ class Dense(Layer):
             db=db,
             need_dX=need_dX,
             workspace=state.workspace,
+            product_dtype=self.product_dtype,
         )
 
     def backward(self, dY, *, state, need_dX, param_grads):
