@@ -16,9 +16,14 @@ shape. So the NumPy engine chooses per product, by measurement (``plan``), among
   (AMD) MKL hands back its standard GEMM, which is what gets timed there;
 - ``numba``: a register-blocked loop compiled by Numba (``cpu_small_gemm``).
 
-The products of a layer whose dtype policy computes in bfloat16 are not chosen: they all
-run on ``onednn/bf16``, oneDNN's bfloat16 product with float32 accumulation
-(``cpu_bf16``), with their operands rounded to bfloat16 as they are copied for it.
+The products of a step with layers whose dtype policy computes in bfloat16 are not
+chosen: those layers' run on ``onednn/bf16``, oneDNN's bfloat16 product with float32
+accumulation (``cpu_bf16``), their operands rounded to bfloat16 as they are copied for
+it, and the other layers' on ``openblas/1``. OpenBLAS's threads, waiting for work between
+their calls, take the cores from oneDNN's OpenMP threads: the bench's medium step on a
+2-core Zen 4 took 17.6-21.8 ms with every product in bfloat16, and 30-34 ms once its
+float32 output layer ran on OpenBLAS's two threads or oneDNN's float32 product, against
+20.6-21.7 ms with it on one OpenBLAS thread (26.4 ms all in float32).
 
 Because threads interfere with what runs between the products, a step of at most
 ``STEP_TIMING_MAX_SECONDS`` is timed whole: each product in turn (the largest first)
@@ -444,7 +449,8 @@ def choose(
         time_step: seconds of one whole step computed with a given plan.
         time_product: seconds of one product computed with a given plan.
         bfloat16_layers: the layers whose products run in bfloat16 (``ONEDNN_BF16``,
-            untimed; float32 only, and only where ``cpu_bf16.status()`` allows).
+            untimed; float32 only, and only where ``cpu_bf16.status()`` allows); the
+            other layers' products then run on ``OPENBLAS_ONE_THREAD``.
 
     Returns:
         The plan, int64 ``(layers, 3, PLAN_FIELDS)``.
@@ -454,12 +460,12 @@ def choose(
     """
     library = forced_library()
     threads = _openblas_threads()
-    options = {
-        product: [ONEDNN_BF16]
-        if product.layer in bfloat16_layers
-        else candidates(product, library, threads)
-        for product in step_products
-    }
+    if bfloat16_layers:
+        options = {
+            product: [_bfloat16_step_code(product, bfloat16_layers)] for product in step_products
+        }
+    else:
+        options = {product: candidates(product, library, threads) for product in step_products}
     plan = empty_plan(layers, options[step_products[0]][0] if step_products else OPENBLAS)
     for product in step_products:
         set_choice(plan, product, options[product][0], dtype)
@@ -481,6 +487,11 @@ def choose(
         timings = _interleaved_best_seconds(runs)
         set_choice(plan, product, min(timings, key=timings.__getitem__), dtype)
     return plan
+
+
+def _bfloat16_step_code(product: Product, bfloat16_layers: Collection[int]) -> int:
+    """The candidate of ``product`` in a step with layers ``bfloat16_layers`` in bfloat16."""
+    return ONEDNN_BF16 if product.layer in bfloat16_layers else OPENBLAS_ONE_THREAD
 
 
 def _interleaved_best_seconds(runs: Mapping[int, Callable[[], float]]) -> dict[int, float]:
@@ -644,11 +655,10 @@ def restore(
     for product in step_products:
         code = int(plan[product.layer, product.kind, 0])
         owner = _LIBRARY_OF[code]
-        if (code == ONEDNN_BF16) != (product.layer in bfloat16_layers):
-            return None
-        if owner not in available or (
-            library is not None and owner != library and code != ONEDNN_BF16
-        ):
+        if bfloat16_layers:
+            if code != _bfloat16_step_code(product, bfloat16_layers) or owner not in available:
+                return None
+        elif code == ONEDNN_BF16 or owner not in available or library not in (None, owner):
             return None
         if not set_choice(plan, product, code, dtype):
             return None
@@ -731,13 +741,35 @@ def _bfloat16_product(address, A, B, C):
     if k == 0:
         C[:] = 0.0
         return
-    a = _bfloat16_rows(A)
-    b = _bfloat16_rows(B)
+    # a transposed view is rounded as it is stored, and passed transposed
+    if _leading(A, 4) < 0:
+        a, transpose_a = _bfloat16_rows(A.T), _TRANSPOSE
+    else:
+        a, transpose_a = _bfloat16_rows(A), _NO_TRANSPOSE
+    if _leading(B, 4) < 0:
+        b, transpose_b = _bfloat16_rows(B.T), _TRANSPOSE
+    else:
+        b, transpose_b = _bfloat16_rows(B), _NO_TRANSPOSE
     status = _onednn_gemm(  # noqa: F821
-        address, m, n, k, a.ctypes.data, k, b.ctypes.data, n, C.ctypes.data, C.strides[0] // 4
+        address,
+        transpose_a,
+        transpose_b,
+        m,
+        n,
+        k,
+        a.ctypes.data,
+        a.shape[1],
+        b.ctypes.data,
+        b.shape[1],
+        C.ctypes.data,
+        C.strides[0] // 4,
     )
     if status != 0:
         raise RuntimeError("dnnl_gemm_bf16bf16f32 failed")
+
+
+# oneDNN's transpose flags, as characters
+_NO_TRANSPOSE, _TRANSPOSE = ord("N"), ord("T")
 
 
 def _bfloat16_rows(X):
@@ -906,16 +938,17 @@ def _intrinsics() -> dict[str, Any]:
         return types.int64(value), codegen
 
     @intrinsic
-    def _onednn_gemm(typingctx, address, m, n, k, a, lda, b, ldb, c, ldc):
-        """oneDNN's row-major ``dnnl_gemm_bf16bf16f32`` at ``address``: ``C = A @ B``
-        without transposes, alpha 1, beta 0; returns its status (0: success)."""
+    def _onednn_gemm(typingctx, address, transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+        """oneDNN's row-major ``dnnl_gemm_bf16bf16f32`` at ``address``: ``C = op(A) @
+        op(B)``, ``transa``/``transb`` the characters N or T, alpha 1, beta 0; returns its
+        status (0: success)."""
 
         def codegen(context, builder, signature, arguments):
             values = [
                 as_i64(context, builder, value, kind)
                 for value, kind in zip(arguments, signature.args)
             ]
-            target, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = values
+            target, ta_, tb_, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = values
             single, char = ir.FloatType(), ir.IntType(8)
             callee = function(
                 builder,
@@ -924,12 +957,11 @@ def _intrinsics() -> dict[str, Any]:
                 [char, char, i64, i64, i64, single, pointer, i64, pointer, i64]
                 + [single, pointer, i64],
             )
-            no_transpose = ir.Constant(char, ord("N"))
             result = builder.call(
                 callee,
                 [
-                    no_transpose,
-                    no_transpose,
+                    builder.trunc(ta_, char),
+                    builder.trunc(tb_, char),
                     m_,
                     n_,
                     k_,
@@ -945,7 +977,7 @@ def _intrinsics() -> dict[str, Any]:
             )
             return builder.sext(result, i64)
 
-        return types.int64(address, m, n, k, a, lda, b, ldb, c, ldc), codegen
+        return types.int64(address, transa, transb, m, n, k, a, lda, b, ldb, c, ldc), codegen
 
     return {
         "_float32_bits": _float32_bits,

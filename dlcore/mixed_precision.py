@@ -192,7 +192,7 @@ def compute_dtype_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> s
             others = "numpy, in its matrix products, on CPUs with AVX-512 BF16 or AMX"
         else:
             others = "none yet"
-        reason = f" ({why})" if why and not accepted else ""
+        reason = f" ({wanted} is not accelerated here: {why})" if why and not accepted else ""
         warnings.warn(
             f"the {engine.name} engine has no {wanted} kernels{reason}: layers with "
             f"dtype policy {policy.name!r} compute in {variable_dtype} on it (the results "

@@ -300,7 +300,10 @@ def test_without_bfloat16_products_the_policy_warns_why_and_computes_float32(mon
     monkeypatch.setattr(NumpyEngine, "products_in", lambda self, dtype: (False, reason))
     mixed_precision.set_global_policy("mixed_bfloat16")
     model = _model()
-    with pytest.warns(RuntimeWarning, match=r"no bfloat16 kernels \(this CPU has neither"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"no bfloat16 kernels \(bfloat16 is not accelerated here: this CPU has neither",
+    ):
         model.predict(np.ones((2, 64), dtype=np.float32), verbose=0)
     assert [layer.product_dtype for layer in model.layers] == [None] * 3
 
@@ -313,3 +316,26 @@ def test_a_float64_model_keeps_float64_products(monkeypatch):
     with pytest.warns(RuntimeWarning, match="compute in float64"):
         model.predict(np.ones((2, 64)), verbose=0)
     assert [layer.product_dtype for layer in model.layers] == [None] * 3
+
+
+@needs_bf16
+@needs_stack
+def test_a_step_with_bfloat16_layers_runs_the_others_on_one_openblas_thread():
+    """No timing: bfloat16 layers on oneDNN, the rest on OpenBLAS's calling thread alone
+    (its waiting threads would take the cores from oneDNN's), restored only for the same
+    layers."""
+    step_products = cpu_gemm.products(32, (64, 24, 10))
+
+    def never(*_):
+        raise AssertionError("a step with bfloat16 layers is not timed")
+
+    plan = cpu_gemm.choose(step_products, 2, np.dtype("float32"), never, never, (0,))
+    assert plan[0, :, 0].tolist()[:2] == [cpu_gemm.ONEDNN_BF16] * 2
+    assert plan[1, :, 0].tolist() == [cpu_gemm.OPENBLAS_ONE_THREAD] * 3
+    choices = plan[:, :, 0].ravel().tolist()
+    float32 = np.dtype("float32")
+    assert cpu_gemm.restore(choices, step_products, 2, float32, (0,)) is not None
+    assert cpu_gemm.restore(choices, step_products, 2, float32, (0, 1)) is None
+    assert cpu_gemm.restore(choices, step_products, 2, float32) is None
+    widths = (64, 24, 10)
+    assert cpu_gemm.plan_key(float32, 32, widths, (0,)) != cpu_gemm.plan_key(float32, 32, widths)
