@@ -81,6 +81,9 @@ PLAN_FIELDS = 5
 SET_THREADS, GET_THREADS, BLIS_F32, BLIS_F64, ONEDNN_GEMM_BF16 = range(5)
 ADDRESSES = 5
 
+#: the scratch of compiled products without bfloat16 ones (``scratch_elements``)
+NO_SCRATCH = np.empty(0, dtype=np.uint16)
+
 ENVIRONMENT = "DLCORE_GEMM"
 CACHE_ENVIRONMENT = "DLCORE_GEMM_CACHE"
 
@@ -489,6 +492,14 @@ def choose(
     return plan
 
 
+def scratch_elements(step_products: Sequence[Product], bfloat16_layers: Collection[int]) -> int:
+    """The uint16 elements the compiled products of a step round their bfloat16 operands
+    into: the largest ``m k + k n`` among the products of ``bfloat16_layers``."""
+    return max(
+        (p.m * p.k + p.k * p.n for p in step_products if p.layer in bfloat16_layers), default=0
+    )
+
+
 def _bfloat16_step_code(product: Product, bfloat16_layers: Collection[int]) -> int:
     """The candidate of ``product`` in a step with layers ``bfloat16_layers`` in bfloat16."""
     return ONEDNN_BF16 if product.layer in bfloat16_layers else OPENBLAS_ONE_THREAD
@@ -668,10 +679,12 @@ def restore(
 # --------------------------------------------------------------------------- compiled
 # _product calls the intrinsics of ``_intrinsics`` and ``cpu_small_gemm``'s kernel, which
 # ``compiled_product`` binds in this module's globals before compiling it (F821 below).
-def _product(plan, layer, kind, addresses, A, B, C):
+def _product(plan, layer, kind, addresses, scratch, A, B, C):
     """``C = A @ B`` (``np.dot(A, B, C)``'s operands: ``A``, ``B`` possibly transposed
     views) by the candidate ``plan[layer, kind]`` names; NumPy's ``np.dot`` where MKL's
-    kernel was made for other strides than these."""
+    kernel was made for other strides than these. ``scratch``: uint16 ``(n,)`` where a
+    bfloat16 product rounds its operands to (``scratch_elements``; allocated here when
+    it is shorter)."""
     code = plan[layer, kind, 0]
     size = C.itemsize
     if code == BLIS:
@@ -699,7 +712,7 @@ def _product(plan, layer, kind, addresses, A, B, C):
     elif code == NUMBA:
         _small_matmul(A, B, C)  # noqa: F821
     elif code == ONEDNN_BF16:
-        _bfloat16_product(addresses[ONEDNN_GEMM_BF16], A, B, C)
+        _bfloat16_product(addresses[ONEDNN_GEMM_BF16], A, B, C, scratch)
     elif code == OPENBLAS_ONE_THREAD and addresses[SET_THREADS] != 0:
         threads = _call_int(addresses[GET_THREADS])  # noqa: F821
         _call_with_int(addresses[SET_THREADS], 1)  # noqa: F821
@@ -731,25 +744,32 @@ def _mkl_fits(fields, A, B, C):
     )
 
 
-def _bfloat16_product(address, A, B, C):
+def _bfloat16_product(address, A, B, C, scratch):
     """``C = A @ B`` by oneDNN's ``dnnl_gemm_bf16bf16f32`` at ``address``: float32 ``A``
-    and ``B`` (any strides) rounded to bfloat16, float32 accumulation, ``C`` float32 with
-    unit column stride."""
+    and ``B`` (any strides) rounded to bfloat16 into ``scratch``, float32 accumulation,
+    ``C`` float32 with unit column stride."""
     m, n, k = C.shape[0], C.shape[1], A.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0:
         C[:] = 0.0
         return
+    if scratch.shape[0] < m * k + k * n:
+        scratch = np.empty(m * k + k * n, dtype=np.uint16)
+    a, b = scratch[: m * k], scratch[m * k : m * k + k * n]
     # a transposed view is rounded as it is stored, and passed transposed
     if _leading(A, 4) < 0:
-        a, transpose_a = _bfloat16_rows(A.T), _TRANSPOSE
+        _round_to_bfloat16(A.T, a)
+        transpose_a, lda = _TRANSPOSE, m
     else:
-        a, transpose_a = _bfloat16_rows(A), _NO_TRANSPOSE
+        _round_to_bfloat16(A, a)
+        transpose_a, lda = _NO_TRANSPOSE, k
     if _leading(B, 4) < 0:
-        b, transpose_b = _bfloat16_rows(B.T), _TRANSPOSE
+        _round_to_bfloat16(B.T, b)
+        transpose_b, ldb = _TRANSPOSE, k
     else:
-        b, transpose_b = _bfloat16_rows(B), _NO_TRANSPOSE
+        _round_to_bfloat16(B, b)
+        transpose_b, ldb = _NO_TRANSPOSE, n
     status = _onednn_gemm(  # noqa: F821
         address,
         transpose_a,
@@ -758,9 +778,9 @@ def _bfloat16_product(address, A, B, C):
         n,
         k,
         a.ctypes.data,
-        a.shape[1],
+        lda,
         b.ctypes.data,
-        b.shape[1],
+        ldb,
         C.ctypes.data,
         C.strides[0] // 4,
     )
@@ -772,20 +792,19 @@ def _bfloat16_product(address, A, B, C):
 _NO_TRANSPOSE, _TRANSPOSE = ord("N"), ord("T")
 
 
-def _bfloat16_rows(X):
-    """float32 ``X`` (any strides) rounded to bfloat16, to nearest even, as the bits of a
-    C-contiguous uint16 array; read in memory order."""
+def _round_to_bfloat16(X, out):
+    """Write float32 ``X`` (any strides) rounded to bfloat16, to nearest even, into the
+    first ``X.size`` elements of uint16 ``out`` as the bits of a row-major array; read in
+    memory order."""
     rows, columns = X.shape
-    out = np.empty((rows, columns), dtype=np.uint16)
     if X.strides[0] >= X.strides[1]:
         for i in range(rows):
             for j in range(columns):
-                out[i, j] = _bfloat16_bits(X[i, j])
+                out[i * columns + j] = _bfloat16_bits(X[i, j])
     else:
         for j in range(columns):
             for i in range(rows):
-                out[i, j] = _bfloat16_bits(X[i, j])
-    return out
+                out[i * columns + j] = _bfloat16_bits(X[i, j])
 
 
 def _bfloat16_bits(value):
@@ -800,7 +819,7 @@ _HELPERS = {
     "_leading": _leading,
     "_mkl_fits": _mkl_fits,
     "_bfloat16_bits": _bfloat16_bits,
-    "_bfloat16_rows": _bfloat16_rows,
+    "_round_to_bfloat16": _round_to_bfloat16,
     "_bfloat16_product": _bfloat16_product,
 }
 

@@ -280,7 +280,18 @@ def _column_sums(delta, out):
 
 
 def _dense_stack(
-    outputs, weights, biases, weight_grads, bias_grads, deltas, codes, Y, labels, plan, addresses
+    outputs,
+    weights,
+    biases,
+    weight_grads,
+    bias_grads,
+    deltas,
+    codes,
+    Y,
+    labels,
+    plan,
+    addresses,
+    scratch,
 ):
     """Forward, softmax + categorical cross-entropy, and backward of ``L`` dense layers.
 
@@ -295,6 +306,8 @@ def _dense_stack(
         labels: int64 class labels ``(N,)``, or ``(0,)`` with one-hot ``Y``.
         plan: int64 ``(L, 3, cpu_gemm.PLAN_FIELDS)``, the library of each matrix product
             (``cpu_gemm.plan``); addresses: int64, ``cpu_gemm.addresses()``.
+        scratch: uint16 ``(cpu_gemm.scratch_elements(...),)``, where bfloat16 products
+            round their operands to (empty without them).
 
     Returns:
         The batch-mean loss, as a float64.
@@ -307,7 +320,9 @@ def _dense_stack(
     inv_n = outputs[0].dtype.type(1.0 / N)
     for layer in range(layers):
         A = outputs[layer + 1]
-        _product(plan, layer, FORWARD, addresses, outputs[layer], weights[layer], A)  # noqa: F821
+        _product(  # noqa: F821
+            plan, layer, FORWARD, addresses, scratch, outputs[layer], weights[layer], A
+        )
         _bias_and_activation(A, biases[layer], codes[layer] if layer < layers - 1 else 0, one)
     P = outputs[layers]
     delta = deltas[layers - 1]
@@ -343,11 +358,25 @@ def _dense_stack(
             _activation_gradient(delta, outputs[layer + 1], codes[layer], one)
         _column_sums(delta, bias_grads[layer])
         _product(  # noqa: F821
-            plan, layer, WEIGHT_GRADIENT, addresses, outputs[layer].T, delta, weight_grads[layer]
+            plan,
+            layer,
+            WEIGHT_GRADIENT,
+            addresses,
+            scratch,
+            outputs[layer].T,
+            delta,
+            weight_grads[layer],
         )
         if layer > 0:
             _product(  # noqa: F821
-                plan, layer, INPUT_GRADIENT, addresses, delta, weights[layer].T, deltas[layer - 1]
+                plan,
+                layer,
+                INPUT_GRADIENT,
+                addresses,
+                scratch,
+                delta,
+                weights[layer].T,
+                deltas[layer - 1],
             )
     return loss / N
 
@@ -359,10 +388,10 @@ def _time_stack(repeats, *arguments):
         _dense_stack(*arguments)
 
 
-def _time_product(repeats, plan, layer, kind, addresses, A, B, C):
+def _time_product(repeats, plan, layer, kind, addresses, scratch, A, B, C):
     """Product ``kind`` of ``layer`` by ``plan``, ``repeats`` times."""
     for _ in range(repeats):
-        _product(plan, layer, kind, addresses, A, B, C)  # noqa: F821
+        _product(plan, layer, kind, addresses, scratch, A, B, C)  # noqa: F821
 
 
 _HELPERS = {
@@ -430,11 +459,11 @@ def gemm_plan(
     def time_stack(plan: np.ndarray) -> float:
         if not repeats[0]:  # calls of about _STEP_TIMING_SECONDS, so that dispatch does not count
             start = time.perf_counter()
-            stack(1, *arguments, plan, addresses)
+            stack(1, *arguments, plan, addresses, cpu_gemm.NO_SCRATCH)
             elapsed = time.perf_counter() - start
             repeats[0] = max(1, int(_STEP_TIMING_SECONDS / max(elapsed, 1e-9)))
         start = time.perf_counter()
-        stack(repeats[0], *arguments, plan, addresses)
+        stack(repeats[0], *arguments, plan, addresses, cpu_gemm.NO_SCRATCH)
         return (time.perf_counter() - start) / repeats[0]
 
     def time_product(plan: np.ndarray, product: cpu_gemm.Product) -> float:
@@ -446,7 +475,7 @@ def gemm_plan(
         else:
             operands = (deltas[layer], weights[layer].T, deltas[layer - 1])
         start = time.perf_counter()
-        product_kernel(1, plan, layer, product.kind, addresses, *operands)
+        product_kernel(1, plan, layer, product.kind, addresses, cpu_gemm.NO_SCRATCH, *operands)
         return time.perf_counter() - start
 
     plan = cpu_gemm.choose(
@@ -590,6 +619,7 @@ def _dense_stack_epoch(
     losses,
     correct,
     addresses,
+    scratch,
 ):
     """``S`` training steps of a dense stack: per step, the batch gathered, ``_dense_stack``,
     the correct predictions counted, then the optimizer's update.
@@ -612,7 +642,8 @@ def _dense_stack_epoch(
             equal to the target's class).
         losses: float64 ``(S,)``, written with each step's batch-mean loss.
         correct: int64 ``(S,)``, written with each step's count when ``count``.
-        addresses: int64, ``cpu_gemm.addresses()``.
+        addresses: int64, ``cpu_gemm.addresses()``; scratch: as ``_dense_stack`` takes it,
+            for the larger of the two plans.
     """
     n = order.shape[0]
     for s in range(losses.shape[0]):
@@ -643,6 +674,7 @@ def _dense_stack_epoch(
             labels_batch,
             plan,
             addresses,
+            scratch,
         )
         if count:
             P = outputs[len(outputs) - 1]

@@ -221,8 +221,9 @@ class NumpyEngine(ArrayAPIEngine):
                 bfloat16_layers=bfloat16_layers,
             )
             workspaces[-1].memo[plan_key] = plan
+        scratch = _bfloat16_scratch(workspaces[-1], N, weights, bfloat16_layers)
         loss = cpu_jit.kernel("dense_stack")(
-            outputs, *arguments[1:], *targets, plan, cpu_gemm.addresses()
+            outputs, *arguments[1:], *targets, plan, cpu_gemm.addresses(), scratch
         )
         return dtype.type(loss), outputs[-1]
 
@@ -354,6 +355,7 @@ class NumpyEngine(ArrayAPIEngine):
             losses,
             correct,
             cpu_gemm.addresses(),
+            _bfloat16_scratch(workspaces[-1], max(sets), weights, bfloat16_layers),
         )
         # rounded as dense_stack_step and count_correct round their results
         return losses.astype(dtype), correct.astype(dtype) if count else None
@@ -714,6 +716,22 @@ def _bfloat16_layers(
     return tuple(layers)
 
 
+def _bfloat16_scratch(
+    workspace: Workspace, rows: int, weights: Sequence[np.ndarray], bfloat16_layers: tuple[int, ...]
+) -> np.ndarray:
+    """The uint16 array the compiled step's bfloat16 products round their operands into,
+    for batches of up to ``rows`` (made once per workspace and size)."""
+    if not bfloat16_layers:
+        return cpu_gemm.NO_SCRATCH
+    widths = [weights[0].shape[0], *(W.shape[1] for W in weights)]
+    size = cpu_gemm.scratch_elements(cpu_gemm.products(rows, widths), bfloat16_layers)
+    key = ("bfloat16_scratch", size)
+    scratch = workspace.memo.get(key)
+    if scratch is None:
+        scratch = workspace.memo[key] = np.empty(size, dtype=np.uint16)
+    return scratch
+
+
 def _within(A: np.ndarray, buffer: np.ndarray) -> bool:
     """Whether ``A`` is a C-contiguous view lying inside the flat ``buffer``."""
     start = A.__array_interface__["data"][0] - buffer.__array_interface__["data"][0]
@@ -791,6 +809,7 @@ class _EpochTimer:
                 np.empty(steps, dtype=np.float64),
                 np.zeros(steps, dtype=np.int64),
                 cpu_gemm.addresses(),
+                cpu_gemm.NO_SCRATCH,  # bfloat16 plans are not timed
             ),
         )
 

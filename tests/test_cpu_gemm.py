@@ -111,7 +111,8 @@ def test_each_candidate_computes_a_product_of_any_strides(rng, code, kind, strid
     plan = cpu_gemm.empty_plan(1)
     assert cpu_gemm.set_choice(plan, product, code, np.dtype("float32"))
     C = np.full((m, n), np.nan, dtype="float32")
-    cpu_gemm.compiled_product()(plan, 0, kind, cpu_gemm.addresses(), A, B, C)
+    scratch = cpu_gemm.NO_SCRATCH  # a bfloat16 product allocates its own then
+    cpu_gemm.compiled_product()(plan, 0, kind, cpu_gemm.addresses(), scratch, A, B, C)
     if code == cpu_gemm.ONEDNN_BF16:  # its operands rounded to bfloat16, float32 sums
         expected = bfloat16(A) @ bfloat16(B)
         assert np.abs(C - A.astype(float) @ B.astype(float)).max() > 1e-3
