@@ -757,19 +757,8 @@ def _bfloat16_product(address, A, B, C, scratch):
     if scratch.shape[0] < m * k + k * n:
         scratch = np.empty(m * k + k * n, dtype=np.uint16)
     a, b = scratch[: m * k], scratch[m * k : m * k + k * n]
-    # a transposed view is rounded as it is stored, and passed transposed
-    if _leading(A, 4) < 0:
-        _round_to_bfloat16(A.T, a)
-        transpose_a, lda = _TRANSPOSE, m
-    else:
-        _round_to_bfloat16(A, a)
-        transpose_a, lda = _NO_TRANSPOSE, k
-    if _leading(B, 4) < 0:
-        _round_to_bfloat16(B.T, b)
-        transpose_b, ldb = _TRANSPOSE, k
-    else:
-        _round_to_bfloat16(B, b)
-        transpose_b, ldb = _NO_TRANSPOSE, n
+    transpose_a, lda = _round_operand(A, a)
+    transpose_b, ldb = _round_operand(B, b)
     status = _onednn_gemm(  # noqa: F821
         address,
         transpose_a,
@@ -790,6 +779,17 @@ def _bfloat16_product(address, A, B, C, scratch):
 
 # oneDNN's transpose flags, as characters
 _NO_TRANSPOSE, _TRANSPOSE = ord("N"), ord("T")
+
+
+def _round_operand(X, out):
+    """Round float32 ``X`` to bfloat16 into ``out`` as it is stored (a transposed view of
+    a C-contiguous array as that array); oneDNN's transpose flag and leading dimension
+    for the result."""
+    if _leading(X, 4) < 0:
+        _round_to_bfloat16(X.T, out)
+        return _TRANSPOSE, X.shape[0]
+    _round_to_bfloat16(X, out)
+    return _NO_TRANSPOSE, X.shape[1]
 
 
 def _round_to_bfloat16(X, out):
@@ -820,6 +820,7 @@ _HELPERS = {
     "_mkl_fits": _mkl_fits,
     "_bfloat16_bits": _bfloat16_bits,
     "_round_to_bfloat16": _round_to_bfloat16,
+    "_round_operand": _round_operand,
     "_bfloat16_product": _bfloat16_product,
 }
 
