@@ -7,7 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from dlcore.backends import cpu_chunks, cpu_gemm, cpu_jit, xp_optimizers
+from dlcore.backends import cpu_bf16, cpu_chunks, cpu_gemm, cpu_jit, xp_optimizers
 from dlcore.backends.base import Workspace
 from dlcore.backends.names import OPTIMIZER_RULES
 from dlcore.backends.numpy_engine import NumpyEngine
@@ -243,13 +243,25 @@ def _fit_counting(epochs, model=None, metrics=None):
 
 
 @pytest.mark.parametrize("metrics", [None, ["accuracy"]], ids=["loss", "accuracy"])
-@pytest.mark.parametrize("jit", [True, False], ids=["numba-jit", "numpy-only"])
-def test_a_training_step_allocates_no_array_after_the_first_epoch(monkeypatch, jit, metrics):
+@pytest.mark.parametrize(
+    ("jit", "policy"),
+    [(True, "float32"), (False, "float32"), (True, "mixed_bfloat16")],
+    ids=["numba-jit", "numpy-only", "numba-jit-bfloat16-products"],
+)
+def test_a_training_step_allocates_no_array_after_the_first_epoch(
+    monkeypatch, jit, policy, metrics
+):
     if jit and not cpu_jit.available():
         pytest.skip("Numba is not installed")
+    if policy == "mixed_bfloat16" and not cpu_bf16.status()[0]:
+        pytest.skip(f"no bfloat16 products here: {cpu_bf16.status()[1]}")
     if not jit:
         monkeypatch.setattr(cpu_jit, "available", lambda: False)
+    dlcore.mixed_precision.set_global_policy(policy)  # undone by conftest
     model, _ = _fit_counting(epochs=1, metrics=metrics)
+    assert {layer.product_dtype for layer in model.layers} == {
+        "bfloat16" if policy == "mixed_bfloat16" else None
+    }
     _, counter = _fit_counting(epochs=2, model=model)
     assert counter.new_arrays == [0] * 6
     assert max(counter.peak_rise) < TRANSIENT_BYTES < SMALLEST_ARRAY_BYTES, counter.peak_rise
