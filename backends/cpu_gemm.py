@@ -841,6 +841,15 @@ def compiled_product() -> Callable[..., Any]:
     return jit(_product)
 
 
+def compiled_bfloat16_product() -> Callable[..., Any]:
+    """The bfloat16 product ``_product`` runs, compiled: ``f(address, A, B, C, scratch)``
+    with ``addresses()[ONEDNN_GEMM_BF16]``, float32 ``A (m, k)``, ``B (k, n)`` of any
+    strides, float32 ``C (m, n)`` with unit column stride, and uint16 ``scratch`` of at
+    least ``m k + k n`` elements (allocated per call when shorter)."""
+    compiled_product()
+    return globals()["_bfloat16_product"]
+
+
 @cache
 def _intrinsics() -> dict[str, Any]:
     """Numba intrinsics that call a C function at an address held in an int64."""

@@ -86,7 +86,7 @@ class NumpyEngine(ArrayAPIEngine):
         product_dtype: str | None = None,
     ) -> tuple[Array, Array]:
         shape = (X.shape[0], W.shape[1])
-        Z = self._matmul(X, W, _buffer(workspace, "Z", shape, X.dtype), product_dtype)
+        Z = self._matmul(X, W, _buffer(workspace, "Z", shape, X.dtype), product_dtype, workspace)
         if b is not None:
             Z += b
         if activation == "linear":
@@ -121,12 +121,13 @@ class NumpyEngine(ArrayAPIEngine):
         else:
             dZ = self.backprop_activation(activation, dY, Z, Y)
         if dW is not None:
-            self._matmul(X.T, dZ, dW, product_dtype)
+            self._matmul(X.T, dZ, dW, product_dtype, workspace)
             if db is not None:
                 np.sum(dZ, axis=0, out=db)
         if not need_dX:
             return None
-        return self._matmul(dZ, W.T, _buffer(workspace, "dX", X.shape, X.dtype), product_dtype)
+        dX = _buffer(workspace, "dX", X.shape, X.dtype)
+        return self._matmul(dZ, W.T, dX, product_dtype, workspace)
 
     def products_in(self, dtype: str) -> tuple[bool, str]:
         if dtype != "bfloat16":
@@ -134,16 +135,29 @@ class NumpyEngine(ArrayAPIEngine):
         return cpu_bf16.status()
 
     def _matmul(
-        self, A: np.ndarray, B: np.ndarray, out: np.ndarray | None, product_dtype: str | None
+        self,
+        A: np.ndarray,
+        B: np.ndarray,
+        out: np.ndarray | None,
+        product_dtype: str | None,
+        workspace: Workspace | None,
     ) -> np.ndarray:
         """``A @ B`` (into ``out`` when given), the operands rounded to ``product_dtype``
-        when one is given."""
+        when one is given: by the compiled step's bfloat16 product where Numba is
+        installed, rounding into the workspace's scratch; else through ``cpu_bf16``."""
         if product_dtype is None:
             return np.matmul(A, B, out=out)
         _bfloat16_layers([product_dtype], A.dtype)
         if out is None:
             out = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
-        return cpu_bf16.matmul(A, B, out)
+        if not cpu_jit.stack_available():
+            return cpu_bf16.matmul(A, B, out)
+        scratch = cpu_gemm.NO_SCRATCH
+        if workspace is not None:
+            scratch = _scratch(workspace, A.size + B.size)
+        address = cpu_gemm.addresses()[cpu_gemm.ONEDNN_GEMM_BF16]
+        cpu_gemm.compiled_bfloat16_product()(address, A, B, out, scratch)
+        return out
 
     def dense_stack_step(
         self,
@@ -724,7 +738,13 @@ def _bfloat16_scratch(
     if not bfloat16_layers:
         return cpu_gemm.NO_SCRATCH
     widths = [weights[0].shape[0], *(W.shape[1] for W in weights)]
-    size = cpu_gemm.scratch_elements(cpu_gemm.products(rows, widths), bfloat16_layers)
+    return _scratch(
+        workspace, cpu_gemm.scratch_elements(cpu_gemm.products(rows, widths), bfloat16_layers)
+    )
+
+
+def _scratch(workspace: Workspace, size: int) -> np.ndarray:
+    """A uint16 ``(size,)`` array for bfloat16 operands, made once per workspace and size."""
     key = ("bfloat16_scratch", size)
     scratch = workspace.memo.get(key)
     if scratch is None:

@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from dlcore.backends import cpu_bf16, cpu_chunks, cpu_gemm, cpu_jit, xp_optimizers
-from dlcore.backends.base import Workspace
+from dlcore.backends.base import Engine, Workspace
 from dlcore.backends.names import OPTIMIZER_RULES
 from dlcore.backends.numpy_engine import NumpyEngine
 from stack_reference import reference_stack_step
@@ -245,8 +245,8 @@ def _fit_counting(epochs, model=None, metrics=None):
 @pytest.mark.parametrize("metrics", [None, ["accuracy"]], ids=["loss", "accuracy"])
 @pytest.mark.parametrize(
     ("jit", "policy"),
-    [(True, "float32"), (False, "float32"), (True, "mixed_bfloat16")],
-    ids=["numba-jit", "numpy-only", "numba-jit-bfloat16-products"],
+    [(True, "float32"), (False, "float32"), (True, "mixed_bfloat16"), ("layers", "mixed_bfloat16")],
+    ids=["numba-jit", "numpy-only", "numba-jit-bfloat16-products", "bfloat16-layer-by-layer"],
 )
 def test_a_training_step_allocates_no_array_after_the_first_epoch(
     monkeypatch, jit, policy, metrics
@@ -257,6 +257,9 @@ def test_a_training_step_allocates_no_array_after_the_first_epoch(
         pytest.skip(f"no bfloat16 products here: {cpu_bf16.status()[1]}")
     if not jit:
         monkeypatch.setattr(cpu_jit, "available", lambda: False)
+    if jit == "layers":  # each Dense layer's products on their own, through its workspace
+        monkeypatch.setattr(NumpyEngine, "dense_stack_step", Engine.dense_stack_step)
+        monkeypatch.setattr(NumpyEngine, "dense_stack_epoch", Engine.dense_stack_epoch)
     dlcore.mixed_precision.set_global_policy(policy)  # undone by conftest
     model, _ = _fit_counting(epochs=1, metrics=metrics)
     assert {layer.product_dtype for layer in model.layers} == {
