@@ -31,11 +31,12 @@ How a model runs a policy:
   (tensor cores), the numba engine with kernels that store float16 and compute
   in float32; neither has bfloat16, which runs in float32, and the numpy engine
   computes float16 in float32.
-- The numpy engine computes bfloat16 layers of a float32 model as Keras's CPU
-  backends do where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX) and
-  oneDNN is installed (``pip install dlcore[cpu]``): a Dense layer's matrix
-  products take their operands rounded to bfloat16 and accumulate in float32
-  (``Layer.product_dtype``); its activations, gradients and outputs stay float32.
+- The numpy engine runs the matrix products of bfloat16 layers of a float32 model
+  in bfloat16 where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX) and
+  oneDNN is installed (``pip install dlcore[cpu]``): a Dense layer's products take
+  their operands rounded to bfloat16 and accumulate in float32
+  (``Layer.product_dtype``); its activations, gradients and outputs stay float32,
+  where Keras keeps them in bfloat16, so its results lie closer to float32's.
   Without those it warns once, saying which is missing, and computes in float32.
 """
 
