@@ -463,12 +463,12 @@ def choose(
     """
     library = forced_library()
     threads = _openblas_threads()
-    if bfloat16_layers:
-        options = {
-            product: [_bfloat16_step_code(product, bfloat16_layers)] for product in step_products
-        }
-    else:
-        options = {product: candidates(product, library, threads) for product in step_products}
+    options = {
+        product: _bfloat16_step_options(product, bfloat16_layers, library, threads)
+        if bfloat16_layers
+        else candidates(product, library, threads)
+        for product in step_products
+    }
     plan = empty_plan(layers, options[step_products[0]][0] if step_products else OPENBLAS)
     for product in step_products:
         set_choice(plan, product, options[product][0], dtype)
@@ -500,9 +500,18 @@ def scratch_elements(step_products: Sequence[Product], bfloat16_layers: Collecti
     )
 
 
-def _bfloat16_step_code(product: Product, bfloat16_layers: Collection[int]) -> int:
-    """The candidate of ``product`` in a step with layers ``bfloat16_layers`` in bfloat16."""
-    return ONEDNN_BF16 if product.layer in bfloat16_layers else OPENBLAS_ONE_THREAD
+def _bfloat16_step_options(
+    product: Product, bfloat16_layers: Collection[int], library: str | None, threads: int
+) -> list[int]:
+    """The candidates of ``product`` in a step with layers ``bfloat16_layers`` in bfloat16:
+    ``ONEDNN_BF16`` for theirs; for the others OpenBLAS on one thread, or the library
+    ``DLCORE_GEMM`` forces (timed as usual)."""
+    if product.layer in bfloat16_layers:
+        return [ONEDNN_BF16]
+    if library is not None:
+        return candidates(product, library, threads)
+    one_thread = candidates(product, "openblas", 1)
+    return [OPENBLAS_ONE_THREAD] if OPENBLAS_ONE_THREAD in one_thread else [OPENBLAS]
 
 
 def _interleaved_best_seconds(runs: Mapping[int, Callable[[], float]]) -> dict[int, float]:
@@ -666,8 +675,8 @@ def restore(
     for product in step_products:
         code = int(plan[product.layer, product.kind, 0])
         owner = _LIBRARY_OF[code]
-        if bfloat16_layers:
-            if code != _bfloat16_step_code(product, bfloat16_layers) or owner not in available:
+        if product.layer in bfloat16_layers:
+            if code != ONEDNN_BF16 or owner not in available:
                 return None
         elif code == ONEDNN_BF16 or owner not in available or library not in (None, owner):
             return None

@@ -324,7 +324,7 @@ def test_a_float64_model_keeps_float64_products(monkeypatch):
 
 @needs_bf16
 @needs_stack
-def test_a_step_with_bfloat16_layers_runs_the_others_on_one_openblas_thread():
+def test_a_step_with_bfloat16_layers_runs_the_others_on_one_openblas_thread(monkeypatch):
     """No timing: bfloat16 layers on oneDNN, the rest on OpenBLAS's calling thread alone
     (its waiting threads would take the cores from oneDNN's), restored only for the same
     layers."""
@@ -343,3 +343,8 @@ def test_a_step_with_bfloat16_layers_runs_the_others_on_one_openblas_thread():
     assert cpu_gemm.restore(choices, step_products, 2, float32) is None
     widths = (64, 24, 10)
     assert cpu_gemm.plan_key(float32, 32, widths, (0,)) != cpu_gemm.plan_key(float32, 32, widths)
+    # a library forced with DLCORE_GEMM computes the float32 layers' products
+    monkeypatch.setenv(cpu_gemm.ENVIRONMENT, "numba")
+    plan = cpu_gemm.choose(step_products, 2, float32, never, never, (0,))
+    assert plan[0, :2, 0].tolist() == [cpu_gemm.ONEDNN_BF16] * 2
+    assert plan[1, :, 0].tolist() == [cpu_gemm.NUMBA] * 3
