@@ -39,16 +39,12 @@ class _Version(ctypes.Structure):
     _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int)]
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The flags of the first CPU in ``path`` (empty where it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+def cpu_flags() -> frozenset[str]:
+    """The flags of ``dlcore.benchmark.machine.GEMM_FLAGS`` this CPU has (among them
+    ``INSTRUCTION_FLAGS``); empty where ``/proc/cpuinfo`` cannot be read."""
+    from dlcore.benchmark import machine
+
+    return frozenset(machine.cpu_info().isa)
 
 
 @cache

@@ -51,7 +51,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -643,15 +642,9 @@ def _read_cache() -> dict[str, Any]:
 @cache
 def _machine_key() -> str:
     """The CPU model, core count and every library's version: a plan holds for these."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in file if line.startswith("model name")),
-                model,
-            )
-    except OSError:
-        pass
+    from dlcore.benchmark import machine
+
+    model = machine.cpu_info().model
     versions = "; ".join(f"{found.name}: {found.detail}" for found in libraries())
     return f"{model}; {os.cpu_count()} CPUs; {versions}"
 

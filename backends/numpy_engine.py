@@ -734,13 +734,16 @@ def _bfloat16_scratch(
     workspace: Workspace, rows: int, weights: Sequence[np.ndarray], bfloat16_layers: tuple[int, ...]
 ) -> np.ndarray:
     """The uint16 array the compiled step's bfloat16 products round their operands into,
-    for batches of up to ``rows`` (made once per workspace and size)."""
+    for batches of up to ``rows`` (made once per workspace, rows and layers)."""
     if not bfloat16_layers:
         return cpu_gemm.NO_SCRATCH
-    widths = [weights[0].shape[0], *(W.shape[1] for W in weights)]
-    return _scratch(
-        workspace, cpu_gemm.scratch_elements(cpu_gemm.products(rows, widths), bfloat16_layers)
-    )
+    key = ("bfloat16_step_scratch", rows, bfloat16_layers)
+    scratch = workspace.memo.get(key)
+    if scratch is None:
+        widths = [weights[0].shape[0], *(W.shape[1] for W in weights)]
+        size = cpu_gemm.scratch_elements(cpu_gemm.products(rows, widths), bfloat16_layers)
+        scratch = workspace.memo[key] = _scratch(workspace, size)
+    return scratch
 
 
 def _scratch(workspace: Workspace, size: int) -> np.ndarray:

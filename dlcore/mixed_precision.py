@@ -174,19 +174,24 @@ dtype_policy = global_policy
 _warned: set[tuple[str, str]] = set()
 
 
-def compute_dtype_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> str:
-    """The dtype a layer of ``policy`` computes in on ``engine``: the policy's compute
-    dtype where the engine has kernels for it, else ``variable_dtype`` (the model's
-    float dtype), with one warning per engine and dtype."""
+def dtypes_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> tuple[str, str | None]:
+    """How a layer of ``policy`` computes on ``engine``: ``(run_dtype, product_dtype)``.
+
+    ``run_dtype`` is the policy's compute dtype where the engine has kernels for it,
+    else ``variable_dtype`` (the model's float dtype). ``product_dtype`` is the policy's
+    compute dtype where the engine has no kernels for it but rounds a float32 layer's
+    matrix product operands to it (``Engine.products_in``), else ``None``. Anything else
+    warns once per engine and dtype, with the engine's reason.
+    """
     wanted = policy.compute_dtype
     if engine.supports_dtype(wanted):
-        return wanted
-    if product_dtype_on(engine, policy, variable_dtype) is not None:
-        return variable_dtype
+        return wanted, None
+    accepted, why = engine.products_in(wanted)
+    if accepted and variable_dtype == "float32":
+        return variable_dtype, wanted
     key = (engine.name, wanted)
     if key not in _warned:
         _warned.add(key)
-        accepted, why = engine.products_in(wanted)
         if wanted == "float16":
             others = "cupy and numba"
         elif wanted == "bfloat16":
@@ -201,18 +206,7 @@ def compute_dtype_on(engine: Any, policy: DTypePolicy, variable_dtype: str) -> s
             RuntimeWarning,
             stacklevel=3,
         )
-    return variable_dtype
-
-
-def product_dtype_on(engine: Any, policy: DTypePolicy, run_dtype: str) -> str | None:
-    """The dtype the matrix products of a layer of ``policy`` computing in ``run_dtype``
-    round their operands to on ``engine`` (``Engine.products_in``): the policy's compute
-    dtype where the engine has no kernels for it but products in it (for float32 layers
-    only), else ``None``."""
-    wanted = policy.compute_dtype
-    if wanted == run_dtype or run_dtype != "float32" or engine.supports_dtype(wanted):
-        return None
-    return wanted if engine.products_in(wanted)[0] else None
+    return variable_dtype, None
 
 
 __all__ = [

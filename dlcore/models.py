@@ -271,11 +271,8 @@ class Model(Trainer):
             count = len(layer.parameter_shapes())
             size = layer.count_params()
             masters, master_grads = weights[view : view + count], gradients[view : view + count]
-            run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
+            run_dtype, product_dtype = mixed_precision.dtypes_on(engine, layer.dtype_policy, dtype)
             if run_dtype == dtype:
-                product_dtype = mixed_precision.product_dtype_on(
-                    engine, layer.dtype_policy, run_dtype
-                )
                 layer.bind(
                     engine, masters, master_grads, dtype, owner=self, product_dtype=product_dtype
                 )
@@ -303,7 +300,7 @@ class Model(Trainer):
             start += size
         for layer in self._graph_layers:
             if not layer.parameter_shapes():
-                run_dtype = mixed_precision.compute_dtype_on(engine, layer.dtype_policy, dtype)
+                run_dtype, _ = mixed_precision.dtypes_on(engine, layer.dtype_policy, dtype)
                 layer.bind(engine, [], [], dtype, owner=self, run_dtype=run_dtype)
         self._states = [CallState(engine) for _ in self._nodes]
         self._idle_states = []  # the predictions' states of the previous placement retire

@@ -63,7 +63,7 @@ def test_rounding_keeps_nan_infinities_and_signed_zero_and_overflows_to_infinity
 
 # --------------------------------------------------------------------------- status
 def test_status_names_what_is_missing_and_the_fix(monkeypatch):
-    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2"}))
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: frozenset({"avx2"}))
     cpu_bf16.status.cache_clear()
     try:
         ready, why = cpu_bf16.status()
@@ -71,7 +71,7 @@ def test_status_names_what_is_missing_and_the_fix(monkeypatch):
         with pytest.raises(RuntimeError, match="not available here: this CPU has neither"):
             cpu_bf16.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), None)
         assert cpu_bf16.gemm_address() == 0
-        monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda path="/proc/cpuinfo": {"amx_bf16"})
+        monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: {"amx_bf16"})
         monkeypatch.setattr(cpu_bf16, "_library", lambda: "oneDNN is not installed (pip x)")
         cpu_bf16.status.cache_clear()
         assert cpu_bf16.status() == (False, "oneDNN is not installed (pip x)")
@@ -79,11 +79,16 @@ def test_status_names_what_is_missing_and_the_fix(monkeypatch):
         cpu_bf16.status.cache_clear()
 
 
-def test_cpu_flags_reads_the_first_cpu(tmp_path):
+def test_cpu_flags_are_the_first_cpus_gemm_flags(tmp_path, monkeypatch):
+    from dlcore.benchmark import machine
+
     path = tmp_path / "cpuinfo"
     path.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_tile\n\nflags : other\n")
-    assert cpu_bf16.cpu_flags(str(path)) == {"fpu", "avx512_bf16", "amx_tile"}
-    assert cpu_bf16.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    read = machine.cpu_info
+    monkeypatch.setattr(machine, "cpu_info", lambda: read(path))
+    assert cpu_bf16.cpu_flags() == {"avx512_bf16", "amx_tile"}
+    monkeypatch.setattr(machine, "cpu_info", lambda: read(tmp_path / "missing"))
+    assert cpu_bf16.cpu_flags() == frozenset()
 
 
 # --------------------------------------------------------------------------- products

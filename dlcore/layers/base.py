@@ -312,7 +312,7 @@ class Layer:
         ``run_dtype`` (default ``dtype``); when that differs, ``variables`` and
         ``variable_grads`` are the master weights and gradients in ``dtype``, which
         the owner keeps in step with them. ``product_dtype``: what the layer's matrix
-        products round their operands to (``mixed_precision.product_dtype_on``).
+        products round their operands to (``mixed_precision.dtypes_on``).
         """
         self.engine = engine
         self._params = params
