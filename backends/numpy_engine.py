@@ -65,6 +65,10 @@ class NumpyEngine(ArrayAPIEngine):
     def to_numpy(self, A: Array) -> np.ndarray:
         return np.array(A, copy=True)
 
+    def scalars_to_numpy(self, values: Sequence[Array]) -> np.ndarray:
+        # already host scalars: one conversion, not a cast and a stack per value
+        return np.array(values, dtype=np.float64)
+
     def synchronize(self) -> None:
         return None
 
