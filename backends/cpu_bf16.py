@@ -61,8 +61,25 @@ def _library() -> ctypes.CDLL | str:
         gemm.restype = ctypes.c_int
         gemm.argtypes = _ARGUMENTS
         library.dnnl_version.restype = ctypes.POINTER(_Version)
+        os.register_at_fork(after_in_child=_one_openmp_thread_after_fork)
         return library
     return f"oneDNN is not installed (pip install {PACKAGE}, or dlcore[cpu])"
+
+
+def _one_openmp_thread_after_fork() -> None:
+    """In a child forked from a process whose oneDNN products ran on GNU OpenMP's threads,
+    the forking thread's OpenMP thread pool is copied but its threads are not: its next
+    parallel product would wait for them forever. The child's first thread therefore runs
+    its products on one OpenMP thread (threads it starts make pools of their own)."""
+    try:
+        openmp = ctypes.CDLL(OPENMP_RUNTIME, mode=os.RTLD_NOLOAD)
+    except OSError:  # oneDNN built on another runtime: GNU OpenMP is not loaded
+        return
+    openmp.omp_set_num_threads(1)
+
+
+#: the OpenMP runtime ``PACKAGE``'s oneDNN links (the system's GNU OpenMP)
+OPENMP_RUNTIME = "libgomp.so.1"
 
 
 @cache

@@ -4,6 +4,9 @@ compiled step and epoch against a float64 reference, and ``mixed_bfloat16`` mode
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import warnings
 
 import numpy as np
@@ -302,6 +305,57 @@ def test_mixed_bfloat16_fit_runs_the_epoch_loop_to_the_bit_of_the_steps(rng, mon
     plain_loss = plain.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
     assert plain_loss != loss_a  # bfloat16 rounding changed the numbers
     np.testing.assert_allclose(plain_loss, loss_a, rtol=2e-2)
+
+
+def _train_wide_bfloat16_model() -> float:
+    """Two epochs of a seeded ``mixed_bfloat16`` model wide enough for oneDNN to run its
+    products on several OpenMP threads; the last epoch's loss."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 512)
+    mixed_precision.set_global_policy("mixed_bfloat16")
+    dlcore.set_random_seed(3)
+    model = dlcore.Sequential(
+        [Dense(256, activation="relu", input_shape=(784,)), Dense(10, activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+    assert [layer.product_dtype for layer in model.layers] == ["bfloat16"] * 2
+    return float(history.history["loss"][-1])
+
+
+@needs_bf16
+@needs_stack
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_after_bfloat16_products_trains_in_bfloat16_too():
+    # GNU OpenMP's threads do not survive fork(): without cpu_bf16's fork hook the child's
+    # first parallel product waits for them forever
+    parent_loss = _train_wide_bfloat16_model()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the loss, never return into pytest
+        code = 1
+        try:
+            os.write(write_end, repr(_train_wide_bfloat16_model()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + 120
+    done, status = os.waitpid(pid, os.WNOHANG)
+    while not done:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            pytest.fail("the forked child's bfloat16 fit hung for 120 s")
+        time.sleep(0.02)
+        done, status = os.waitpid(pid, os.WNOHANG)
+    with os.fdopen(read_end) as pipe:
+        reported = pipe.read()
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child's bfloat16 fit failed"
+    child_loss = float(reported)
+    np.testing.assert_allclose(child_loss, parent_loss, rtol=1e-3)
 
 
 def test_without_bfloat16_products_the_policy_warns_why_and_computes_float32(monkeypatch):
