@@ -67,10 +67,11 @@ def _library() -> ctypes.CDLL | str:
 
 
 def _one_openmp_thread_after_fork() -> None:
-    """In a child forked from a process whose oneDNN products ran on GNU OpenMP's threads,
-    the forking thread's OpenMP thread pool is copied but its threads are not: its next
-    parallel product would wait for them forever. The child's first thread therefore runs
-    its products on one OpenMP thread (threads it starts make pools of their own)."""
+    """Run at fork in the child of a process that loaded oneDNN. Where the parent's
+    products ran on GNU OpenMP's threads, the forking thread's OpenMP thread pool is copied
+    but its threads are not: its next parallel product would wait for them forever. The
+    child's first thread therefore runs its products on one OpenMP thread (threads it
+    starts make pools of their own)."""
     try:
         openmp = ctypes.CDLL(OPENMP_RUNTIME, mode=os.RTLD_NOLOAD)
     except OSError:  # oneDNN built on another runtime: GNU OpenMP is not loaded
