@@ -52,17 +52,25 @@ def _library() -> ctypes.CDLL | str:
     """oneDNN loaded with ``FUNCTION`` typed, or why it cannot be."""
     paths = [os.path.join(sys.prefix, "lib", "libdnnl.so.3")]
     found = ctypes.util.find_library("dnnl")
+    failures = []
     for path in [p for p in paths if os.path.exists(p)] + ([found] if found else []):
         try:
             library = ctypes.CDLL(path)
             gemm = getattr(library, FUNCTION)
-        except (OSError, AttributeError):
+        except (OSError, AttributeError) as error:
+            failures.append(str(error))
             continue
         gemm.restype = ctypes.c_int
         gemm.argtypes = _ARGUMENTS
         library.dnnl_version.restype = ctypes.POINTER(_Version)
         os.register_at_fork(after_in_child=_one_openmp_thread_after_fork)
         return library
+    if failures:  # installed, but the system lacks what it links, such as GNU OpenMP
+        return (
+            f"oneDNN is installed but cannot be loaded ({'; '.join(failures)}); install "
+            f"the system library it names ({OPENMP_RUNTIME} is the package libgomp1 on "
+            "Debian and Ubuntu)"
+        )
     return f"oneDNN is not installed (pip install {PACKAGE}, or dlcore[cpu])"
 
 

@@ -82,6 +82,19 @@ def test_status_names_what_is_missing_and_the_fix(monkeypatch):
         cpu_bf16.status.cache_clear()
 
 
+def test_an_installed_onednn_that_cannot_load_says_why_and_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libdnnl.so.3").write_text("not a shared library")
+    monkeypatch.setattr(cpu_bf16.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(cpu_bf16.ctypes.util, "find_library", lambda name: None)
+    why = cpu_bf16._library.__wrapped__()  # not the process's cached answer
+    assert isinstance(why, str)
+    assert why.startswith("oneDNN is installed but cannot be loaded (")
+    assert str(tmp_path / "lib" / "libdnnl.so.3") in why and "libgomp1" in why
+    monkeypatch.setattr(cpu_bf16.sys, "prefix", str(tmp_path / "elsewhere"))
+    assert cpu_bf16._library.__wrapped__().startswith("oneDNN is not installed (pip install")
+
+
 def test_cpu_flags_are_the_first_cpus_gemm_flags(tmp_path, monkeypatch):
     from dlcore.benchmark import machine
 
