@@ -29,6 +29,8 @@ INSTRUCTION_FLAGS = ("amx_bf16", "avx512_bf16")
 #: the wheel that carries oneDNN, and the function its products call
 PACKAGE = "onednn-cpu-gomp"
 FUNCTION = "dnnl_gemm_bf16bf16f32"
+#: the OpenMP runtime ``PACKAGE``'s oneDNN links (the system's GNU OpenMP, not in the wheel)
+OPENMP_RUNTIME = "libgomp.so.1"
 
 _DIM = ctypes.c_int64
 _ARGUMENTS = [ctypes.c_char, ctypes.c_char, _DIM, _DIM, _DIM, ctypes.c_float, ctypes.c_void_p]
@@ -85,10 +87,6 @@ def _one_openmp_thread_after_fork() -> None:
     except OSError:  # oneDNN built on another runtime: GNU OpenMP is not loaded
         return
     openmp.omp_set_num_threads(1)
-
-
-#: the OpenMP runtime ``PACKAGE``'s oneDNN links (the system's GNU OpenMP)
-OPENMP_RUNTIME = "libgomp.so.1"
 
 
 @cache
